@@ -1,0 +1,113 @@
+"""Service settings: one `Settings` object, read from `WAJAH_*` environment variables.
+
+Built once in `create_app` / the CLI and passed down; nothing reads the environment elsewhere.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "password", "dev", "test"})
+
+
+class Mode(StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+def default_home() -> Path:
+    return Path(platformdirs.user_cache_dir("wajah"))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WAJAH_", extra="ignore")
+
+    mode: Mode = Mode.DEVELOPMENT
+    home: Path = Field(default_factory=default_home, description="Cache/data directory.")
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # --- storage -------------------------------------------------------------------------
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default is a SQLite file under `home`."
+    )
+    object_store_dir: Path | None = Field(
+        default=None, description="Sealed-frame directory; default `home/objects`."
+    )
+    index_dir: Path | None = Field(
+        default=None, description="Index snapshot directory; default `home/indexes`."
+    )
+
+    # --- keys ------------------------------------------------------------------------------
+    kms_backend: Literal["local", "pkcs11"] = "local"
+    root_key: SecretStr | None = Field(
+        default=None, description="Base64 32-byte root key of the local keyring."
+    )
+    root_key_file: Path | None = None
+    pkcs11_module: Path | None = None
+    pkcs11_token_label: str | None = None
+    pkcs11_pin: SecretStr | None = None
+    max_wraps_per_kek_version: int = Field(default=2**30, ge=1)
+
+    # --- models ----------------------------------------------------------------------------
+    model_pack: str = "yunet-sface-2021dec"
+    model_dir: Path | None = Field(
+        default=None, description="Directory of an ArcFace pack (e.g. buffalo_l)."
+    )
+    inference_threads: int = Field(
+        default=1, ge=1, description="onnxruntime intra-op threads per session."
+    )
+    inference_workers: int = Field(
+        default=2, ge=1, description="Size of the thread pool running inference."
+    )
+
+    # --- image limits ----------------------------------------------------------------------
+    max_image_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(default=40_000_000, ge=10_000)
+    max_frames_per_request: int = Field(default=8, ge=1)
+
+    # --- quality gate ----------------------------------------------------------------------
+    min_interocular_px: float = Field(default=24.0, ge=0)
+    min_detector_score: float = Field(default=0.9, ge=0, le=1)
+    min_blur_variance: float = Field(default=15.0, ge=0)
+    max_yaw_degrees: float = Field(default=45.0, ge=0, le=90)
+    max_pitch_degrees: float = Field(default=40.0, ge=0, le=90)
+    multiple_faces: Literal["reject", "largest"] = "reject"
+
+    # --- index ------------------------------------------------------------------------------
+    faiss_threads: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Settings:
+        if self.mode is Mode.PRODUCTION and self.kms_backend == "local":
+            key = self.root_key.get_secret_value() if self.root_key else None
+            if key is None and self.root_key_file is None:
+                raise ValueError(
+                    "production mode needs WAJAH_ROOT_KEY or WAJAH_ROOT_KEY_FILE "
+                    "(an auto-generated root key is for development only)"
+                )
+            if key is not None and key.strip().lower() in PLACEHOLDER_SECRETS:
+                raise ValueError("WAJAH_ROOT_KEY is a placeholder; set a real 32-byte key")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'wajah.db'}"
+
+    @property
+    def resolved_object_store_dir(self) -> Path:
+        return self.object_store_dir or self.home / "objects"
+
+    @property
+    def resolved_index_dir(self) -> Path:
+        return self.index_dir or self.home / "indexes"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"

@@ -1,0 +1,1 @@
+"""Per-namespace vector indexes over FAISS: a library that knows nothing of HTTP, orgs or crypto."""

@@ -1,0 +1,4 @@
+"""The face pipeline: model packs, image decoding, detection, alignment, quality, embedding.
+
+A library: it knows nothing of HTTP, organisations or keys.
+"""
