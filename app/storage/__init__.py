@@ -1,0 +1,1 @@
+"""Metadata store (SQLAlchemy Core + Alembic), append-only audit log, sealed-object store."""

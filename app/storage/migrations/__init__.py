@@ -1,0 +1,1 @@
+"""Alembic environment and revisions of the metadata store (run via app.storage.migrate)."""

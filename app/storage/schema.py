@@ -1,0 +1,205 @@
+"""Tables of the metadata store (SQLAlchemy Core). Alembic migrations create them.
+
+Conventions:
+
+* ids are app-generated strings (:func:`app.storage.ids.new_id`), 40 characters at most;
+* every tenant-owned row carries ``org_id`` so each query can be scoped to one org;
+* timestamps are timezone-aware UTC (:class:`UTCDateTime`) on both databases;
+* sealed columns hold :class:`app.crypto` envelope blobs, never plaintext;
+* statuses are strings guarded by CHECK constraints (portable, unlike native enums).
+
+The schema must match the migrations exactly; ``tests/app/storage`` compares them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+ID = sa.String(40)
+
+# Naming convention: stable constraint names on both databases, so migrations can refer to
+# them (and SQLite batch migrations can recreate tables) without guessing generated names.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out, on SQLite (which stores naive text) and PostgreSQL."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            # A naive datetime is ambiguous (local? UTC?); refuse it instead of guessing.
+            raise ValueError("naive datetime; pass an aware UTC datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _created_at() -> sa.Column[Any]:
+    return sa.Column("created_at", UTCDateTime(), nullable=False)
+
+
+orgs = sa.Table(
+    "orgs",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    # threshold override, duplicate policy, retention, watchlist_sharing, data_residency:
+    # see app.storage.repo.DEFAULT_ORG_SETTINGS.
+    sa.Column("settings", sa.JSON(), nullable=False),
+    _created_at(),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("key_id", ID, primary_key=True),
+    sa.Column("org_id", ID, sa.ForeignKey("orgs.id"), nullable=False, index=True),
+    # SHA-256 of the secret part only: a stolen database yields no usable key.
+    sa.Column("secret_hash", sa.LargeBinary(32), nullable=False),
+    sa.Column("scopes", sa.JSON(), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=True),
+    sa.Column("revoked_at", UTCDateTime(), nullable=True),
+    sa.Column("last_used_at", UTCDateTime(), nullable=True),
+    _created_at(),
+)
+
+subjects = sa.Table(
+    "subjects",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("org_id", ID, sa.ForeignKey("orgs.id"), nullable=False),
+    # The client's own identifier; unique only within its org.
+    sa.Column("subject_id", sa.String(128), nullable=False),
+    sa.Column("nik_sealed", sa.LargeBinary(), nullable=True),
+    sa.Column("email_sealed", sa.LargeBinary(), nullable=True),
+    sa.Column("phone_sealed", sa.LargeBinary(), nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    _created_at(),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("erased_at", UTCDateTime(), nullable=True),
+    sa.UniqueConstraint("org_id", "subject_id"),
+    sa.CheckConstraint("status IN ('active', 'erased')", name="status"),
+)
+
+enrollments = sa.Table(
+    "enrollments",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("org_id", ID, sa.ForeignKey("orgs.id"), nullable=False),
+    sa.Column("subject_pk", ID, sa.ForeignKey("subjects.id"), nullable=False, index=True),
+    # FAISS id (int64) of this vector in the org index; assigned once, never reused.
+    sa.Column("vector_id", sa.BigInteger(), nullable=False),
+    # Position in the org's change stream; re-assigned on every status change so an index
+    # snapshot taken at position P learns of later retirements by replaying seq > P.
+    sa.Column("seq", sa.BigInteger(), nullable=False),
+    # float32 little-endian, `dimension` values, L2-normalised; NULL once erased.
+    sa.Column("vector", sa.LargeBinary(), nullable=True),
+    sa.Column("dimension", sa.Integer(), nullable=False),
+    sa.Column("model_id", sa.String(128), nullable=False),
+    # HMAC-SHA-256 under an org key over vector bytes and identity (app.crypto).
+    sa.Column("hashed_ref", sa.LargeBinary(32), nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("quality", sa.JSON(), nullable=True),
+    _created_at(),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.UniqueConstraint("org_id", "vector_id"),
+    sa.UniqueConstraint("org_id", "seq"),
+    sa.CheckConstraint("status IN ('active', 'retired', 'erased')", name="status"),
+    sa.CheckConstraint("dimension > 0", name="dimension"),
+)
+
+frames = sa.Table(
+    "frames",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("org_id", ID, sa.ForeignKey("orgs.id"), nullable=False),
+    sa.Column(
+        "enrollment_id", ID, sa.ForeignKey("enrollments.id"), nullable=False, index=True
+    ),
+    sa.Column("object_key", sa.String(200), nullable=False, unique=True),
+    # The frame's DEK wrapped by the org KEK; deleting it crypto-shreds the frame.
+    sa.Column("wrapped_dek", sa.LargeBinary(), nullable=True),
+    sa.Column("kek_version", sa.Integer(), nullable=False),
+    sa.Column("purge_after", UTCDateTime(), nullable=False, index=True),
+    sa.Column("purged_at", UTCDateTime(), nullable=True),
+    _created_at(),
+)
+
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("org_id", ID, sa.ForeignKey("orgs.id"), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    # SHA-256 of the canonical request: a replay with a different body is a conflict.
+    sa.Column("request_hash", sa.LargeBinary(32), nullable=False),
+    # NULL while the first request is still in flight.
+    sa.Column("response_status", sa.Integer(), nullable=True),
+    sa.Column("response_body", sa.LargeBinary(), nullable=True),
+    _created_at(),
+)
+
+# Next enrollment seq per org. A row lock on it (UPDATE ... RETURNING) hands out seqs in
+# commit order, which a database SEQUENCE does not: with a sequence, seq 5 may commit after
+# seq 6, and an index snapshot taken at 6 would never replay 5.
+org_counters = sa.Table(
+    "org_counters",
+    metadata,
+    sa.Column("org_id", ID, sa.ForeignKey("orgs.id"), primary_key=True),
+    sa.Column("enrollment_seq", sa.BigInteger(), nullable=False),
+)
+
+# Audit log: append-only (triggers), hash-chained per chain; format in app.storage.audit.
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    # The org id, or "_system" for events outside any org.
+    sa.Column("chain", sa.String(40), nullable=False),
+    sa.Column("chain_seq", sa.BigInteger(), nullable=False),
+    sa.Column("org_id", ID, nullable=True),
+    # Canonical text form (see audit.py) so the hashed value round-trips byte for byte.
+    sa.Column("occurred_at", sa.String(32), nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(200), nullable=False),
+    sa.Column("details_sealed", sa.LargeBinary(), nullable=False),
+    sa.Column("prev_hash", sa.LargeBinary(32), nullable=False),
+    sa.Column("hash", sa.LargeBinary(32), nullable=False),
+    sa.UniqueConstraint("chain", "chain_seq"),
+)
+
+# Head of each audit chain. Appenders lock this row first, which serialises appends to one
+# chain on PostgreSQL; SQLite has a single writer anyway.
+audit_heads = sa.Table(
+    "audit_heads",
+    metadata,
+    sa.Column("chain", sa.String(40), primary_key=True),
+    sa.Column("seq", sa.BigInteger(), nullable=False),
+    sa.Column("hash", sa.LargeBinary(32), nullable=False),
+)
