@@ -1,0 +1,565 @@
+"""Key managers: per-org, versioned key-encryption keys (KEKs) that wrap data keys (DEKs).
+
+One interface (`KeyManager`), two backends: `LocalKeyring` (KEKs wrapped under a root key, in a
+JSON file) and `Pkcs11KeyManager` (KEKs inside an HSM token, see `app.crypto.pkcs11`). Both keep
+their bookkeeping — versions, primary, minimum decryption version, wrap counters — in the same
+JSON state file, `<state_dir>/keyring.json`, rewritten atomically under an exclusive `flock`,
+so the CLI (`wajah keys rotate`) can run beside the service.
+
+Wrap counting: AES-GCM with random 96-bit nonces must stay well below 2**32 messages per key.
+Each process reserves blocks of `WRAP_RESERVATION_BLOCK` wraps in the state file before using
+them, so the persisted count is always an upper bound (a crash loses at most one unused block,
+which errs on the safe side), while `wrap_count` is exact within a process. When the primary
+version reaches `max_wraps_per_version`, the next wrap rotates to a new version first.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import json
+import logging
+import os
+import secrets
+import struct
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as crypto_hmac
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from app.crypto._atomic import atomic_write_bytes
+from app.crypto.errors import (
+    DecryptionError,
+    KeyringError,
+    KeyStateError,
+    OrgKeyNotFoundError,
+    RootKeyError,
+)
+from app.crypto.rootkey import RootKey, load_root_key
+from app.crypto.wire import (
+    DEK_SIZE,
+    NONCE_SIZE,
+    WrappedDek,
+    dek_aad,
+    lp,
+    parse_wrapped_dek,
+)
+
+if TYPE_CHECKING:
+    from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STATE_FILENAME = "keyring.json"
+STATE_FORMAT = "wajah-keyring/1"
+DEFAULT_MAX_WRAPS = 2**30
+WRAP_RESERVATION_BLOCK = 4096
+_U32 = struct.Struct(">I")
+
+Record = dict[str, Any]
+
+
+class KekState(StrEnum):
+    PRIMARY = "primary"  # wraps new DEKs and unwraps
+    ENABLED = "enabled"  # unwraps only
+    DISABLED = "disabled"  # below the minimum decryption version: refuses to unwrap
+    DESTROYED = "destroyed"  # key material gone; everything under it is crypto-shredded
+
+
+@dataclass(frozen=True)
+class KekVersionInfo:
+    version: int
+    state: KekState
+    created_at: str
+    wrap_count: int
+
+
+@runtime_checkable
+class KeyManager(Protocol):
+    """What `EnvelopeCipher`, `ReferenceHasher` and the key CLI need from a KMS. DEKs pass
+    through `wrap_dek`/`unwrap_dek` only inside `app.crypto`; KEKs never leave the backend."""
+
+    backend: str
+
+    def create_org(self, org_id: str) -> int: ...
+    def has_org(self, org_id: str) -> bool: ...
+    def rotate(self, org_id: str) -> int: ...
+    def primary_version(self, org_id: str) -> int: ...
+    def versions(self, org_id: str) -> list[KekVersionInfo]: ...
+    def set_min_decryption_version(self, org_id: str, version: int) -> None: ...
+    def destroy_version(self, org_id: str, version: int) -> None: ...
+    def destroy_org(self, org_id: str) -> None: ...
+    def wrap_count(self, org_id: str, version: int) -> int: ...
+    def wrap_dek(self, org_id: str, dek: bytes, context: bytes) -> bytes: ...
+    def unwrap_dek(self, org_id: str, wrapped: bytes, context: bytes) -> bytes: ...
+    def rewrap_dek(self, org_id: str, wrapped: bytes, context: bytes) -> bytes: ...
+    def mac(self, org_id: str, message: bytes) -> bytes: ...
+    def close(self) -> None: ...
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _refuse(reason: str, org_id: str, version: int | None = None) -> DecryptionError:
+    # the reason is for operators; the caller only ever sees the opaque error
+    log.warning("refused to unwrap a DEK: %s (org=%r, kek_version=%s)", reason, org_id, version)
+    return DecryptionError()
+
+
+class StatefulKeyManager(ABC):
+    """Versioning, counters and persistence shared by the backends; subclasses provide the
+    key operations."""
+
+    backend: str = "abstract"
+
+    def __init__(self, state_dir: Path, *, max_wraps_per_version: int = DEFAULT_MAX_WRAPS) -> None:
+        if max_wraps_per_version < 1 or max_wraps_per_version > 2**32:
+            raise KeyringError("max_wraps_per_version must be in 1..2**32")
+        self._dir = Path(state_dir)
+        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._path = self._dir / STATE_FILENAME
+        self._lock_path = self._dir / "keyring.lock"
+        self._max_wraps = max_wraps_per_version
+        self._lock = threading.RLock()
+        self._windows: dict[tuple[str, int], list[int]] = {}
+        self._state: Record = {}
+
+    def _open_state(self) -> None:
+        """Load or create the state file; called by subclasses once their keys are usable."""
+        with self._file_lock():
+            if self._path.exists():
+                self._state = self._read()
+            else:
+                self._state = {
+                    "format": STATE_FORMAT,
+                    "backend": self.backend,
+                    "keyring_id": secrets.token_hex(8),
+                    "orgs": {},
+                }
+                self._init_state(self._state)
+                self._write(self._state)
+        if self._state.get("backend") != self.backend:
+            raise KeyringError(
+                f"{self._path} belongs to the {self._state.get('backend')!r} backend, "
+                f"not {self.backend!r}"
+            )
+        self._check_state(self._state)
+
+    # ----- hooks -------------------------------------------------------------------------
+    def _init_state(self, state: Record) -> None:
+        """Add backend fields to a fresh state (e.g. a root-key check value)."""
+
+    def _check_state(self, state: Record) -> None:
+        """Validate a loaded state against the backend (e.g. the right root key)."""
+
+    @abstractmethod
+    def _new_kek(self, org_id: str, version: int) -> Record: ...
+    @abstractmethod
+    def _kek_encrypt(
+        self, org_id: str, version: int, record: Record, nonce: bytes, data: bytes, aad: bytes
+    ) -> bytes: ...
+    @abstractmethod
+    def _kek_decrypt(
+        self, org_id: str, version: int, record: Record, nonce: bytes, data: bytes, aad: bytes
+    ) -> bytes:
+        """Raise DecryptionError (or any backend error) when the tag does not verify."""
+
+    @abstractmethod
+    def _destroy_kek(self, org_id: str, version: int, record: Record) -> None: ...
+    @abstractmethod
+    def _new_reference_key(self, org_id: str) -> Record: ...
+    @abstractmethod
+    def _reference_mac(self, org_id: str, record: Record, message: bytes) -> bytes: ...
+    @abstractmethod
+    def _destroy_reference_key(self, org_id: str, record: Record) -> None: ...
+
+    # ----- persistence -------------------------------------------------------------------
+    @contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        with self._lock:
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+
+    def _read(self) -> Record:
+        try:
+            state: Record = json.loads(self._path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise KeyringError(f"cannot read keyring state {self._path}: {exc}") from None
+        if state.get("format") != STATE_FORMAT:
+            raise KeyringError(f"{self._path} is not a {STATE_FORMAT} file")
+        return state
+
+    def _write(self, state: Record) -> None:
+        data = json.dumps(state, indent=1, sort_keys=True).encode("utf-8")
+        atomic_write_bytes(self._path, data)
+
+    @contextmanager
+    def _mutate(self) -> Iterator[Record]:
+        """Read-modify-write of the state file under the file lock: another process may have
+        rotated or reserved since we last looked."""
+        with self._file_lock():
+            state = self._read()
+            yield state
+            self._write(state)
+            self._state = state
+
+    def _reload(self) -> None:
+        with self._file_lock():
+            self._state = self._read()
+
+    @property
+    def keyring_id(self) -> str:
+        return str(self._state["keyring_id"])
+
+    # ----- org lookups -------------------------------------------------------------------
+    @staticmethod
+    def _live_org(state: Record, org_id: str) -> Record:
+        org = state["orgs"].get(org_id)
+        if org is None or org.get("destroyed_at"):
+            raise OrgKeyNotFoundError(f"org {org_id!r} has no key-encryption key")
+        result: Record = org
+        return result
+
+    def has_org(self, org_id: str) -> bool:
+        org = self._state["orgs"].get(org_id)
+        return org is not None and not org.get("destroyed_at")
+
+    # ----- lifecycle ---------------------------------------------------------------------
+    def create_org(self, org_id: str) -> int:
+        """Create version 1 of the org's KEK and its reference key. Refuses an existing or
+        destroyed org id (a destroyed org stays a tombstone)."""
+        lp(org_id, "org_id")
+        with self._mutate() as state:
+            if org_id in state["orgs"]:
+                raise KeyStateError(f"org {org_id!r} already has keys (or had them destroyed)")
+            state["orgs"][org_id] = {
+                "created_at": _now(),
+                "primary": 1,
+                "min_decrypt": 1,
+                "reference_key": self._new_reference_key(org_id),
+                "versions": {"1": self._new_version(org_id, 1)},
+            }
+        log.info("created KEK v1 for org %r (%s)", org_id, self.backend)
+        return 1
+
+    def _new_version(self, org_id: str, version: int) -> Record:
+        return {
+            "created_at": _now(),
+            "wraps_reserved": 0,
+            "key": self._new_kek(org_id, version),
+        }
+
+    def _rotate_in(self, state: Record, org_id: str) -> int:
+        org = self._live_org(state, org_id)
+        version = max(int(v) for v in org["versions"]) + 1
+        if version > 2**32 - 1:
+            raise KeyStateError("KEK version space exhausted")
+        org["versions"][str(version)] = self._new_version(org_id, version)
+        org["primary"] = version
+        log.info("rotated org %r to KEK v%d (%s)", org_id, version, self.backend)
+        return version
+
+    def rotate(self, org_id: str) -> int:
+        """Make a new KEK version primary; older versions keep unwrapping."""
+        with self._mutate() as state:
+            return self._rotate_in(state, org_id)
+
+    def primary_version(self, org_id: str) -> int:
+        return int(self._live_org(self._state, org_id)["primary"])
+
+    def versions(self, org_id: str) -> list[KekVersionInfo]:
+        org = self._live_org(self._state, org_id)
+        out = []
+        for key in sorted(org["versions"], key=int):
+            v = int(key)
+            rec = org["versions"][key]
+            if rec.get("destroyed_at"):
+                st = KekState.DESTROYED
+            elif v == org["primary"]:
+                st = KekState.PRIMARY
+            elif v < org["min_decrypt"]:
+                st = KekState.DISABLED
+            else:
+                st = KekState.ENABLED
+            out.append(KekVersionInfo(v, st, rec["created_at"], self.wrap_count(org_id, v)))
+        return out
+
+    def set_min_decryption_version(self, org_id: str, version: int) -> None:
+        """Versions below `version` stop unwrapping (reversible, unlike destroy). Rewrap first."""
+        with self._mutate() as state:
+            org = self._live_org(state, org_id)
+            if not 1 <= version <= org["primary"]:
+                raise KeyStateError("minimum decryption version must be in 1..primary")
+            org["min_decrypt"] = version
+        log.info("org %r: minimum decryption version is now %d", org_id, version)
+
+    def destroy_version(self, org_id: str, version: int) -> None:
+        """Crypto-shred one KEK version: every DEK it wrapped becomes unrecoverable."""
+        with self._mutate() as state:
+            org = self._live_org(state, org_id)
+            rec = org["versions"].get(str(version))
+            if rec is None:
+                raise KeyStateError(f"org {org_id!r} has no KEK v{version}")
+            if version == org["primary"]:
+                raise KeyStateError("cannot destroy the primary version; rotate first")
+            if not rec.get("destroyed_at"):
+                self._destroy_kek(org_id, version, rec["key"])
+                rec["key"] = None
+                rec["destroyed_at"] = _now()
+        log.warning("destroyed KEK v%d of org %r (crypto-shredded)", version, org_id)
+
+    def destroy_org(self, org_id: str) -> None:
+        """Crypto-shred an org: all its KEK versions and its reference key."""
+        with self._mutate() as state:
+            org = self._live_org(state, org_id)
+            for key, rec in org["versions"].items():
+                if not rec.get("destroyed_at"):
+                    self._destroy_kek(org_id, int(key), rec["key"])
+                    rec["key"] = None
+                    rec["destroyed_at"] = _now()
+            self._destroy_reference_key(org_id, org["reference_key"])
+            org["reference_key"] = None
+            org["destroyed_at"] = _now()
+        self._windows = {k: w for k, w in self._windows.items() if k[0] != org_id}
+        log.warning("destroyed all keys of org %r (crypto-shredded)", org_id)
+
+    # ----- wrapping ----------------------------------------------------------------------
+    def wrap_count(self, org_id: str, version: int) -> int:
+        """Wraps done under a version: exact for this process, an upper bound across
+        restarts and processes (reserved blocks count as used)."""
+        window = self._windows.get((org_id, version))
+        if window is not None:
+            return window[0]
+        org = self._live_org(self._state, org_id)
+        rec = org["versions"].get(str(version))
+        return int(rec["wraps_reserved"]) if rec else 0
+
+    def _take_wrap_slot(self, org_id: str) -> tuple[int, Record]:
+        with self._lock:
+            while True:
+                org = self._live_org(self._state, org_id)
+                version = int(org["primary"])
+                window = self._windows.get((org_id, version))
+                if window is not None and window[0] < window[1]:
+                    window[0] += 1
+                    return version, org["versions"][str(version)]["key"]
+                with self._mutate() as state:
+                    org = self._live_org(state, org_id)
+                    version = int(org["primary"])
+                    rec = org["versions"][str(version)]
+                    if rec["wraps_reserved"] >= self._max_wraps:
+                        log.warning(
+                            "org %r KEK v%d reached %d wraps; rotating before the AES-GCM "
+                            "nonce limit",
+                            org_id,
+                            version,
+                            self._max_wraps,
+                        )
+                        version = self._rotate_in(state, org_id)
+                        rec = org["versions"][str(version)]
+                    start = int(rec["wraps_reserved"])
+                    end = min(start + WRAP_RESERVATION_BLOCK, self._max_wraps)
+                    rec["wraps_reserved"] = end
+                    self._windows[(org_id, version)] = [start, end]
+
+    def wrap_dek(self, org_id: str, dek: bytes, context: bytes) -> bytes:
+        """Wrap a 32-byte DEK under the primary KEK; returns the 65-byte wrapped-DEK format."""
+        if len(dek) != DEK_SIZE:
+            raise ValueError("a DEK is 32 bytes")
+        version, record = self._take_wrap_slot(org_id)
+        nonce = os.urandom(NONCE_SIZE)
+        aad = dek_aad(org_id, version, context)
+        ciphertext = self._kek_encrypt(org_id, version, record, nonce, dek, aad)
+        return WrappedDek(version, nonce, ciphertext).to_bytes()
+
+    def _usable_record(self, org_id: str, version: int) -> Record:
+        org = self._state["orgs"].get(org_id)
+        if org is not None and str(version) not in org["versions"]:
+            self._reload()  # another process may have rotated since we loaded the state
+            org = self._state["orgs"].get(org_id)
+        if org is None or org.get("destroyed_at"):
+            raise _refuse("unknown or destroyed org", org_id, version)
+        rec = org["versions"].get(str(version))
+        if rec is None:
+            raise _refuse("unknown KEK version", org_id, version)
+        if rec.get("destroyed_at") or rec.get("key") is None:
+            raise _refuse("KEK version destroyed", org_id, version)
+        if version < org["min_decrypt"]:
+            raise _refuse("KEK version disabled (below minimum decryption version)", org_id, version)
+        key: Record = rec["key"]
+        return key
+
+    def unwrap_dek(self, org_id: str, wrapped: bytes, context: bytes) -> bytes:
+        parsed = parse_wrapped_dek(wrapped)
+        record = self._usable_record(org_id, parsed.kek_version)
+        aad = dek_aad(org_id, parsed.kek_version, context)
+        try:
+            dek = self._kek_decrypt(
+                org_id, parsed.kek_version, record, parsed.nonce, parsed.ciphertext, aad
+            )
+        except DecryptionError:
+            raise _refuse("tag check failed", org_id, parsed.kek_version) from None
+        except Exception as exc:  # backend errors (e.g. PKCS#11 GeneralError) are opaque too
+            log.warning("KEK decrypt raised %s", type(exc).__name__)
+            raise _refuse("backend refused", org_id, parsed.kek_version) from None
+        if len(dek) != DEK_SIZE:
+            raise _refuse("unwrapped DEK has the wrong size", org_id, parsed.kek_version)
+        return dek
+
+    def rewrap_dek(self, org_id: str, wrapped: bytes, context: bytes) -> bytes:
+        """Unwrap under its version and wrap under the primary; unchanged if already primary.
+        The DEK exists in plaintext only in this process's memory."""
+        parsed = parse_wrapped_dek(wrapped)
+        if parsed.kek_version == self.primary_version(org_id):
+            return bytes(wrapped)
+        return self.wrap_dek(org_id, self.unwrap_dek(org_id, wrapped, context), context)
+
+    def mac(self, org_id: str, message: bytes) -> bytes:
+        """HMAC-SHA-256 of `message` under the org's reference key (32 bytes)."""
+        org = self._live_org(self._state, org_id)
+        return self._reference_mac(org_id, org["reference_key"], message)
+
+    def close(self) -> None:
+        """Release backend resources (the token session)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(state_dir={str(self._dir)!r})"
+
+
+# ----- local keyring ---------------------------------------------------------------------
+_KEK_AAD = b"wajah/kek/v1\x00"
+_REFKEY_AAD = b"wajah/refkey/v1\x00"
+_ROOT_CHECK_AAD = b"wajah/root-check/v1\x00"
+
+
+class LocalKeyring(StatefulKeyManager):
+    """KEKs and reference keys live in the state file, each AES-256-GCM-wrapped under the
+    root key with associated data (keyring id, org id, version), so a wrapped KEK cannot be
+    moved between orgs, versions or keyrings. Unwrapped keys are cached in memory only."""
+
+    backend = "local"
+
+    def __init__(
+        self,
+        state_dir: Path,
+        root_key: RootKey,
+        *,
+        max_wraps_per_version: int = DEFAULT_MAX_WRAPS,
+    ) -> None:
+        super().__init__(state_dir, max_wraps_per_version=max_wraps_per_version)
+        self._root = AESGCM(root_key._material)
+        self._keks: dict[tuple[str, int], AESGCM] = {}
+        self._ref_keys: dict[str, bytes] = {}
+        self._open_state()
+
+    def _seal_root(self, data: bytes, aad: bytes) -> str:
+        nonce = os.urandom(NONCE_SIZE)
+        return base64.b64encode(nonce + self._root.encrypt(nonce, data, aad)).decode("ascii")
+
+    def _open_root(self, blob: str, aad: bytes) -> bytes:
+        raw = base64.b64decode(blob)
+        try:
+            return self._root.decrypt(raw[:NONCE_SIZE], raw[NONCE_SIZE:], aad)
+        except InvalidTag:
+            raise KeyringError("a stored key does not open under the root key") from None
+
+    def _init_state(self, state: Record) -> None:
+        state["root_key_check"] = self._seal_root(b"", _ROOT_CHECK_AAD + state["keyring_id"].encode())
+
+    def _check_state(self, state: Record) -> None:
+        try:
+            self._open_root(state["root_key_check"], _ROOT_CHECK_AAD + state["keyring_id"].encode())
+        except KeyringError:
+            raise RootKeyError(f"the root key does not match the keyring in {self._dir}") from None
+
+    def _kek_aad(self, prefix: bytes, org_id: str, version: int) -> bytes:
+        return prefix + self.keyring_id.encode() + b"\x00" + lp(org_id, "org_id") + _U32.pack(version)
+
+    def _new_kek(self, org_id: str, version: int) -> Record:
+        kek = AESGCM.generate_key(bit_length=256)
+        self._keks[(org_id, version)] = AESGCM(kek)
+        return {"wrapped": self._seal_root(kek, self._kek_aad(_KEK_AAD, org_id, version))}
+
+    def _kek(self, org_id: str, version: int, record: Record) -> AESGCM:
+        aead = self._keks.get((org_id, version))
+        if aead is None:
+            raw = self._open_root(record["wrapped"], self._kek_aad(_KEK_AAD, org_id, version))
+            aead = self._keks[(org_id, version)] = AESGCM(raw)
+        return aead
+
+    def _kek_encrypt(
+        self, org_id: str, version: int, record: Record, nonce: bytes, data: bytes, aad: bytes
+    ) -> bytes:
+        return self._kek(org_id, version, record).encrypt(nonce, data, aad)
+
+    def _kek_decrypt(
+        self, org_id: str, version: int, record: Record, nonce: bytes, data: bytes, aad: bytes
+    ) -> bytes:
+        try:
+            return self._kek(org_id, version, record).decrypt(nonce, data, aad)
+        except InvalidTag:
+            raise DecryptionError() from None
+
+    def _destroy_kek(self, org_id: str, version: int, record: Record) -> None:
+        self._keks.pop((org_id, version), None)
+
+    def _new_reference_key(self, org_id: str) -> Record:
+        key = secrets.token_bytes(32)
+        self._ref_keys[org_id] = key
+        return {"wrapped": self._seal_root(key, self._kek_aad(_REFKEY_AAD, org_id, 0))}
+
+    def _reference_mac(self, org_id: str, record: Record, message: bytes) -> bytes:
+        key = self._ref_keys.get(org_id)
+        if key is None:
+            key = self._ref_keys[org_id] = self._open_root(
+                record["wrapped"], self._kek_aad(_REFKEY_AAD, org_id, 0)
+            )
+        h = crypto_hmac.HMAC(key, hashes.SHA256())
+        h.update(message)
+        return h.finalize()
+
+    def _destroy_reference_key(self, org_id: str, record: Record) -> None:
+        self._ref_keys.pop(org_id, None)
+
+
+def build_kms(settings: Settings) -> KeyManager:
+    """The configured key manager; validates configuration now, not on first use."""
+    state_dir = settings.home / "keys"
+    production = str(settings.mode) == "production"
+    if settings.kms_backend == "pkcs11":
+        from app.crypto.pkcs11 import Pkcs11KeyManager
+
+        if settings.pkcs11_module is None or settings.pkcs11_token_label is None:
+            raise KeyringError("the pkcs11 backend needs WAJAH_PKCS11_MODULE and _TOKEN_LABEL")
+        if settings.pkcs11_pin is None:
+            raise KeyringError("the pkcs11 backend needs WAJAH_PKCS11_PIN")
+        return Pkcs11KeyManager(
+            state_dir,
+            module=settings.pkcs11_module,
+            token_label=settings.pkcs11_token_label,
+            pin=settings.pkcs11_pin.get_secret_value(),
+            max_wraps_per_version=settings.max_wraps_per_kek_version,
+        )
+    root = load_root_key(
+        production=production,
+        root_key=settings.root_key.get_secret_value() if settings.root_key else None,
+        root_key_file=settings.root_key_file,
+        home=settings.home,
+    )
+    return LocalKeyring(state_dir, root, max_wraps_per_version=settings.max_wraps_per_kek_version)
