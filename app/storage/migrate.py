@@ -32,8 +32,9 @@ def alembic_config(connection: Connection | None = None) -> Config:
 @contextmanager
 def _connection(engine_or_url: Engine | str | URL) -> Iterator[Connection]:
     owned = not isinstance(engine_or_url, Engine)
-    engine = create_engine_for(engine_or_url) if owned else engine_or_url
-    assert isinstance(engine, Engine)
+    engine = (
+        engine_or_url if isinstance(engine_or_url, Engine) else create_engine_for(engine_or_url)
+    )
     try:
         # One transaction for the whole run: both databases have transactional DDL, so a
         # failed migration leaves the schema as it was.

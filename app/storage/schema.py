@@ -139,9 +139,7 @@ frames = sa.Table(
     metadata,
     sa.Column("id", ID, primary_key=True),
     sa.Column("org_id", ID, sa.ForeignKey("orgs.id"), nullable=False),
-    sa.Column(
-        "enrollment_id", ID, sa.ForeignKey("enrollments.id"), nullable=False, index=True
-    ),
+    sa.Column("enrollment_id", ID, sa.ForeignKey("enrollments.id"), nullable=False, index=True),
     sa.Column("object_key", sa.String(200), nullable=False, unique=True),
     # The frame's DEK wrapped by the org KEK; deleting it crypto-shreds the frame.
     sa.Column("wrapped_dek", sa.LargeBinary(), nullable=True),

@@ -31,7 +31,7 @@ depends_on = None
 
 _APPEND_ONLY = "audit_log is append-only"
 
-SQLITE_AUDIT_TRIGGERS = (
+SQLITE_AUDIT_TRIGGERS: tuple[str, ...] = (
     f"""CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
     BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}: UPDATE refused'); END""",
     f"""CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
@@ -42,7 +42,7 @@ SQLITE_AUDIT_TRIGGERS = (
     BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}: row exists, REPLACE refused'); END""",
 )
 
-POSTGRES_AUDIT_TRIGGERS = (
+POSTGRES_AUDIT_TRIGGERS: tuple[str, ...] = (
     f"""CREATE FUNCTION audit_log_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         RAISE EXCEPTION '{_APPEND_ONLY}: % refused', TG_OP;
@@ -124,17 +124,13 @@ def upgrade() -> None:
             "status IN ('active', 'retired', 'erased')", name=op.f("ck_enrollments_status")
         ),
         sa.CheckConstraint("dimension > 0", name=op.f("ck_enrollments_dimension")),
-        sa.ForeignKeyConstraint(
-            ["org_id"], ["orgs.id"], name=op.f("fk_enrollments_org_id_orgs")
-        ),
+        sa.ForeignKeyConstraint(["org_id"], ["orgs.id"], name=op.f("fk_enrollments_org_id_orgs")),
         sa.ForeignKeyConstraint(
             ["subject_pk"], ["subjects.id"], name=op.f("fk_enrollments_subject_pk_subjects")
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_enrollments")),
         sa.UniqueConstraint("org_id", "seq", name=op.f("uq_enrollments_org_id_seq")),
-        sa.UniqueConstraint(
-            "org_id", "vector_id", name=op.f("uq_enrollments_org_id_vector_id")
-        ),
+        sa.UniqueConstraint("org_id", "vector_id", name=op.f("uq_enrollments_org_id_vector_id")),
     )
     op.create_index(op.f("ix_enrollments_subject_pk"), "enrollments", ["subject_pk"])
     op.create_table(

@@ -1,0 +1,36 @@
+"""``INSERT ... ON CONFLICT DO UPDATE ... RETURNING`` on SQLite and PostgreSQL.
+
+Used to take a row lock and bump a counter in one statement that also creates the row the
+first time. On PostgreSQL a concurrent first insert waits for the other transaction and then
+takes the update path, so there is no unique-violation race to retry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+
+def upsert_returning(
+    conn: Connection,
+    table: sa.Table,
+    *,
+    values: Mapping[str, Any],
+    key: str,
+    on_conflict_set: Mapping[str, Any],
+    returning: tuple[sa.Column[Any], ...],
+) -> sa.Row[Any]:
+    name = conn.dialect.name
+    if name == "postgresql":
+        pg = postgresql.insert(table).values(**values)
+        stmt: sa.Insert = pg.on_conflict_do_update(index_elements=[key], set_=on_conflict_set)
+    elif name == "sqlite":
+        lite = sqlite.insert(table).values(**values)
+        stmt = lite.on_conflict_do_update(index_elements=[key], set_=on_conflict_set)
+    else:  # pragma: no cover - create_engine_for refuses other backends
+        raise RuntimeError(f"unsupported dialect {name}")
+    return conn.execute(stmt.returning(*returning)).one()
