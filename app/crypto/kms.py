@@ -157,10 +157,10 @@ class StatefulKeyManager(ABC):
         self._check_state(self._state)
 
     # ----- hooks -------------------------------------------------------------------------
-    def _init_state(self, state: Record) -> None:
+    def _init_state(self, state: Record) -> None:  # noqa: B027 - optional hook
         """Add backend fields to a fresh state (e.g. a root-key check value)."""
 
-    def _check_state(self, state: Record) -> None:
+    def _check_state(self, state: Record) -> None:  # noqa: B027 - optional hook
         """Validate a loaded state against the backend (e.g. the right root key)."""
 
     @abstractmethod
@@ -401,7 +401,9 @@ class StatefulKeyManager(ABC):
         if rec.get("destroyed_at") or rec.get("key") is None:
             raise _refuse("KEK version destroyed", org_id, version)
         if version < org["min_decrypt"]:
-            raise _refuse("KEK version disabled (below minimum decryption version)", org_id, version)
+            raise _refuse(
+                "KEK version disabled (below minimum decryption version)", org_id, version
+            )
         key: Record = rec["key"]
         return key
 
@@ -435,7 +437,7 @@ class StatefulKeyManager(ABC):
         org = self._live_org(self._state, org_id)
         return self._reference_mac(org_id, org["reference_key"], message)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - only some backends hold resources
         """Release backend resources (the token session)."""
 
     def __repr__(self) -> str:
@@ -480,7 +482,9 @@ class LocalKeyring(StatefulKeyManager):
             raise KeyringError("a stored key does not open under the root key") from None
 
     def _init_state(self, state: Record) -> None:
-        state["root_key_check"] = self._seal_root(b"", _ROOT_CHECK_AAD + state["keyring_id"].encode())
+        state["root_key_check"] = self._seal_root(
+            b"", _ROOT_CHECK_AAD + state["keyring_id"].encode()
+        )
 
     def _check_state(self, state: Record) -> None:
         try:
@@ -489,7 +493,9 @@ class LocalKeyring(StatefulKeyManager):
             raise RootKeyError(f"the root key does not match the keyring in {self._dir}") from None
 
     def _kek_aad(self, prefix: bytes, org_id: str, version: int) -> bytes:
-        return prefix + self.keyring_id.encode() + b"\x00" + lp(org_id, "org_id") + _U32.pack(version)
+        return (
+            prefix + self.keyring_id.encode() + b"\x00" + lp(org_id, "org_id") + _U32.pack(version)
+        )
 
     def _new_kek(self, org_id: str, version: int) -> Record:
         kek = AESGCM.generate_key(bit_length=256)
@@ -543,7 +549,7 @@ def build_kms(settings: Settings) -> KeyManager:
     state_dir = settings.home / "keys"
     production = str(settings.mode) == "production"
     if settings.kms_backend == "pkcs11":
-        from app.crypto.pkcs11 import Pkcs11KeyManager
+        from app.crypto.hsm import Pkcs11KeyManager
 
         if settings.pkcs11_module is None or settings.pkcs11_token_label is None:
             raise KeyringError("the pkcs11 backend needs WAJAH_PKCS11_MODULE and _TOKEN_LABEL")

@@ -47,7 +47,7 @@ class RootKey:
 
     __str__ = __repr__
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> str | tuple[object, ...]:
         raise TypeError("RootKey cannot be pickled")
 
 

@@ -82,11 +82,7 @@ def lp(value: str, what: str) -> bytes:
 
 
 def encode_context(org_id: str, object_id: str, purpose: Purpose) -> bytes:
-    return (
-        lp(org_id, "org_id")
-        + lp(object_id, "object_id")
-        + lp(Purpose(purpose).value, "purpose")
-    )
+    return lp(org_id, "org_id") + lp(object_id, "object_id") + lp(Purpose(purpose).value, "purpose")
 
 
 def dek_aad(org_id: str, kek_version: int, context: bytes) -> bytes:

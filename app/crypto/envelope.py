@@ -1,0 +1,149 @@
+"""Envelope encryption: AES-256-GCM under a fresh DEK per object, the DEK wrapped by the org's
+KEK through a `KeyManager`. See `app.crypto.wire` for the byte layout.
+
+    cipher = EnvelopeCipher(kms)
+    blob = cipher.seal(frame_bytes, org_id=org, object_id=frame_id, purpose=Purpose.FRAME)
+    frame_bytes = cipher.open(blob, org_id=org, object_id=frame_id, purpose=Purpose.FRAME)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from app.crypto.errors import DecryptionError
+from app.crypto.kms import KeyManager
+from app.crypto.wire import (
+    BLOB_HEADER_SIZE,
+    BLOB_VERSION,
+    DEK_SIZE,
+    MIN_BLOB_SIZE,
+    NONCE_SIZE,
+    WRAPPED_DEK_SIZE,
+    Purpose,
+    encode_context,
+    kek_version_of,
+    payload_aad,
+)
+
+log = logging.getLogger(__name__)
+
+# AES-GCM's own limit is 2**36 - 32 bytes; frames and PII are far smaller, so refuse
+# absurd sizes early rather than allocate them.
+MAX_PLAINTEXT_SIZE = 2**31
+
+
+class EnvelopeCipher:
+    """seal/open of objects bound to (org, object id, purpose). Callers never see keys or
+    nonces; every failure to open is one `DecryptionError`."""
+
+    def __init__(self, kms: KeyManager) -> None:
+        self._kms = kms
+
+    def seal(self, plaintext: bytes, *, org_id: str, object_id: str, purpose: Purpose) -> bytes:
+        if len(plaintext) > MAX_PLAINTEXT_SIZE:
+            raise ValueError("plaintext too large to seal")
+        context = encode_context(org_id, object_id, purpose)
+        dek = AESGCM.generate_key(bit_length=256)
+        wrapped = self._kms.wrap_dek(org_id, dek, context)
+        nonce = os.urandom(NONCE_SIZE)
+        body = AESGCM(dek).encrypt(nonce, plaintext, payload_aad(context))
+        return b"".join((bytes([BLOB_VERSION]), wrapped, nonce, body))
+
+    def open(self, blob: bytes, *, org_id: str, object_id: str, purpose: Purpose) -> bytes:
+        try:
+            context = encode_context(org_id, object_id, purpose)
+        except ValueError:
+            raise DecryptionError() from None
+        if len(blob) < MIN_BLOB_SIZE or blob[0] != BLOB_VERSION:
+            log.warning("refused to open a blob: bad length or version (org=%r)", org_id)
+            raise DecryptionError()
+        view = memoryview(blob)
+        dek = self._kms.unwrap_dek(org_id, bytes(view[1:BLOB_HEADER_SIZE]), context)
+        nonce = bytes(view[BLOB_HEADER_SIZE : BLOB_HEADER_SIZE + NONCE_SIZE])
+        try:
+            return AESGCM(dek).decrypt(
+                nonce, view[BLOB_HEADER_SIZE + NONCE_SIZE :], payload_aad(context)
+            )
+        except InvalidTag:
+            log.warning("refused to open a blob: payload tag check failed (org=%r)", org_id)
+            raise DecryptionError() from None
+
+    def rewrap(
+        self, blob_or_wrapped_dek: bytes, *, org_id: str, object_id: str, purpose: Purpose
+    ) -> bytes:
+        """Rewrap the DEK of a sealed blob (or a detached 65-byte wrapped DEK) to the org's
+        primary KEK version; returns the same kind of value it was given, unchanged if it is
+        already on the primary version. The payload is neither decrypted nor re-encrypted."""
+        context = encode_context(org_id, object_id, purpose)
+        data = bytes(blob_or_wrapped_dek)
+        if len(data) == WRAPPED_DEK_SIZE:
+            return self._kms.rewrap_dek(org_id, data, context)
+        if len(data) < MIN_BLOB_SIZE or data[0] != BLOB_VERSION:
+            raise DecryptionError()
+        new = self._kms.rewrap_dek(org_id, data[1:BLOB_HEADER_SIZE], context)
+        return data[:1] + new + data[BLOB_HEADER_SIZE:]
+
+    def __repr__(self) -> str:
+        return f"EnvelopeCipher(kms={self._kms!r})"
+
+
+assert DEK_SIZE == 32  # the wire format hard-codes 32-byte DEKs
+
+
+class RewrapItem(NamedTuple):
+    """One stored object to rewrap: `data` is its sealed blob or detached wrapped DEK."""
+
+    object_id: str
+    purpose: Purpose
+    data: bytes
+
+
+@dataclass
+class RewrapReport:
+    total: int = 0
+    rewrapped: int = 0
+    skipped: int = 0  # already on the primary version
+    failed: list[str] = field(default_factory=list)  # object ids that did not unwrap
+
+
+def rewrap_all(
+    kms: KeyManager,
+    org_id: str,
+    items: Iterable[RewrapItem],
+    save: Callable[[RewrapItem, bytes], None],
+    progress: Callable[[RewrapReport], None] | None = None,
+) -> RewrapReport:
+    """Rewrap every item to the org's primary KEK version (for `wajah keys rotate`).
+
+    Resumable: items already on the primary version are skipped without unwrapping, so an
+    interrupted run is simply run again. `save(item, new_data)` persists one item (commit as
+    often as you like); `progress(report)` is called after each item. Items that fail to
+    unwrap are listed in `report.failed` and left untouched; the run goes on.
+    """
+    cipher = EnvelopeCipher(kms)
+    report = RewrapReport()
+    primary = kms.primary_version(org_id)
+    for item in items:
+        report.total += 1
+        try:
+            version = kek_version_of(item.data)
+            if version == primary:
+                report.skipped += 1
+            else:
+                new = cipher.rewrap(
+                    item.data, org_id=org_id, object_id=item.object_id, purpose=item.purpose
+                )
+                save(item, new)
+                report.rewrapped += 1
+        except DecryptionError:
+            report.failed.append(item.object_id)
+        if progress is not None:
+            progress(report)
+    return report
