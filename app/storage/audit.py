@@ -278,7 +278,9 @@ def list_audit(
 def verify_chain(conn: Connection, *, chain: str | None = None) -> VerifyResult:
     """Walk one chain (or every chain) and report the first row that breaks it.
 
-    A row is broken when its ``chain_seq`` is not the expected next number (a row was
+    ``first_broken_seq`` is the first position that fails (for a deleted row: the missing
+    seq; ``first_broken_id`` is then the row found in its place). A row is broken when its
+    ``chain_seq`` is not the expected next number (a row was
     deleted or rows were reordered), when its ``prev_hash`` is not its predecessor's hash,
     or when its stored hash is not ``SHA-256(prev_hash || canonical_row)`` (it was edited).
     Rows removed from the end are caught against the chain head. Keys are not needed.
@@ -332,7 +334,8 @@ def _verify_one(conn: Connection, chain: str) -> VerifyResult:
             if bytes(row.hash) != digest:
                 reason = "hash does not match the row's contents: row edited"
         if reason is not None:
-            return VerifyResult(False, checked, seq, reason, chain, str(row.id))
+            # The position where the chain first fails, and the row found there.
+            return VerifyResult(False, checked, expected_seq, reason, chain, str(row.id))
         checked += 1
         expected_seq, prev_hash = seq + 1, digest
 
