@@ -74,8 +74,8 @@ class Settings(BaseSettings):
 
     # --- quality gate ----------------------------------------------------------------------
     min_interocular_px: float = Field(default=24.0, ge=0)
-    min_detector_score: float = Field(default=0.9, ge=0, le=1)
-    min_blur_variance: float = Field(default=15.0, ge=0)
+    min_detector_score: float = Field(default=0.75, ge=0, le=1)
+    min_blur_variance: float = Field(default=40.0, ge=0)
     max_yaw_degrees: float = Field(default=45.0, ge=0, le=90)
     max_pitch_degrees: float = Field(default=40.0, ge=0, le=90)
     multiple_faces: Literal["reject", "largest"] = "reject"

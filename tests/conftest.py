@@ -20,3 +20,23 @@ def group_photo_path() -> Path:
 def single_face_path() -> Path:
     """Tom_Hanks_54745.png: one face."""
     return INSIGHTFACE_IMAGES / "Tom_Hanks_54745.png"
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private model cache for this test run (the default pack is prepared into it once)."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def default_pack(models_dir: Path):  # type: ignore[no-untyped-def]
+    from models.prepare import prepare_default_pack
+
+    return prepare_default_pack(models_dir)
+
+
+@pytest.fixture(scope="session")
+def pipeline(default_pack):  # type: ignore[no-untyped-def]
+    from models.pipeline import FacePipeline
+
+    return FacePipeline.load(default_pack)

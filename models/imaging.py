@@ -1,0 +1,98 @@
+"""Decoding untrusted capture frames into BGR pixel arrays.
+
+Order matters for safety: the byte limit and the magic-byte sniff run before any parser, and
+the pixel limit is checked from the header before a single pixel is decompressed, so a
+20000×20000 PNG "bomb" of a few hundred kilobytes costs microseconds and no memory.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image, ImageFile, ImageOps
+
+from models.errors import (
+    CorruptImageError,
+    EmptyImageError,
+    ImageDimensionsError,
+    ImageTooLargeError,
+    UnsupportedImageTypeError,
+)
+
+ImageType = Literal["jpeg", "png", "webp"]
+
+# A truncated file must be an error, never a half-grey face.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_bytes: int = 8 * 1024 * 1024
+    max_pixels: int = 40_000_000
+
+
+def sniff_image_type(data: bytes) -> ImageType:
+    """Identify JPEG, PNG or WebP by magic bytes; anything else is unsupported."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data[:4] in (b"GIF8",):
+        raise UnsupportedImageTypeError("GIF frames are not accepted; send JPEG, PNG or WebP")
+    raise UnsupportedImageTypeError("not a JPEG, PNG or WebP image")
+
+
+def decode_image(data: bytes, limits: ImageLimits | None = None) -> NDArray[np.uint8]:
+    """Decode `data` into an H×W×3 uint8 BGR array with EXIF orientation applied.
+
+    Raises a distinct `ImageError` subclass for empty, oversized, unsupported, too many
+    pixels, or corrupt/truncated input.
+    """
+    limits = limits or ImageLimits()
+    if not data:
+        raise EmptyImageError("the image is empty")
+    if len(data) > limits.max_bytes:
+        raise ImageTooLargeError(
+            f"the image is {len(data)} bytes; the limit is {limits.max_bytes} bytes"
+        )
+    kind = sniff_image_type(data)
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns (and later raises) on large images; our own limit is stricter.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=[kind.upper()])
+            width, height = image.size
+            if width <= 0 or height <= 0:
+                raise CorruptImageError("the image has no pixels")
+            if width * height > limits.max_pixels:
+                raise ImageDimensionsError(
+                    f"the image is {width}×{height} pixels; the limit is {limits.max_pixels}"
+                )
+            image.load()
+            rgb = (ImageOps.exif_transpose(image) or image).convert("RGB")
+    except (ImageDimensionsError, CorruptImageError):
+        raise
+    except Image.DecompressionBombError as exc:  # Pillow's own header check fired first
+        raise ImageDimensionsError(
+            f"the image has too many pixels; the limit is {limits.max_pixels} ({exc})"
+        ) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise CorruptImageError(f"the {kind.upper()} data does not decode: {exc}") from exc
+    array = np.asarray(rgb, dtype=np.uint8)
+    return np.ascontiguousarray(array[:, :, ::-1])
+
+
+def encode_jpeg(image_bgr: NDArray[np.uint8], quality: int = 90) -> bytes:
+    """Encode a BGR array as JPEG (used by tests and benchmarks to make captures)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image_bgr[:, :, ::-1])).save(
+        buffer, format="JPEG", quality=quality
+    )
+    return buffer.getvalue()

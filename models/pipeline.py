@@ -1,0 +1,135 @@
+"""The face pipeline: bytes in, one quality-checked, L2-normalised embedding per frame out.
+
+decode (sniffed type, byte and pixel limits) → detect → one-face policy → align to 112×112 →
+quality gate → embed (batched across the frames of a bundle) → L2-normalise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from models.alignment import align_face
+from models.detector import Detection, FaceDetector, ScrfdDetector, YuNetDetector
+from models.embedder import ArcFaceEmbedder, FaceEmbedder
+from models.errors import FacePipelineError
+from models.imaging import ImageLimits, decode_image
+from models.packs import ModelPack
+from models.quality import QualityPolicy, QualityReport, assess, choose_face, raise_for_report
+
+FloatArray = NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class FaceCapture:
+    """One accepted face: its embedding, where it was, and how good it looked."""
+
+    embedding: FloatArray
+    detection: Detection
+    quality: QualityReport
+
+
+@dataclass(frozen=True)
+class FrameOutcome:
+    """The result for one frame of a bundle: a capture, or the error that refused it."""
+
+    capture: FaceCapture | None
+    error: FacePipelineError | None
+
+    @property
+    def quality(self) -> QualityReport | None:
+        if self.capture is not None:
+            return self.capture.quality
+        report: Any = getattr(self.error, "report", None)
+        return report if isinstance(report, QualityReport) else None
+
+
+class FacePipeline:
+    def __init__(
+        self,
+        pack: ModelPack,
+        detector: FaceDetector,
+        embedder: FaceEmbedder,
+        policy: QualityPolicy | None = None,
+        limits: ImageLimits | None = None,
+    ) -> None:
+        self.pack = pack
+        self.detector = detector
+        self.embedder = embedder
+        self.policy = policy or QualityPolicy()
+        self.limits = limits or ImageLimits()
+
+    @classmethod
+    def load(
+        cls,
+        pack: ModelPack,
+        threads: int = 1,
+        policy: QualityPolicy | None = None,
+        limits: ImageLimits | None = None,
+    ) -> FacePipeline:
+        """Build sessions for `pack`; each file is checked against its manifest first."""
+        detector: FaceDetector
+        if pack.detector.kind == "yunet":
+            detector = YuNetDetector.from_file(pack.detector_path(), pack.detector, threads)
+        else:
+            detector = ScrfdDetector(pack.detector_path(), pack.detector, threads)
+        embedder: FaceEmbedder
+        if pack.recognizer.kind == "arcface":
+            embedder = ArcFaceEmbedder(pack.recognizer_path(), pack.recognizer, threads)
+        else:
+            embedder = FaceEmbedder.from_file(pack.recognizer_path(), pack.recognizer, threads)
+        return cls(pack, detector, embedder, policy, limits)
+
+    @property
+    def model_id(self) -> str:
+        return self.pack.model_id
+
+    @property
+    def dimension(self) -> int:
+        return self.pack.embedding_dim
+
+    @property
+    def threshold(self) -> float:
+        return self.pack.thresholds.cosine
+
+    def decode(self, data: bytes) -> NDArray[np.uint8]:
+        return decode_image(data, self.limits)
+
+    def capture(self, data: bytes) -> FaceCapture:
+        """One frame → one accepted face, or the `FacePipelineError` that refused it."""
+        outcome = self.capture_bundle([data])[0]
+        if outcome.error is not None:
+            raise outcome.error
+        assert outcome.capture is not None
+        return outcome.capture
+
+    def capture_bundle(self, frames: list[bytes]) -> list[FrameOutcome]:
+        """Gate every frame, then embed all accepted crops in one batched graph run."""
+        outcomes: list[FrameOutcome | None] = []
+        accepted: list[tuple[int, Detection, NDArray[np.uint8], QualityReport]] = []
+        for position, data in enumerate(frames):
+            try:
+                image = self.decode(data)
+                detections = self.detector.detect(image)
+                face = choose_face(detections, self.policy)
+                crop = align_face(image, face.landmarks)
+                report = assess(image, face, len(detections), self.policy)
+                raise_for_report(report)
+            except FacePipelineError as error:
+                outcomes.append(FrameOutcome(capture=None, error=error))
+                continue
+            outcomes.append(None)
+            accepted.append((position, face, crop, report))
+        vectors = self.embedder.embed([crop for _, _, crop, _ in accepted])
+        for (position, face, _, report), vector in zip(accepted, vectors, strict=True):
+            outcomes[position] = FrameOutcome(FaceCapture(vector, face, report), None)
+        return [o for o in outcomes if o is not None]
+
+    def embed_all_faces(self, image: NDArray[np.uint8]) -> list[tuple[Detection, FloatArray]]:
+        """Every detected face with its embedding, no gate (calibration and tests)."""
+        detections = self.detector.detect(image)
+        crops = [align_face(image, d.landmarks) for d in detections]
+        return list(zip(detections, self.embedder.embed(crops), strict=True))
