@@ -1,0 +1,274 @@
+"""Snapshot files: one per namespace, written atomically, verified completely on load.
+
+On-disk format, version 1 (all integers little-endian)::
+
+    offset  size  field
+    0       8     magic  b"WJHIDX\\r\\n"  (the CR LF catches text-mode mangling, as in PNG)
+    8       4     H: length of the header in bytes (uint32, at most 65536)
+    12      4     CRC-32 of the header bytes (uint32)
+    16      H     header: a UTF-8 JSON object with the keys
+                    format_version  int, 1
+                    namespace       str, the namespace the snapshot belongs to
+                    dimension       int, vector dimension
+                    model_id        str, model the vectors come from
+                    storage         "float32" | "float16", element type of the vectors
+                    count           int, number of rows N
+                    position        int, source-of-truth position the rows include
+                    payload_bytes   int, 8*N + N*dimension*itemsize
+                    payload_crc32   int, CRC-32 of the payload bytes
+    16+H    8*N   ids: int64, unique and non-negative
+    ...     N*D*s vectors: row-major float32 (s=4) or IEEE float16 (s=2)
+
+The file ends exactly after the vectors, so a truncated file is caught by its size before
+anything is read, and a flipped bit by one of the two checksums. Only live rows are written;
+tombstones never reach disk.
+
+Writes go to a temporary file in the same directory, which is fsynced, renamed over the old
+snapshot with ``os.replace`` and followed by an fsync of the directory, so a crash or a full
+disk leaves either the old or the new snapshot, never a mixture. FAISS's ``write_index`` is
+not used: it does not fsync and can leave a truncated file behind on a full disk.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import sys
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ._store import ROW_BITS, Storage, Store, dtype_of
+from .errors import SnapshotError, SnapshotWriteError
+
+MAGIC = b"WJHIDX\r\n"
+FORMAT_VERSION = 1
+MAX_HEADER_BYTES = 65536
+_PREFIX = struct.Struct("<8sII")
+# Big enough to stream at disk speed, small enough that a chunk copy costs little memory.
+_CHUNK_BYTES = 16 << 20
+
+if sys.byteorder != "little":  # pragma: no cover - every supported platform is little-endian
+    raise ImportError("index snapshots assume a little-endian host")
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotHeader:
+    """The metadata stored in front of a snapshot's payload."""
+
+    namespace: str
+    dimension: int
+    model_id: str
+    storage: Storage
+    count: int
+    position: int
+    payload_bytes: int = 0
+    payload_crc32: int = 0
+    format_version: int = FORMAT_VERSION
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(
+            {
+                "format_version": self.format_version,
+                "namespace": self.namespace,
+                "dimension": self.dimension,
+                "model_id": self.model_id,
+                "storage": self.storage,
+                "count": self.count,
+                "position": self.position,
+                "payload_bytes": self.payload_bytes,
+                "payload_crc32": self.payload_crc32,
+            },
+            sort_keys=True,
+        ).encode()
+
+
+def _byte_chunks(array: NDArray[Any]) -> Iterable[memoryview]:
+    flat = np.ascontiguousarray(array).data.cast("B")
+    for start in range(0, len(flat), _CHUNK_BYTES):
+        yield flat[start : start + _CHUNK_BYTES]
+
+
+def write_snapshot(path: Path, header: SnapshotHeader, store: Store) -> SnapshotHeader:
+    """Write ``store``'s live rows to ``path`` atomically; return the header written.
+
+    The caller must keep ``store`` unchanged while this runs. Raises
+    :class:`SnapshotWriteError` on any OS error; the previous file at ``path`` is untouched.
+    """
+    itemsize = np.dtype(dtype_of(header.storage)).itemsize
+    count = store.count
+    payload_bytes = count * (8 + header.dimension * itemsize)
+    # The header sits in front of the payload and holds its checksum, so reserve room for it
+    # and fill it in once the payload is written: one pass over the vectors, not two.
+    placeholder = SnapshotHeader(
+        namespace=header.namespace,
+        dimension=header.dimension,
+        model_id=header.model_id,
+        storage=header.storage,
+        count=count,
+        position=header.position,
+        payload_bytes=payload_bytes,
+        payload_crc32=0xFFFFFFFF,
+    )
+    header_len = len(placeholder.to_bytes())
+    if header_len > MAX_HEADER_BYTES:
+        raise SnapshotWriteError("snapshot header too large (model id or namespace too long)")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.seek(_PREFIX.size + header_len)
+            crc = 0
+            written = 0
+            # Ids first, then vectors, one segment at a time: a segment with tombstones is
+            # copied (live rows only), the others are written from the FAISS buffers directly.
+            parts: tuple[Literal["ids"], Literal["vectors"]] = ("ids", "vectors")
+            for which in parts:
+                for data in store.live_chunks(which):
+                    for part in _byte_chunks(data):
+                        crc = zlib.crc32(part, crc)
+                        written += f.write(part)
+            if written != payload_bytes:
+                raise SnapshotWriteError("store changed while the snapshot was written")
+            final = SnapshotHeader(
+                namespace=header.namespace,
+                dimension=header.dimension,
+                model_id=header.model_id,
+                storage=header.storage,
+                count=count,
+                position=header.position,
+                payload_bytes=payload_bytes,
+                payload_crc32=crc,
+            )
+            # Pad with spaces (valid JSON whitespace) to the reserved length.
+            head = final.to_bytes().ljust(header_len)
+            f.seek(0)
+            f.write(_PREFIX.pack(MAGIC, header_len, zlib.crc32(head)))
+            f.write(head)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise SnapshotWriteError(f"could not write snapshot {path.name}: {exc.strerror}") from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return final
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_header(f: BinaryIO, file_size: int) -> SnapshotHeader:
+    """Read and check the header of an open snapshot; raise :class:`SnapshotError`."""
+    prefix = f.read(_PREFIX.size)
+    if len(prefix) != _PREFIX.size:
+        raise SnapshotError("snapshot shorter than its prefix")
+    magic, header_len, header_crc = _PREFIX.unpack(prefix)
+    if magic != MAGIC:
+        raise SnapshotError("not a wajah index snapshot (bad magic)")
+    if header_len > MAX_HEADER_BYTES:
+        raise SnapshotError("snapshot header length out of bounds")
+    head = f.read(header_len)
+    if len(head) != header_len or zlib.crc32(head) != header_crc:
+        raise SnapshotError("snapshot header checksum mismatch")
+    try:
+        fields = json.loads(head)
+        if fields["format_version"] != FORMAT_VERSION:
+            raise SnapshotError(f"unsupported snapshot format version {fields['format_version']}")
+        header = SnapshotHeader(
+            namespace=str(fields["namespace"]),
+            dimension=int(fields["dimension"]),
+            model_id=str(fields["model_id"]),
+            storage=fields["storage"],
+            count=int(fields["count"]),
+            position=int(fields["position"]),
+            payload_bytes=int(fields["payload_bytes"]),
+            payload_crc32=int(fields["payload_crc32"]),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SnapshotError("snapshot header is malformed") from exc
+    if header.storage not in ("float32", "float16") or header.dimension < 1 or header.count < 0:
+        raise SnapshotError("snapshot header is malformed")
+    itemsize = np.dtype(dtype_of(header.storage)).itemsize
+    if header.payload_bytes != header.count * (8 + header.dimension * itemsize):
+        raise SnapshotError("snapshot payload size disagrees with its count")
+    if file_size != _PREFIX.size + header_len + header.payload_bytes:
+        raise SnapshotError("snapshot is truncated or has trailing bytes")
+    return header
+
+
+def _read_exact(f: io.BufferedReader, target: NDArray[Any], crc: int) -> int:
+    view = target.data.cast("B")
+    for start in range(0, len(view), _CHUNK_BYTES):
+        part = view[start : start + _CHUNK_BYTES]
+        if f.readinto(part) != len(part):
+            raise SnapshotError("snapshot is truncated")
+        crc = zlib.crc32(part, crc)
+    return crc
+
+
+def read_snapshot(path: Path, *, namespace: str, dimension: int, model_id: str,
+                  storage: Storage) -> tuple[SnapshotHeader, Store]:  # fmt: skip
+    """Load a snapshot into a fresh :class:`Store`, verifying everything.
+
+    Raises :class:`SnapshotError` if the file is missing, truncated, corrupt, of another format
+    version, or belongs to another namespace, dimension, model or storage layout.
+    """
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed by the with block below
+    except OSError as exc:
+        raise SnapshotError(f"cannot open snapshot: {exc.strerror}") from exc
+    with f:
+        header = read_header(f, os.fstat(f.fileno()).st_size)
+        expected = (namespace, dimension, model_id, storage)
+        found = (header.namespace, header.dimension, header.model_id, header.storage)
+        if found != expected:
+            raise SnapshotError(f"snapshot is for {found}, expected {expected}")
+        store = Store(dimension, storage)
+        ids = np.empty(header.count, dtype=np.int64)
+        crc = _read_exact(f, ids, 0)
+        store.reserve(header.count)
+        remaining = header.count
+        for seg in store.segments:
+            take = min(remaining, seg.capacity)
+            crc = _read_exact(f, seg.vectors[:take], crc)
+            remaining -= take
+            if remaining == 0:
+                break
+        if crc != header.payload_crc32:
+            raise SnapshotError("snapshot payload checksum mismatch")
+        if header.count and int(ids.min()) < 0:
+            raise SnapshotError("snapshot holds a negative id")
+        _index_rows(store, ids)
+        if store.count != header.count:
+            raise SnapshotError("snapshot holds duplicate ids")
+    return header, store
+
+
+def _index_rows(store: Store, ids: NDArray[np.int64]) -> None:
+    done = 0
+    for seg_index, seg in enumerate(store.segments):
+        take = min(len(ids) - done, seg.capacity)
+        if take <= 0:
+            break
+        seg.ids[:take] = ids[done : done + take]
+        base = seg_index << ROW_BITS
+        store.rows.update(
+            zip(ids[done : done + take].tolist(), range(base, base + take), strict=True)
+        )
+        seg.set_size(take)
+        done += take
