@@ -104,6 +104,8 @@ class Store:
     def append(self, ids: NDArray[np.int64], vectors: NDArray[Any]) -> None:
         """Append rows; ids must be validated as new and unique by the caller."""
         n = len(ids)
+        if n == 0:
+            return
         self.reserve(n)
         # reserve() may have left a partly filled segment followed by empty ones.
         seg_index = next(i for i, s in enumerate(self.segments) if s.size < s.capacity)

@@ -37,7 +37,7 @@ import os
 import struct
 import sys
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -90,7 +90,9 @@ class SnapshotHeader:
         ).encode()
 
 
-def _byte_chunks(array: NDArray[Any]) -> Iterable[memoryview]:
+def _byte_chunks(array: NDArray[Any]) -> Iterator[memoryview]:
+    if array.size == 0:
+        return
     flat = np.ascontiguousarray(array).data.cast("B")
     for start in range(0, len(flat), _CHUNK_BYTES):
         yield flat[start : start + _CHUNK_BYTES]
@@ -212,6 +214,8 @@ def read_header(f: BinaryIO, file_size: int) -> SnapshotHeader:
 
 
 def _read_exact(f: io.BufferedReader, target: NDArray[Any], crc: int) -> int:
+    if target.size == 0:
+        return crc
     view = target.data.cast("B")
     for start in range(0, len(view), _CHUNK_BYTES):
         part = view[start : start + _CHUNK_BYTES]
