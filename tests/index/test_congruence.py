@@ -44,7 +44,11 @@ def test_add_remove_search_reload_matches_brute_force(
 
     index.snapshot(position=99)
     reloaded = VectorIndex(
-        "org-a", dimension=d, model_id=MODEL, storage=storage, snapshot_path=index.snapshot_path  # type: ignore[arg-type]
+        "org-a",
+        dimension=d,
+        model_id=MODEL,
+        storage=storage,
+        snapshot_path=index.snapshot_path,  # type: ignore[arg-type]
     )
     report = reloaded.load_or_rebuild(lambda position: [])
     assert (report.source, report.position, report.count) == ("snapshot", 99, 6500)
@@ -144,7 +148,9 @@ class IndexMachine(RuleBasedStateMachine):
         assert report.source == "snapshot"
         assert report.position == self.position
 
-    @rule(k=st.integers(1, 20), min_score=st.sampled_from([None, 0.0, 0.3]), seed=st.integers(0, 99))
+    @rule(
+        k=st.integers(1, 20), min_score=st.sampled_from([None, 0.0, 0.3]), seed=st.integers(0, 99)
+    )
     def search(self, k: int, min_score: float | None, seed: int) -> None:
         q = unit_vectors(np.random.default_rng(seed), 3, self.d)
         got = hits(self.index.search(q, model_id=MODEL, k=k, min_score=min_score))

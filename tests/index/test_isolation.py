@@ -1,0 +1,60 @@
+"""Namespaces share nothing: a search only ever returns ids its namespace holds."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from index import IndexRegistry
+
+from .conftest import MODEL, unit_vectors
+
+
+@settings(max_examples=20, deadline=None, derandomize=True)
+@given(
+    namespaces=st.integers(2, 20),
+    per_namespace=st.integers(1, 60),
+    shared=st.integers(0, 20),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_search_never_returns_foreign_ids(
+    namespaces: int, per_namespace: int, shared: int, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    d = 8
+    common = unit_vectors(rng, shared, d)  # exact duplicates present in every namespace
+    with tempfile.TemporaryDirectory() as tmp, IndexRegistry(Path(tmp), threads=2) as registry:
+        held: dict[str, set[int]] = {}
+        for n in range(namespaces):
+            name = f"org-{n}"
+            index = registry.get_or_create(name, dimension=d, model_id=MODEL)
+            own = unit_vectors(rng, per_namespace, d)
+            # Ids overlap in value across namespaces on purpose: id spaces are separate.
+            ids = rng.choice(1000, size=per_namespace + shared, replace=False)
+            index.add(ids, np.vstack([own, common]), model_id=MODEL)
+            held[name] = set(ids.tolist())
+        probes = np.vstack([common, unit_vectors(rng, 5, d)])
+        for name, ids_held in held.items():
+            result = registry.get(name).search(probes, model_id=MODEL, k=per_namespace + shared)
+            returned = set(result.ids[result.ids >= 0].tolist())
+            assert returned == ids_held  # k covers every row, so all and only its own come back
+        assert sorted(registry.memory_bytes()) == sorted(held)
+
+
+def test_same_vector_in_two_namespaces_scores_only_locally(registry: IndexRegistry) -> None:
+    rng = np.random.default_rng(5)
+    v = unit_vectors(rng, 1, 16)
+    a = registry.get_or_create("a", dimension=16, model_id=MODEL)
+    b = registry.get_or_create("b", dimension=16, model_id=MODEL)
+    a.add([1], v, model_id=MODEL)
+    b.add([2], v, model_id=MODEL)
+    b.remove([2])
+    assert a.search(v, model_id=MODEL, k=3).hits() == [
+        (1, a.search(v, model_id=MODEL).scores[0, 0])
+    ]
+    assert b.search(v, model_id=MODEL, k=3).hits() == []
+    assert b.search(v, model_id=MODEL, k=3, min_score=0.5).hits() == []
