@@ -139,6 +139,10 @@ class VectorIndex:
             MicroBatcher(self._search_batch, max_batch) if micro_batch else None
         )
 
+    def set_micro_batch(self, enabled: bool, max_batch: int = 64) -> None:
+        """Turn coalescing of concurrent single-query searches on or off."""
+        self._batcher = MicroBatcher(self._search_batch, max_batch) if enabled else None
+
     # -- reading ---------------------------------------------------------------------------
 
     @property
