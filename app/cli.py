@@ -20,7 +20,13 @@ cli = typer.Typer(
     add_completion=False,
 )
 models_cli = typer.Typer(help="Model packs: list, prepare, verify, fetch.", no_args_is_help=True)
+orgs_cli = typer.Typer(help="Organisations.", no_args_is_help=True)
+audit_cli = typer.Typer(help="The audit log.", no_args_is_help=True)
+keys_cli = typer.Typer(help="Key-encryption keys.", no_args_is_help=True)
 cli.add_typer(models_cli, name="models")
+cli.add_typer(orgs_cli, name="orgs")
+cli.add_typer(audit_cli, name="audit")
+cli.add_typer(keys_cli, name="keys")
 
 console = Console(stderr=True)
 
@@ -135,6 +141,87 @@ def fetch(
     except ModelPackError as exc:
         raise _fail(str(exc)) from exc
     typer.echo(f"{ready.model_id} ready at {ready.directory}")
+
+
+@orgs_cli.command("create")
+def create_org(name: Annotated[str, typer.Argument(help="The organisation's name.")]) -> None:
+    """Create an org and print its first admin API key (shown exactly once)."""
+    from app.errors import WajahError
+    from app.runtime import Runtime
+    from app.services.orgs import create_org as create
+
+    runtime = Runtime.start(_settings(), replay=False)
+    try:
+        org_id, key = create(runtime, name)
+    except WajahError as exc:
+        raise _fail(exc.message) from exc
+    finally:
+        runtime.close()
+    console.print(f"created org {org_id}; its admin key follows (store it now, it is not kept):")
+    typer.echo(f"org_id={org_id}")
+    typer.echo(f"api_key={key.plaintext}")
+
+
+@audit_cli.command("verify")
+def verify_audit(
+    org: Annotated[str | None, typer.Option(help="One org's chain (default: every chain).")] = None,
+) -> None:
+    """Walk the hash chain(s) and name the first broken row."""
+    from app.storage import audit, create_engine_for, read_only, upgrade_database
+
+    settings = _settings()
+    engine = create_engine_for(settings.resolved_database_url)
+    upgrade_database(engine)
+    with engine.connect() as conn, read_only(conn).begin():
+        result = audit.verify_chain(conn, chain=org)
+    engine.dispose()
+    if result.ok:
+        typer.echo(f"audit log intact: {result.checked} rows checked")
+        return
+    raise _fail(
+        f"audit chain {result.chain} broken at row seq {result.first_broken_seq} "
+        f"(id {result.first_broken_id}): {result.reason}"
+    )
+
+
+@keys_cli.command("rotate")
+def rotate_keys(
+    org: Annotated[str, typer.Option(help="The org whose KEK to rotate.")],
+    resume: Annotated[
+        bool, typer.Option(help="Only rewrap what is left; do not start a new KEK version.")
+    ] = False,
+    batch: Annotated[int, typer.Option(min=1, help="Rows per committed batch.")] = 500,
+) -> None:
+    """Rotate an org's KEK and rewrap every frame DEK under the new version (resumable)."""
+    from rich.progress import Progress
+
+    from app.services.keys import rewrap_org_frames
+
+    settings = _settings()
+    from app.runtime import Runtime
+
+    runtime = Runtime.start(settings, replay=False)
+    try:
+        if not runtime.kms.has_org(org):
+            raise _fail(f"no org {org!r} in the key manager")
+        if not resume:
+            version = runtime.kms.rotate(org)
+            console.print(f"org {org}: KEK version {version} is now primary")
+        with Progress(console=console) as progress:
+            task = progress.add_task("rewrapping frame keys", total=None)
+
+            def advance(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total)
+
+            report = rewrap_org_frames(runtime, org, batch=batch, progress=advance)
+    finally:
+        runtime.close()
+    typer.echo(
+        f"rewrapped {report.rewrapped}, already current {report.skipped}, "
+        f"failed {len(report.failed)}"
+    )
+    if report.failed:
+        raise _fail(f"{len(report.failed)} frames could not be rewrapped; rerun with --resume")
 
 
 def main() -> None:

@@ -139,11 +139,17 @@ def insert_enrollment(
     hashed_ref: bytes | None,
     quality: Mapping[str, Any] | None = None,
     now: datetime | None = None,
+    enrollment_id: str | None = None,
+    bundle_id: str | None = None,
+    frame_index: int | None = None,
 ) -> EnrollmentRef:
-    """Insert an active enrollment; ``vector`` is ``dimension`` little-endian float32s."""
+    """Insert an active enrollment; ``vector`` is ``dimension`` little-endian float32s.
+
+    ``enrollment_id`` lets the caller use an id it already bound into the hashed reference.
+    """
     if dimension <= 0 or len(vector) != dimension * FLOAT32_BYTES:
         raise ValueError(f"vector has {len(vector)} bytes, expected {dimension} float32")
-    enrollment_id = new_id("enr")
+    enrollment_id = enrollment_id or new_id("enr")
     seq = allocate_seq(conn, org_id)
     moment = now or utcnow()
     conn.execute(
@@ -161,6 +167,8 @@ def insert_enrollment(
             quality=dict(quality) if quality is not None else None,
             created_at=moment,
             updated_at=moment,
+            bundle_id=bundle_id,
+            frame_index=frame_index,
         )
     )
     return EnrollmentRef(id=enrollment_id, vector_id=seq, seq=seq)

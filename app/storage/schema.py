@@ -128,6 +128,11 @@ enrollments = sa.Table(
     sa.Column("quality", sa.JSON(), nullable=True),
     _created_at(),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
+    # One row per accepted frame; the rows of one capture bundle share `bundle_id`, which the
+    # API calls the enrollment id (migration 0002).
+    sa.Column("bundle_id", ID, nullable=True),
+    sa.Column("frame_index", sa.Integer(), nullable=True),
+    sa.Index("ix_enrollments_bundle_id", "org_id", "bundle_id"),
     sa.UniqueConstraint("org_id", "vector_id"),
     sa.UniqueConstraint("org_id", "seq"),
     sa.CheckConstraint("status IN ('active', 'retired', 'erased')", name="status"),

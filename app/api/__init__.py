@@ -1,0 +1,1 @@
+"""HTTP layer: routers, dependencies, error mapping. Routes are thin; services do the work."""

@@ -1,0 +1,113 @@
+"""`Idempotency-Key`: a retried POST gets the first response, not a second enrollment.
+
+The key is reserved (row with no response) in its own transaction before the work starts,
+so two concurrent retries cannot both run; the response is stored when the work succeeds.
+A failed request releases the key so the client can retry. The same key with a different
+request body is refused (`idempotency_key_reused`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
+
+from app.errors import IdempotencyInFlightError, IdempotencyKeyReusedError, InvalidRequestError
+from app.runtime import Runtime
+from app.services.principal import Principal
+from app.storage.schema import idempotency_keys, utcnow
+
+MAX_KEY_LENGTH = 255
+
+
+def _reserve(runtime: Runtime, org_id: str, key: str, request_hash: bytes) -> Any:
+    """Return the stored row for a replay, or None once the key is reserved for us."""
+    with runtime.engine.begin() as conn:
+        row = conn.execute(
+            sa.select(idempotency_keys).where(
+                idempotency_keys.c.org_id == org_id, idempotency_keys.c.key == key
+            )
+        ).first()
+        if row is not None:
+            return row
+        try:
+            with conn.begin_nested():
+                conn.execute(
+                    sa.insert(idempotency_keys).values(
+                        org_id=org_id, key=key, request_hash=request_hash, created_at=utcnow()
+                    )
+                )
+        except IntegrityError:
+            raise IdempotencyInFlightError(
+                "a request with this Idempotency-Key is in flight"
+            ) from None
+    return None
+
+
+def _store(runtime: Runtime, org_id: str, key: str, status: int, body: bytes) -> None:
+    with runtime.engine.begin() as conn:
+        conn.execute(
+            sa.update(idempotency_keys)
+            .where(idempotency_keys.c.org_id == org_id, idempotency_keys.c.key == key)
+            .values(response_status=status, response_body=body)
+        )
+
+
+def _release(runtime: Runtime, org_id: str, key: str) -> None:
+    with runtime.engine.begin() as conn:
+        conn.execute(
+            sa.delete(idempotency_keys).where(
+                idempotency_keys.c.org_id == org_id,
+                idempotency_keys.c.key == key,
+                idempotency_keys.c.response_status.is_(None),
+            )
+        )
+
+
+async def idempotent(
+    request: Request,
+    runtime: Runtime,
+    principal: Principal,
+    request_fingerprint: bytes,
+    run: Callable[[], Awaitable[tuple[int, Any]]],
+) -> Response:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        status, payload = await run()
+        return JSONResponse(payload, status)
+    if not 1 <= len(key) <= MAX_KEY_LENGTH or not key.isprintable():
+        raise InvalidRequestError(
+            f"Idempotency-Key must be 1..{MAX_KEY_LENGTH} printable characters"
+        )
+    request_hash = hashlib.sha256(
+        request.method.encode() + b" " + request.url.path.encode() + b"\0" + request_fingerprint
+    ).digest()
+    row = await run_in_threadpool(_reserve, runtime, principal.org_id, key, request_hash)
+    if row is not None:
+        if bytes(row.request_hash) != request_hash:
+            raise IdempotencyKeyReusedError(
+                "this Idempotency-Key was used with a different request"
+            )
+        if row.response_status is None:
+            raise IdempotencyInFlightError("a request with this Idempotency-Key is in flight")
+        return Response(
+            bytes(row.response_body),
+            int(row.response_status),
+            media_type="application/json",
+            headers={"Idempotent-Replayed": "true"},
+        )
+    try:
+        status, payload = await run()
+    except BaseException:
+        await run_in_threadpool(_release, runtime, principal.org_id, key)
+        raise
+    body = json.dumps(payload, separators=(",", ":"), default=str).encode()
+    await run_in_threadpool(_store, runtime, principal.org_id, key, status, body)
+    return Response(body, status, media_type="application/json")

@@ -1,0 +1,52 @@
+"""Match decisions: 1:1 verify and 1:N search within the caller's org."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.api.deps import MatcherDep, RuntimeDep
+from app.api.schemas import (
+    ERRORS,
+    ErrorBody,
+    ProbeBody,
+    SearchRequest,
+    SearchResponse,
+    VerifyRequest,
+    VerifyResponse,
+    decode_base64,
+)
+from app.services import matching as service
+
+router = APIRouter(tags=["matching"])
+
+
+def _probe(body: ProbeBody) -> service.Probe:
+    return service.Probe(
+        image=decode_base64(body.image) if body.image is not None else None,
+        vector=body.vector,
+        model_id=body.model_id,
+    )
+
+
+@router.post(
+    "/v1/verify",
+    response_model=VerifyResponse,
+    responses={**ERRORS, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+    summary="1:1 — does the probe match this subject?",
+)
+def verify(body: VerifyRequest, runtime: RuntimeDep, principal: MatcherDep) -> VerifyResponse:
+    return VerifyResponse.model_validate(
+        service.verify_probe(runtime, principal, body.subject_id, _probe(body.probe))
+    )
+
+
+@router.post(
+    "/v1/search",
+    response_model=SearchResponse,
+    responses=ERRORS,
+    summary="1:N — which of this org's subjects match the probe?",
+)
+def search(body: SearchRequest, runtime: RuntimeDep, principal: MatcherDep) -> SearchResponse:
+    return SearchResponse.model_validate(
+        service.search_probe(runtime, principal, _probe(body.probe), body.top_k)
+    )

@@ -1,0 +1,124 @@
+"""The org's own API keys, settings and audit log (admin scope)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+
+from app.api.deps import AdminDep, RuntimeDep
+from app.api.schemas import (
+    ERRORS,
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyInfo,
+    AuditPage,
+    ErrorBody,
+    OrgSettings,
+    OrgSettingsPatch,
+)
+from app.runtime import Runtime
+from app.services import orgs as service
+from app.storage import audit
+
+router = APIRouter(tags=["org"])
+
+
+@router.post(
+    "/v1/api-keys",
+    status_code=201,
+    response_model=ApiKeyCreated,
+    responses=ERRORS,
+    summary="Create an API key (the key is shown once)",
+)
+def create_key(body: ApiKeyCreate, runtime: RuntimeDep, principal: AdminDep) -> ApiKeyCreated:
+    issued = service.issue_api_key(runtime, principal, body.name, body.scopes, body.expires_at)
+    return ApiKeyCreated(
+        key_id=issued.key_id,
+        api_key=issued.plaintext,
+        name=issued.name,
+        scopes=issued.scopes,
+        expires_at=issued.expires_at,
+    )
+
+
+@router.get(
+    "/v1/api-keys",
+    response_model=list[ApiKeyInfo],
+    responses=ERRORS,
+    summary="List the org's API keys (never their secrets)",
+)
+def list_keys(runtime: RuntimeDep, principal: AdminDep) -> list[ApiKeyInfo]:
+    return [ApiKeyInfo.model_validate(k) for k in service.list_api_keys(runtime, principal)]
+
+
+@router.delete(
+    "/v1/api-keys/{key_id}",
+    status_code=204,
+    responses={**ERRORS, 404: {"model": ErrorBody}},
+    summary="Revoke an API key",
+)
+def revoke_key(key_id: str, runtime: RuntimeDep, principal: AdminDep) -> Response:
+    service.revoke_api_key(runtime, principal, key_id)
+    return Response(status_code=204)
+
+
+def _settings_view(runtime: Runtime, settings: dict[str, Any]) -> OrgSettings:
+    threshold, source = service.effective_threshold(runtime, settings)
+    return OrgSettings(
+        threshold=settings.get("threshold"),
+        threshold_calibration=settings.get("threshold_calibration"),
+        effective_threshold=threshold,
+        threshold_source=source,
+        threshold_bounds=list(service.threshold_bounds(runtime)),
+        duplicate_policy=settings["duplicate_policy"],
+        retention=settings["retention"],
+        watchlist_sharing=bool(settings["watchlist_sharing"]),
+        data_residency=settings["data_residency"],
+        model_id=runtime.model_id,
+    )
+
+
+@router.get(
+    "/v1/org/settings",
+    response_model=OrgSettings,
+    responses=ERRORS,
+    summary="The org's settings and the threshold its decisions use",
+)
+def get_settings(runtime: RuntimeDep, principal: AdminDep) -> OrgSettings:
+    return _settings_view(runtime, service.org_settings(runtime, principal.org_id))
+
+
+@router.patch(
+    "/v1/org/settings",
+    response_model=OrgSettings,
+    responses=ERRORS,
+    summary="Change settings (threshold within safe bounds, policies, retention)",
+)
+def patch_settings(body: OrgSettingsPatch, runtime: RuntimeDep, principal: AdminDep) -> OrgSettings:
+    changes = body.model_dump(exclude_unset=True)
+    if "retention" in changes and changes["retention"] is not None:
+        changes["retention"] = {k: v for k, v in changes["retention"].items() if v is not None}
+    return _settings_view(runtime, service.update_org_settings(runtime, principal, changes))
+
+
+@router.get(
+    "/v1/audit",
+    response_model=AuditPage,
+    responses=ERRORS,
+    summary="The org's own audit rows, newest first, details opened",
+)
+def list_audit(
+    runtime: RuntimeDep,
+    principal: AdminDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[int | None, Query(ge=1)] = None,
+) -> AuditPage:
+    with runtime.engine.connect() as conn:
+        page = audit.list_audit(
+            conn, sealer=runtime.cipher, org_id=principal.org_id, cursor=cursor, limit=limit
+        )
+    return AuditPage.model_validate(
+        {"items": [dataclasses.asdict(e) for e in page.entries], "next_cursor": page.next_cursor}
+    )

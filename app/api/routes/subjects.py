@@ -1,0 +1,168 @@
+"""Subjects and enrollments: enroll a capture bundle, read, list, retire, erase."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from app.api.deps import EnrollerDep, RuntimeDep
+from app.api.idempotency import idempotent
+from app.api.schemas import (
+    ERRORS,
+    EnrollJson,
+    EnrollmentResponse,
+    ErasureReceipt,
+    ErrorBody,
+    RetireResponse,
+    SubjectPage,
+    SubjectResponse,
+    decode_base64,
+)
+from app.errors import InvalidRequestError, TooManyFramesError
+from app.services import subjects as service
+
+router = APIRouter(tags=["subjects"])
+
+_ENROLL_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": EnrollJson.model_json_schema()},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["frames"],
+                "properties": {
+                    "frames": {
+                        "type": "array",
+                        "items": {"type": "string", "format": "binary"},
+                        "description": "1..N JPEG, PNG or WebP frames of one capture bundle.",
+                    },
+                    "duplicate_check": {"type": "string", "enum": ["off", "flag", "reject"]},
+                    "nik": {"type": "string"},
+                    "email": {"type": "string"},
+                    "phone": {"type": "string"},
+                },
+            }
+        },
+    },
+}
+
+
+async def _read_bundle(
+    request: Request, max_frames: int
+) -> tuple[list[bytes], str | None, dict[str, Any]]:
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        try:
+            form = await request.form(max_files=max_frames + 1, max_fields=16)
+        except Exception as exc:  # starlette raises a bare MultiPartException on garbage
+            raise InvalidRequestError(f"malformed multipart body: {exc}") from None
+        uploads = [f for f in form.getlist("frames") if isinstance(f, UploadFile)]
+        if len(uploads) > max_frames:
+            raise TooManyFramesError(f"{len(uploads)} frames; at most {max_frames}")
+        frames = [await f.read() for f in uploads]
+        policy = form.get("duplicate_check")
+        pii = {k: str(form[k]) for k in ("nik", "email", "phone") if k in form}
+        if not frames:
+            raise InvalidRequestError("send the frames as multipart files named `frames`")
+        return frames, str(policy) if policy else None, pii
+    if content_type.startswith("application/json"):
+        try:
+            body = EnrollJson.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise InvalidRequestError(
+                "the JSON body is not a valid enrollment",
+                errors=[{"loc": [str(p) for p in e["loc"]], "msg": e["msg"]} for e in exc.errors()],
+            ) from None
+        if len(body.frames) > max_frames:
+            raise TooManyFramesError(f"{len(body.frames)} frames; at most {max_frames}")
+        pii = body.pii.model_dump(exclude_none=True) if body.pii else {}
+        return [decode_base64(f) for f in body.frames], body.duplicate_check, pii
+    raise InvalidRequestError("send multipart/form-data or application/json")
+
+
+@router.post(
+    "/v1/subjects/{subject_id}/enrollments",
+    status_code=201,
+    response_model=EnrollmentResponse,
+    responses={
+        **ERRORS,
+        409: {"model": ErrorBody, "description": "`duplicate_face`, `subject_erased`"},
+        413: {"model": ErrorBody},
+        415: {"model": ErrorBody},
+    },
+    openapi_extra={"requestBody": _ENROLL_BODY},
+    summary="Enroll a capture bundle for a subject",
+)
+async def enroll(
+    subject_id: str, request: Request, runtime: RuntimeDep, principal: EnrollerDep
+) -> Response:
+    """Detect, gate, align and embed each frame; store one embedding per accepted frame.
+
+    Frames are sealed with AES-256-GCM and never returned. Honours `Idempotency-Key`.
+    Creates the subject on its first enrollment.
+    """
+    frames, policy, pii = await _read_bundle(request, runtime.settings.max_frames_per_request)
+    fingerprint = hashlib.sha256(
+        b"".join(hashlib.sha256(f).digest() for f in frames)
+        + repr((subject_id, policy, sorted(pii.items()))).encode()
+    ).digest()
+
+    async def run() -> tuple[int, Any]:
+        result = await run_in_threadpool(
+            service.enroll_subject, runtime, principal, subject_id, frames, policy, pii
+        )
+        body = EnrollmentResponse.model_validate(dataclasses.asdict(result))
+        return 201, body.model_dump(mode="json")
+
+    return await idempotent(request, runtime, principal, fingerprint, run)
+
+
+@router.get("/v1/subjects", response_model=SubjectPage, responses=ERRORS, summary="List subjects")
+def list_subjects(
+    runtime: RuntimeDep,
+    principal: EnrollerDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> SubjectPage:
+    items, next_cursor = service.list_subjects(runtime, principal, limit, cursor)
+    return SubjectPage.model_validate({"items": items, "next_cursor": next_cursor})
+
+
+@router.get(
+    "/v1/subjects/{subject_id}",
+    response_model=SubjectResponse,
+    responses={**ERRORS, 404: {"model": ErrorBody}},
+    summary="Read a subject (PII opened for the owning org; never frames)",
+)
+def get_subject(subject_id: str, runtime: RuntimeDep, principal: EnrollerDep) -> SubjectResponse:
+    return SubjectResponse.model_validate(service.get_subject(runtime, principal, subject_id))
+
+
+@router.delete(
+    "/v1/subjects/{subject_id}",
+    response_model=ErasureReceipt,
+    responses={**ERRORS, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+    summary="Erase a subject: out of the index at once, frames and PII crypto-shredded",
+)
+def erase_subject(subject_id: str, runtime: RuntimeDep, principal: EnrollerDep) -> ErasureReceipt:
+    return ErasureReceipt.model_validate(service.erase_subject(runtime, principal, subject_id))
+
+
+@router.post(
+    "/v1/enrollments/{enrollment_id}/retire",
+    response_model=RetireResponse,
+    responses={**ERRORS, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+    summary="Retire an enrollment (its embeddings leave the index)",
+)
+def retire(enrollment_id: str, runtime: RuntimeDep, principal: EnrollerDep) -> RetireResponse:
+    return RetireResponse.model_validate(
+        service.retire_enrollment(runtime, principal, enrollment_id)
+    )

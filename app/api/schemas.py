@@ -1,0 +1,371 @@
+"""Request and response bodies, with the examples the OpenAPI document shows."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from app.crypto import Scope
+
+DuplicateCheck = Literal["off", "flag", "reject"]
+
+_B64_EXAMPLE = "/9j/4AAQSkZJRgABAQAAAQABAAD..."
+
+
+def decode_base64(value: str) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("not valid base64") from exc
+
+
+class Pii(BaseModel):
+    """Optional customer PII; sealed at rest and shown only to the owning org."""
+
+    model_config = ConfigDict(extra="forbid")
+    nik: str | None = Field(
+        None, description="Indonesian NIK, 16 digits.", examples=["3171234567890123"]
+    )
+    email: str | None = Field(None, examples=["budi@example.co.id"])
+    phone: str | None = Field(None, examples=["+6281234567890"])
+
+
+class EnrollJson(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"frames": [_B64_EXAMPLE], "duplicate_check": "flag"}]},
+    )
+    frames: list[str] = Field(
+        ..., min_length=1, description="Base64 JPEG, PNG or WebP frames of one capture bundle."
+    )
+    duplicate_check: DuplicateCheck | None = Field(
+        None, description="Search the org index first; default: the org's duplicate policy."
+    )
+    pii: Pii | None = None
+
+    @field_validator("frames")
+    @classmethod
+    def _frames_are_base64(cls, frames: list[str]) -> list[str]:
+        for frame in frames:
+            decode_base64(frame)
+        return frames
+
+
+class Quality(BaseModel):
+    face_count: int
+    detector_score: float
+    interocular_px: float
+    blur_variance: float
+    yaw_degrees: float
+    pitch_degrees: float
+    passed: bool
+    reasons: list[str]
+
+
+class FrameError(BaseModel):
+    code: str
+    message: str
+
+
+class FrameReport(BaseModel):
+    index: int
+    accepted: bool
+    quality: Quality | None = None
+    error: FrameError | None = None
+    embedding_id: str | None = None
+    hashed_reference: str | None = Field(None, description="HMAC-SHA-256 reference, hex.")
+
+
+class DuplicateCandidate(BaseModel):
+    subject_id: str
+    score: float
+
+
+class EnrollmentResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "enrollment_id": "enr_3f9a0c5e7b1d4a2f9e8c7b6a5d4c3b2a",
+                    "subject_id": "cust-0042",
+                    "subject_created": True,
+                    "model_id": "yunet-sface-2021dec",
+                    "threshold": 0.363,
+                    "duplicate_check": "flag",
+                    "duplicates": [],
+                    "frames": [
+                        {
+                            "index": 0,
+                            "accepted": True,
+                            "embedding_id": "emb_9c1d...",
+                            "hashed_reference": "5be0...",
+                            "quality": {
+                                "face_count": 1,
+                                "detector_score": 0.91,
+                                "interocular_px": 88.2,
+                                "blur_variance": 241.0,
+                                "yaw_degrees": -4.1,
+                                "pitch_degrees": 6.3,
+                                "passed": True,
+                                "reasons": [],
+                            },
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+    enrollment_id: str
+    subject_id: str
+    subject_created: bool
+    model_id: str
+    threshold: float
+    duplicate_check: DuplicateCheck
+    duplicates: list[DuplicateCandidate]
+    frames: list[FrameReport]
+
+
+class ProbeBody(BaseModel):
+    """A probe: an image (base64) or a vector from the same model pack."""
+
+    model_config = ConfigDict(extra="forbid")
+    image: str | None = Field(None, description="Base64 JPEG, PNG or WebP.")
+    vector: list[float] | None = Field(None, description="Embedding from the same model pack.")
+    model_id: str | None = Field(None, description="Required with `vector`.")
+
+    @field_validator("image")
+    @classmethod
+    def _image_is_base64(cls, image: str | None) -> str | None:
+        if image is not None:
+            decode_base64(image)
+        return image
+
+
+class VerifyRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"subject_id": "cust-0042", "probe": {"image": _B64_EXAMPLE}}]
+        },
+    )
+    subject_id: str = Field(..., min_length=1, max_length=128)
+    probe: ProbeBody
+
+
+class VerifyResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "subject_id": "cust-0042",
+                    "score": 0.82,
+                    "threshold": 0.363,
+                    "threshold_source": "model pack yunet-sface-2021dec: OpenCV ...",
+                    "decision": "match",
+                    "model_id": "yunet-sface-2021dec",
+                    "probe": "image",
+                    "probe_quality": None,
+                    "audit_id": "aud_...",
+                }
+            ]
+        }
+    )
+    subject_id: str
+    score: float
+    threshold: float
+    threshold_source: str
+    decision: Literal["match", "no_match"]
+    model_id: str
+    probe: Literal["image", "vector"]
+    probe_quality: Quality | None = None
+    audit_id: str
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"probe": {"image": _B64_EXAMPLE}, "top_k": 5}]},
+    )
+    probe: ProbeBody
+    top_k: int = Field(5, ge=1, le=100)
+
+
+class SearchCandidate(BaseModel):
+    subject_id: str
+    score: float
+    decision: Literal["match"]
+
+
+class SearchResponse(BaseModel):
+    candidates: list[SearchCandidate]
+    threshold: float
+    threshold_source: str
+    model_id: str
+    gallery_size: int
+    probe: Literal["image", "vector"]
+    probe_quality: Quality | None = None
+    audit_id: str
+
+
+class Embedding(BaseModel):
+    embedding_id: str
+    frame_index: int | None
+    status: str
+    hashed_reference: str | None
+    integrity: Literal["ok", "tampered", "erased"]
+    quality: dict[str, Any] | None
+
+
+class Enrollment(BaseModel):
+    enrollment_id: str
+    status: str
+    model_id: str
+    created_at: datetime
+    embeddings: list[Embedding]
+
+
+class SubjectResponse(BaseModel):
+    subject_id: str
+    status: Literal["active", "erased"]
+    created_at: datetime
+    updated_at: datetime
+    erased_at: datetime | None
+    pii: Pii
+    enrollments: list[Enrollment]
+
+
+class SubjectSummary(BaseModel):
+    subject_id: str
+    status: str
+    created_at: datetime
+    active_embeddings: int
+
+
+class SubjectPage(BaseModel):
+    items: list[SubjectSummary]
+    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page.")
+
+
+class ErasureReceipt(BaseModel):
+    subject_id: str
+    org_id: str
+    erased_at: str
+    embeddings_erased: int
+    frames_shredded: int
+    pii_shredded: list[str]
+    receipt_sha256: str = Field(..., description="SHA-256 of the canonical receipt JSON.")
+    audit_id: str
+
+
+class RetireResponse(BaseModel):
+    enrollment_id: str
+    status: Literal["retired"]
+    embeddings: int
+
+
+class ApiKeyCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"name": "onboarding backend", "scopes": ["enroll", "match"]}]
+        },
+    )
+    name: str = Field(..., min_length=1, max_length=200)
+    scopes: list[Scope] = Field(..., min_length=1)
+    expires_at: datetime | None = None
+
+
+class ApiKeyCreated(BaseModel):
+    key_id: str
+    api_key: str = Field(..., description="Shown once. Only its hash is stored.")
+    name: str
+    scopes: list[str]
+    expires_at: datetime | None
+
+
+class ApiKeyInfo(BaseModel):
+    key_id: str
+    name: str
+    scopes: list[str]
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+class Retention(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    frames_days: int | None = Field(None, ge=1, le=3650)
+    request_logs_days: int | None = Field(None, ge=1, le=3650)
+    webhook_days: int | None = Field(None, ge=1, le=3650)
+
+
+class OrgSettingsPatch(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "threshold": 0.42,
+                    "threshold_calibration": "wajah calibrate 2026-11-27, FMR 1e-4",
+                    "duplicate_policy": "flag",
+                }
+            ]
+        },
+    )
+    threshold: float | None = Field(None, description="Cosine threshold; null = the pack's.")
+    threshold_calibration: str | None = Field(None, max_length=500)
+    duplicate_policy: DuplicateCheck | None = None
+    retention: Retention | None = None
+    watchlist_sharing: bool | None = None
+
+
+class OrgSettings(BaseModel):
+    threshold: float | None
+    threshold_calibration: str | None = None
+    effective_threshold: float
+    threshold_source: str
+    threshold_bounds: list[float]
+    duplicate_policy: DuplicateCheck
+    retention: dict[str, int]
+    watchlist_sharing: bool
+    data_residency: str
+    model_id: str
+
+
+class AuditEntry(BaseModel):
+    id: str
+    seq: int
+    occurred_at: str
+    actor: str
+    action: str
+    target: str
+    details: dict[str, Any]
+    hash: str
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEntry]
+    next_cursor: int | None
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(..., examples=["no_face"])
+    message: str
+    request_id: str
+    details: dict[str, Any] | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "Missing or invalid API key (`unauthorized`)."},
+    403: {"model": ErrorBody, "description": "The key lacks the scope (`forbidden`)."},
+    422: {"model": ErrorBody, "description": "Invalid input; `error.code` says which."},
+}

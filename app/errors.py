@@ -1,0 +1,127 @@
+"""Domain errors of the service. Services raise these; `app.api.errors` maps them to HTTP.
+
+Each has a stable machine-readable ``code`` that API clients may switch on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class WajahError(Exception):
+    code = "error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+# --- auth (the API layer maps these to 401 / 403) ------------------------------------------
+
+
+class UnauthorizedError(WajahError):
+    code = "unauthorized"
+
+
+class ForbiddenError(WajahError):
+    code = "forbidden"
+
+
+# --- not found: also what another org's ids get (no existence oracle) ----------------------
+
+
+class NotFoundError(WajahError):
+    code = "not_found"
+
+
+class SubjectNotFoundError(NotFoundError):
+    code = "subject_not_found"
+
+
+class EnrollmentNotFoundError(NotFoundError):
+    code = "enrollment_not_found"
+
+
+class ApiKeyNotFoundError(NotFoundError):
+    code = "api_key_not_found"
+
+
+# --- bad requests ---------------------------------------------------------------------------
+
+
+class InvalidRequestError(WajahError):
+    code = "invalid_request"
+
+
+class TooManyFramesError(InvalidRequestError):
+    code = "too_many_frames"
+
+
+class RequestTooLargeError(InvalidRequestError):
+    code = "request_too_large"
+
+
+class InvalidProbeError(InvalidRequestError):
+    """A probe vector of the wrong size, model, or not unit-length."""
+
+    code = "invalid_probe"
+
+
+class InvalidPiiError(InvalidRequestError):
+    code = "invalid_pii"
+
+
+class InvalidSettingsError(InvalidRequestError):
+    code = "invalid_settings"
+
+
+class InvalidCursorError(InvalidRequestError):
+    code = "invalid_cursor"
+
+
+class NoUsableFrameError(WajahError):
+    """Every frame of a bundle was refused; `details["frames"]` says why, per frame."""
+
+    code = "no_usable_frame"
+
+
+# --- conflicts ------------------------------------------------------------------------------
+
+
+class ConflictError(WajahError):
+    code = "conflict"
+
+
+class DuplicateFaceError(ConflictError):
+    """`duplicate_check=reject` found the face enrolled under another subject."""
+
+    code = "duplicate_face"
+
+
+class SubjectErasedError(ConflictError):
+    code = "subject_erased"
+
+
+class EnrollmentNotActiveError(ConflictError):
+    code = "enrollment_not_active"
+
+
+class IdempotencyKeyReusedError(ConflictError):
+    """The Idempotency-Key was used before with a different request."""
+
+    code = "idempotency_key_reused"
+
+
+class IdempotencyInFlightError(ConflictError):
+    code = "idempotency_request_in_flight"
+
+
+class ModelPackMismatchError(ConflictError):
+    """The org's index is pinned to another model pack than the one being served."""
+
+    code = "model_pack_mismatch"
+
+
+class ServiceNotReadyError(WajahError):
+    code = "not_ready"

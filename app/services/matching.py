@@ -1,0 +1,184 @@
+"""Match decisions: verify (1:1 against one subject) and search (1:N within the org)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from app.errors import ConflictError, InvalidProbeError, SubjectNotFoundError
+from app.runtime import Runtime
+from app.services.orgs import effective_threshold, org_settings
+from app.services.principal import Principal, record
+from app.services.subjects import check_subject_id, subject_ids_for_vectors
+from app.storage.schema import enrollments, subjects
+
+MAX_TOP_K = 100
+
+
+@dataclass(frozen=True)
+class Probe:
+    """An image to run through the pipeline, or a vector from the same model pack."""
+
+    image: bytes | None = None
+    vector: list[float] | None = None
+    model_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ProbeVector:
+    vector: np.ndarray
+    kind: str
+    quality: dict[str, Any] | None
+
+
+def probe_vector(runtime: Runtime, probe: Probe) -> ProbeVector:
+    if (probe.image is None) == (probe.vector is None):
+        raise InvalidProbeError("send exactly one of an image or a vector as the probe")
+    if probe.image is not None:
+        capture = runtime.infer(runtime.pipeline.capture, probe.image)
+        return ProbeVector(capture.embedding, "image", capture.quality.as_dict())
+    assert probe.vector is not None
+    if probe.model_id != runtime.model_id:
+        raise InvalidProbeError(
+            f"vector probes must come from model {runtime.model_id!r}, got {probe.model_id!r}"
+        )
+    vector = np.asarray(probe.vector, dtype=np.float64)
+    if vector.shape != (runtime.pipeline.dimension,):
+        raise InvalidProbeError(
+            f"the probe vector has {vector.size} values; model {runtime.model_id} makes "
+            f"{runtime.pipeline.dimension}"
+        )
+    norm = float(np.linalg.norm(vector)) if np.isfinite(vector).all() else 0.0
+    if not norm > 1e-6:
+        raise InvalidProbeError("the probe vector must be finite and non-zero")
+    return ProbeVector((vector / norm).astype(np.float32), "vector", None)
+
+
+def _decision(score: float, threshold: float) -> str:
+    return "match" if score >= threshold else "no_match"
+
+
+def verify_probe(
+    runtime: Runtime, principal: Principal, subject_id: str, probe: Probe
+) -> dict[str, Any]:
+    """1:1: the best cosine between the probe and the subject's active, intact embeddings."""
+    org_id = principal.org_id
+    check_subject_id(subject_id)
+    with runtime.engine.connect() as conn:
+        subject = conn.execute(
+            sa.select(subjects.c.id, subjects.c.status).where(
+                subjects.c.org_id == org_id, subjects.c.subject_id == subject_id
+            )
+        ).first()
+        if subject is None or subject.status != "active":
+            raise SubjectNotFoundError(f"no subject {subject_id!r}")
+        rows = conn.execute(
+            sa.select(enrollments.c.id, enrollments.c.vector, enrollments.c.hashed_ref).where(
+                enrollments.c.org_id == org_id,
+                enrollments.c.subject_pk == subject.id,
+                enrollments.c.status == "active",
+                enrollments.c.model_id == runtime.model_id,
+            )
+        ).all()
+    gallery = []
+    for row in rows:
+        vector = np.frombuffer(row.vector, "<f4")
+        if row.hashed_ref is not None and runtime.hasher.verify(
+            bytes(row.hashed_ref),
+            org_id=org_id,
+            model_id=runtime.model_id,
+            enrollment_id=row.id,
+            vector=vector,
+        ):
+            gallery.append(vector)
+    if not gallery:
+        raise ConflictError(f"subject {subject_id!r} has no active enrollment to verify against")
+    probe_result = probe_vector(runtime, probe)
+    score = float(np.max(np.stack(gallery) @ probe_result.vector))
+    threshold, source = effective_threshold(runtime, org_settings(runtime, org_id))
+    decision = _decision(score, threshold)
+    with runtime.engine.begin() as conn:
+        audit_id = record(
+            conn,
+            runtime,
+            principal,
+            org_id=org_id,
+            action="match.verify",
+            target=subject_id,
+            details={
+                "score": round(score, 6),
+                "threshold": threshold,
+                "decision": decision,
+                "model_id": runtime.model_id,
+                "probe": probe_result.kind,
+            },
+        )
+    return {
+        "subject_id": subject_id,
+        "score": round(score, 6),
+        "threshold": threshold,
+        "threshold_source": source,
+        "decision": decision,
+        "model_id": runtime.model_id,
+        "probe": probe_result.kind,
+        "probe_quality": probe_result.quality,
+        "audit_id": audit_id,
+    }
+
+
+def search_probe(
+    runtime: Runtime, principal: Principal, probe: Probe, top_k: int = 5
+) -> dict[str, Any]:
+    """1:N within the caller's org: the best-scoring subjects above the threshold."""
+    if not 1 <= top_k <= MAX_TOP_K:
+        raise InvalidProbeError(f"top_k must be 1..{MAX_TOP_K}")
+    org_id = principal.org_id
+    probe_result = probe_vector(runtime, probe)
+    threshold, source = effective_threshold(runtime, org_settings(runtime, org_id))
+    index = runtime.org_index(org_id)
+    candidates: list[dict[str, Any]] = []
+    if index.count:
+        # A subject may hold several embeddings: ask for more hits than subjects wanted.
+        result = index.search(
+            probe_result.vector, model_id=runtime.model_id, k=top_k * 4, min_score=threshold
+        )
+        hits = result.hits(0)
+        by_subject = subject_ids_for_vectors(runtime, org_id, [h.id for h in hits])
+        best: dict[str, float] = {}
+        for hit in hits:
+            subject_id = by_subject.get(hit.id)
+            if subject_id is not None and hit.score > best.get(subject_id, -2.0):
+                best[subject_id] = hit.score
+        candidates = [
+            {"subject_id": s, "score": round(v, 6), "decision": "match"}
+            for s, v in sorted(best.items(), key=lambda kv: -kv[1])[:top_k]
+        ]
+    with runtime.engine.begin() as conn:
+        audit_id = record(
+            conn,
+            runtime,
+            principal,
+            org_id=org_id,
+            action="match.search",
+            target=f"top_k={top_k}",
+            details={
+                "candidates": candidates,
+                "threshold": threshold,
+                "model_id": runtime.model_id,
+                "probe": probe_result.kind,
+                "gallery_size": index.count,
+            },
+        )
+    return {
+        "candidates": candidates,
+        "threshold": threshold,
+        "threshold_source": source,
+        "model_id": runtime.model_id,
+        "gallery_size": index.count,
+        "probe": probe_result.kind,
+        "probe_quality": probe_result.quality,
+        "audit_id": audit_id,
+    }

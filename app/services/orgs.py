@@ -1,0 +1,227 @@
+"""Organisations, their API keys and their settings."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from app.crypto import Scope, generate_api_key
+from app.errors import ApiKeyNotFoundError, InvalidSettingsError
+from app.runtime import Runtime
+from app.services.principal import Principal, record
+from app.storage import repo
+from app.storage.schema import api_keys, orgs, utcnow
+
+# How far an org may move the match threshold from the pack's calibrated one. Lower means
+# more false matches: never more than 0.05 below the pack's value; higher only costs
+# convenience, up to 0.95.
+THRESHOLD_BELOW_PACK = 0.05
+THRESHOLD_MAX = 0.95
+DUPLICATE_POLICIES = ("off", "flag", "reject")
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    key_id: str
+    plaintext: str
+    scopes: list[str]
+    name: str
+    expires_at: datetime | None
+
+
+def create_org(runtime: Runtime, name: str) -> tuple[str, IssuedKey]:
+    """Create an org with its keys in the KMS and a first admin key (shown once)."""
+    name = name.strip()
+    if not 1 <= len(name) <= 200:
+        raise InvalidSettingsError("an org name is 1..200 characters")
+    with runtime.engine.begin() as conn:
+        org_id = repo.insert_org(conn, name=name)
+        # The KEK must exist before the audit row below can be sealed under it.
+        runtime.kms.create_org(org_id)
+        record(
+            conn,
+            runtime,
+            None,
+            org_id=org_id,
+            action="org.create",
+            target=org_id,
+            details={"name": name},
+        )
+        key = _insert_key(conn, runtime, None, org_id, "first admin key", [Scope.ADMIN], None)
+    return org_id, key
+
+
+def _insert_key(
+    conn: sa.Connection,
+    runtime: Runtime,
+    principal: Principal | None,
+    org_id: str,
+    name: str,
+    scopes: list[Scope],
+    expires_at: datetime | None,
+) -> IssuedKey:
+    generated = generate_api_key()
+    conn.execute(
+        sa.insert(api_keys).values(
+            key_id=generated.key_id,
+            org_id=org_id,
+            secret_hash=generated.secret_hash,
+            scopes=sorted(s.value for s in scopes),
+            name=name,
+            expires_at=expires_at,
+            created_at=utcnow(),
+        )
+    )
+    record(
+        conn,
+        runtime,
+        principal,
+        org_id=org_id,
+        action="api_key.create",
+        target=generated.key_id,
+        details={"name": name, "scopes": sorted(scopes)},
+    )
+    return IssuedKey(generated.key_id, generated.plaintext, sorted(scopes), name, expires_at)
+
+
+def issue_api_key(
+    runtime: Runtime,
+    principal: Principal,
+    name: str,
+    scopes: list[Scope],
+    expires_at: datetime | None,
+) -> IssuedKey:
+    if expires_at is not None and expires_at <= utcnow():
+        raise InvalidSettingsError("expires_at must be in the future")
+    with runtime.engine.begin() as conn:
+        return _insert_key(conn, runtime, principal, principal.org_id, name, scopes, expires_at)
+
+
+def list_api_keys(runtime: Runtime, principal: Principal) -> list[dict[str, Any]]:
+    with runtime.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(api_keys)
+            .where(api_keys.c.org_id == principal.org_id)
+            .order_by(api_keys.c.created_at, api_keys.c.key_id)
+        ).all()
+    return [
+        {
+            "key_id": r.key_id,
+            "name": r.name,
+            "scopes": list(r.scopes),
+            "created_at": r.created_at,
+            "expires_at": r.expires_at,
+            "revoked_at": r.revoked_at,
+            "last_used_at": r.last_used_at,
+        }
+        for r in rows
+    ]
+
+
+def revoke_api_key(runtime: Runtime, principal: Principal, key_id: str) -> None:
+    with runtime.engine.begin() as conn:
+        row = conn.execute(
+            sa.select(api_keys.c.revoked_at).where(
+                api_keys.c.key_id == key_id, api_keys.c.org_id == principal.org_id
+            )
+        ).first()
+        if row is None:
+            raise ApiKeyNotFoundError(f"no API key {key_id!r}")
+        if row.revoked_at is not None:
+            return  # revoking twice is a no-op, not an error (safe retries)
+        conn.execute(
+            sa.update(api_keys).where(api_keys.c.key_id == key_id).values(revoked_at=utcnow())
+        )
+        record(
+            conn,
+            runtime,
+            principal,
+            org_id=principal.org_id,
+            action="api_key.revoke",
+            target=key_id,
+            details={},
+        )
+
+
+# --- settings -------------------------------------------------------------------------------
+
+
+def org_settings(runtime: Runtime, org_id: str) -> dict[str, Any]:
+    with runtime.engine.connect() as conn:
+        value = conn.execute(sa.select(orgs.c.settings).where(orgs.c.id == org_id)).scalar_one()
+    merged = copy.deepcopy(repo.DEFAULT_ORG_SETTINGS)
+    merged.update(value or {})
+    return merged
+
+
+def effective_threshold(runtime: Runtime, settings: dict[str, Any]) -> tuple[float, str]:
+    """The cosine threshold an org's decisions use, and where it came from."""
+    if settings.get("threshold") is not None:
+        source = settings.get("threshold_calibration") or "org setting"
+        return float(settings["threshold"]), f"org: {source}"
+    pack = runtime.pipeline.pack
+    return pack.thresholds.cosine, f"model pack {pack.model_id}: {pack.thresholds.source}"
+
+
+def threshold_bounds(runtime: Runtime) -> tuple[float, float]:
+    return (
+        round(runtime.pipeline.threshold - THRESHOLD_BELOW_PACK, 4),
+        THRESHOLD_MAX,
+    )
+
+
+def update_org_settings(
+    runtime: Runtime, principal: Principal, changes: dict[str, Any]
+) -> dict[str, Any]:
+    """Apply a partial update after validating every field; nothing changes on error."""
+    current = org_settings(runtime, principal.org_id)
+    updated = copy.deepcopy(current)
+    if "threshold" in changes:
+        threshold = changes["threshold"]
+        if threshold is not None:
+            low, high = threshold_bounds(runtime)
+            if not low <= float(threshold) <= high:
+                raise InvalidSettingsError(
+                    f"threshold must be within [{low}, {high}] for model pack "
+                    f"{runtime.model_id} (its calibrated value is {runtime.pipeline.threshold})",
+                    bounds=[low, high],
+                )
+            threshold = float(threshold)
+        updated["threshold"] = threshold
+        updated["threshold_calibration"] = changes.get("threshold_calibration")
+    if "duplicate_policy" in changes:
+        if changes["duplicate_policy"] not in DUPLICATE_POLICIES:
+            raise InvalidSettingsError(f"duplicate_policy must be one of {DUPLICATE_POLICIES}")
+        updated["duplicate_policy"] = changes["duplicate_policy"]
+    if "retention" in changes:
+        retention = dict(updated.get("retention") or {})
+        for field, value in (changes["retention"] or {}).items():
+            if field not in repo.DEFAULT_ORG_SETTINGS["retention"]:
+                raise InvalidSettingsError(f"unknown retention field {field!r}")
+            if not isinstance(value, int) or not 1 <= value <= 3650:
+                raise InvalidSettingsError(f"retention.{field} must be 1..3650 days")
+            retention[field] = value
+        updated["retention"] = retention
+    if "watchlist_sharing" in changes:
+        updated["watchlist_sharing"] = bool(changes["watchlist_sharing"])
+    if "data_residency" in changes:
+        updated["data_residency"] = str(changes["data_residency"])
+    if updated == current:
+        return current
+    with runtime.engine.begin() as conn:
+        conn.execute(sa.update(orgs).where(orgs.c.id == principal.org_id).values(settings=updated))
+        changed = sorted(k for k in updated if updated.get(k) != current.get(k))
+        record(
+            conn,
+            runtime,
+            principal,
+            org_id=principal.org_id,
+            action="org.settings.update",
+            target=principal.org_id,
+            details={"changed": changed, "new": {k: updated[k] for k in changed}},
+        )
+    return updated

@@ -1,0 +1,97 @@
+"""Who is calling: the org and key an API key proved, and what it may do."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from app.crypto import InvalidApiKeyError, Scope, StoredApiKey, authenticate_api_key
+from app.errors import ForbiddenError, UnauthorizedError
+from app.runtime import Runtime
+from app.storage import audit
+from app.storage.schema import api_keys, utcnow
+
+# Writing last_used_at on every request would turn each read into a write; a minute of
+# resolution is plenty for "is this key still in use?".
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class Principal:
+    org_id: str
+    key_id: str
+    scopes: frozenset[Scope]
+
+    @property
+    def actor(self) -> str:
+        return f"api_key:{self.key_id}"
+
+    def can(self, scope: Scope) -> bool:
+        return scope in self.scopes or Scope.ADMIN in self.scopes
+
+
+def authenticate(runtime: Runtime, presented: str | None, scope: Scope) -> Principal:
+    """Resolve a bearer key to a `Principal` holding `scope`; 401/403 errors otherwise."""
+    if not presented:
+        raise UnauthorizedError("missing API key: send `Authorization: Bearer <key>`")
+    now = utcnow()
+    last_used: dict[str, Any] = {}
+
+    def lookup(key_id: str) -> StoredApiKey | None:
+        with runtime.engine.connect() as conn:
+            row = conn.execute(sa.select(api_keys).where(api_keys.c.key_id == key_id)).first()
+        if row is None:
+            return None
+        last_used["value"] = row.last_used_at
+        return StoredApiKey(
+            key_id=row.key_id,
+            org_id=row.org_id,
+            secret_hash=bytes(row.secret_hash),
+            scopes=frozenset(Scope(s) for s in row.scopes),
+            expires_at=row.expires_at,
+            revoked_at=row.revoked_at,
+        )
+
+    try:
+        stored = authenticate_api_key(presented, lookup, now=now)
+    except InvalidApiKeyError as exc:
+        raise UnauthorizedError("invalid API key") from exc
+    principal = Principal(stored.org_id, stored.key_id, stored.scopes)
+    if not principal.can(scope):
+        raise ForbiddenError(f"this API key lacks the `{scope.value}` scope")
+    previous = last_used.get("value")
+    if previous is None or now - previous > LAST_USED_RESOLUTION:
+        with runtime.engine.begin() as conn:
+            conn.execute(
+                sa.update(api_keys)
+                .where(api_keys.c.key_id == stored.key_id)
+                .values(last_used_at=now)
+            )
+    return principal
+
+
+def record(
+    conn: Connection,
+    runtime: Runtime,
+    principal: Principal | None,
+    *,
+    org_id: str,
+    action: str,
+    target: str,
+    details: dict[str, Any],
+) -> str:
+    """Append the audit row of a change or decision, in the caller's transaction."""
+    row = audit.append(
+        conn,
+        sealer=runtime.cipher,
+        org_id=org_id,
+        actor=principal.actor if principal else "cli",
+        action=action,
+        target=target,
+        details=details,
+    )
+    return row.id
