@@ -71,8 +71,9 @@ Progress = Callable[[int, int], None]
 DEFAULT_TARGET_FMRS: tuple[float, ...] = (1e-3, 1e-4, 1e-5, 1e-6)
 
 # All-pairs impostor scores of a folder grow with the square of its size (LFW's 13,233 images
-# give 87 million). Above this many, a seeded uniform sample is kept (8 bytes each: 160 MB),
-# which still supports a target FMR down to 3/20M = 1.5e-7; the report says so.
+# give 87 million). Above this many, each impostor pair is kept with probability
+# cap / total by a seeded generator (about 20M × 8 bytes = 160 MB), which still supports a
+# target FMR down to about 3/20M = 1.5e-7; the report says so.
 DEFAULT_MAX_IMPOSTOR_PAIRS = 20_000_000
 
 # How confident "0 false matches among N" is: 95% ⇒ FMR ≤ -ln(0.05)/N ≈ 3/N.
