@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     model_dir: Path | None = Field(
         default=None, description="Directory of an ArcFace pack (e.g. buffalo_l)."
     )
+    model_cache_dir: Path | None = Field(
+        default=None, description="Where prepared packs live; default `home/models`."
+    )
     inference_threads: int = Field(
         default=1, ge=1, description="onnxruntime intra-op threads per session."
     )
@@ -110,4 +113,4 @@ class Settings(BaseSettings):
 
     @property
     def models_dir(self) -> Path:
-        return self.home / "models"
+        return self.model_cache_dir or self.home / "models"

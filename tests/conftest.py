@@ -2,12 +2,47 @@
 
 from __future__ import annotations
 
+import os
+import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 import insightface
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, make_url
 
 INSIGHTFACE_IMAGES = Path(insightface.__file__).parent / "data" / "images"
+
+POSTGRES_URL = os.environ.get(
+    "WAJAH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+# Every database-backed suite runs on both stores; the PostgreSQL case is marked.
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[URL]:
+    """A fresh database for this test run on the local server; dropped afterwards."""
+    admin_url = make_url(POSTGRES_URL)
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    name = f"wajah_test_{secrets.token_hex(6)}"
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except sa.exc.OperationalError as exc:
+        admin.dispose()
+        pytest.fail(
+            f"PostgreSQL at {admin_url.render_as_string()} is not reachable ({exc.orig}); "
+            "start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) "
+            "main start"
+        )
+    try:
+        yield admin_url.set(database=name)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
 
 
 @pytest.fixture(scope="session")

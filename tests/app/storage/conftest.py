@@ -11,7 +11,6 @@ with a fixed test root key.
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,37 +22,9 @@ from sqlalchemy.engine import URL, Engine, make_url
 from app.crypto import EnvelopeCipher, LocalKeyring, RootKey
 from app.storage.engine import create_engine_for
 from app.storage.migrate import upgrade_database
+from tests.conftest import BACKENDS
 
-POSTGRES_URL = os.environ.get(
-    "WAJAH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 TEST_ROOT_KEY = bytes(range(32))
-
-BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-
-
-@pytest.fixture(scope="session")
-def postgres_database() -> Iterator[URL]:
-    """A fresh database for this test run on the local server; dropped afterwards."""
-    admin_url = make_url(POSTGRES_URL)
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    name = f"wajah_test_{secrets.token_hex(6)}"
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    except sa.exc.OperationalError as exc:
-        admin.dispose()
-        pytest.fail(
-            f"PostgreSQL at {admin_url.render_as_string()} is not reachable ({exc.orig}); "
-            "start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) "
-            "main start"
-        )
-    try:
-        yield admin_url.set(database=name)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -1,0 +1,1 @@
+"""wajah's benchmarks: each suite prints a table and writes JSON to benchmarks/results/."""

@@ -1,0 +1,99 @@
+"""Helpers shared by the benchmark suites: timing, percentiles, machine info, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import statistics
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).parent / "results"
+
+
+def time_calls(fn: Callable[[], object], samples: int, warmup: int) -> list[float]:
+    """Wall-clock milliseconds of `samples` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    timings = []
+    for _ in range(samples):
+        started = time.perf_counter()
+        fn()
+        timings.append((time.perf_counter() - started) * 1000)
+    return timings
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summarise(timings: list[float], warmup: int) -> dict[str, float | int]:
+    return {
+        "p50_ms": round(percentile(timings, 50), 3),
+        "p95_ms": round(percentile(timings, 95), 3),
+        "p99_ms": round(percentile(timings, 99), 3),
+        "mean_ms": round(statistics.fmean(timings), 3),
+        "samples": len(timings),
+        "warmup": warmup,
+    }
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory_gib = None
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        memory_gib = round(pages / 2**30, 1)
+    except (ValueError, OSError):
+        pass
+    versions = {}
+    for name in ("numpy", "onnxruntime", "faiss", "cv2", "fastapi", "cryptography"):
+        try:
+            module = __import__(name)
+            versions[name] = getattr(module, "__version__", "?")
+        except ImportError:
+            continue
+    return {
+        "host": socket.gethostname(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": memory_gib,
+        "python": platform.python_version(),
+        "versions": versions,
+    }
+
+
+def print_table(title: str, header: list[str], rows: list[list[Any]]) -> None:
+    cells = [header, *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    print(f"\n{title}")
+    for n, row in enumerate(cells):
+        print("  ".join(c.rjust(w) if n else c.ljust(w) for c, w in zip(row, widths, strict=True)))
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def write_results(suite: str, payload: dict[str, Any]) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d")
+    path = RESULTS_DIR / f"{suite}-{stamp}-{socket.gethostname()}.json"
+    payload = {"suite": suite, "when": datetime.now(UTC).isoformat(), "machine": machine_info()} | (
+        payload
+    )
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    print(f"\nwrote {path}")
+    return path
