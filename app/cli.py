@@ -143,6 +143,66 @@ def fetch(
     typer.echo(f"{ready.model_id} ready at {ready.directory}")
 
 
+@cli.command()
+def calibrate(
+    source: Annotated[
+        Path, typer.Argument(help="LFW-style folder <person>/<image>, or a pairs file.")
+    ],
+    pairs: Annotated[Path | None, typer.Option(help="Pairs file (LFW pairs.txt or CSV).")] = None,
+    target_fmr: Annotated[
+        float, typer.Option(help="False-match rate to pick a threshold for.")
+    ] = 1e-4,
+    out: Annotated[Path | None, typer.Option(help="Directory for report.json and det.png.")] = None,
+    largest_face: Annotated[
+        bool,
+        typer.Option(help="Use the largest face of multi-face images instead of refusing them."),
+    ] = False,
+) -> None:
+    """Measure genuine/impostor scores on your labelled captures and pick a threshold."""
+    import dataclasses
+    import json
+
+    from rich.progress import Progress
+
+    from app.runtime import quality_policy
+    from models.calibration import CalibrationInputError, format_report, write_det_plot
+    from models.calibration import calibrate as run_calibration
+    from models.pipeline import FacePipeline
+
+    settings = _settings()
+    try:
+        pack = resolve_pack(settings.model_pack, settings.models_dir, settings.model_dir)
+    except ModelPackError as exc:
+        raise _fail(str(exc)) from exc
+    policy = quality_policy(settings)
+    if largest_face:
+        policy = dataclasses.replace(policy, multiple_faces="largest")
+    pipeline = FacePipeline.load(pack, threads=settings.inference_threads, policy=policy)
+    with Progress(console=console) as progress:
+        task = progress.add_task("embedding images", total=None)
+        try:
+            report = run_calibration(
+                pipeline,
+                source,
+                pairs=pairs,
+                progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+        except CalibrationInputError as exc:
+            raise _fail(str(exc)) from exc
+    typer.echo(format_report(report))
+    point = report.operating_point(target_fmr)
+    if point.threshold is None:
+        typer.echo(f"no threshold for FMR {target_fmr:g}: no impostor comparisons")
+    else:
+        support = "supported" if point.supported else "NOT supported: too few impostor pairs"
+        typer.echo(f"threshold for FMR {target_fmr:g}: {point.threshold:.4f} ({support})")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
+        write_det_plot(report, out / "det.png")
+        typer.echo(f"wrote {out / 'report.json'} and {out / 'det.png'}")
+
+
 @orgs_cli.command("create")
 def create_org(name: Annotated[str, typer.Argument(help="The organisation's name.")]) -> None:
     """Create an org and print its first admin API key (shown exactly once)."""
