@@ -1,0 +1,176 @@
+"""Promise 2: frames are sealed and never served.
+
+Every route of the OpenAPI document is called as the owner of the frames, on success and on
+refusal paths, and no response holds a frame's bytes, their base64, or an image's magic
+bytes. Every file of the object store is sealed: no image magic, no frame bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Any
+
+from fastapi.testclient import TestClient
+from httpx import Response
+
+from app.main import create_app
+from app.runtime import Runtime
+from tests.app.api.conftest import Org
+from tests.app.api.helpers import b64, enroll, object_files
+
+MAGIC = [b"\xff\xd8\xff", b"\x89PNG", b"/9j/", b"iVBOR"]
+
+
+def frame_fingerprints(frame: bytes) -> list[bytes]:
+    """Pieces any copy of the frame would contain: raw chunks and base64 at each alignment."""
+    middle = len(frame) // 2
+    pieces = [frame[:32], frame[middle : middle + 64], frame[-32:]]
+    for shift in range(3):
+        encoded = base64.b64encode(frame[middle + shift : middle + shift + 300])
+        pieces.append(encoded[4:100])  # skip the padding-dependent edges
+        urlsafe = base64.urlsafe_b64encode(frame[middle + shift : middle + shift + 300])
+        pieces.append(urlsafe[4:100])
+    return pieces
+
+
+def assert_no_frame(response: Response, frames: list[bytes], label: str) -> None:
+    body = response.content + "".join(f"{k}:{v}" for k, v in response.headers.items()).encode()
+    for magic in MAGIC:
+        assert magic not in body, f"{label}: image magic {magic!r} in the response"
+    for frame in frames:
+        for piece in frame_fingerprints(frame):
+            assert piece not in body, f"{label}: frame bytes in the response"
+
+
+def test_no_route_ever_returns_frame_bytes(
+    client: TestClient,
+    new_org: Callable[[], Org],
+    face_images: dict[str, bytes],
+    runtime: Runtime,
+) -> None:
+    org = new_org()
+    jpeg, png = face_images["person0"], face_images["tom"]
+    assert jpeg.startswith(b"\xff\xd8\xff") and png.startswith(b"\x89PNG")
+    frames = [jpeg, png, face_images["person2"], face_images["person3"]]
+    owner = org.admin
+
+    # The subjects the calls below read, retire and erase; each enroll response is checked.
+    responses: list[tuple[str, Response]] = []
+    multipart = client.post(
+        "/v1/subjects/cust-1/enrollments",
+        headers={**owner, "Idempotency-Key": "frames-1"},
+        files=[("frames", ("a.jpg", jpeg, "image/jpeg")), ("frames", ("b.png", png, "image/png"))],
+        data={"duplicate_check": "flag", "nik": "3171234567890123"},
+    )
+    assert multipart.status_code == 201, multipart.text
+    responses.append(("enroll multipart", multipart))
+    replay = client.post(
+        "/v1/subjects/cust-1/enrollments",
+        headers={**owner, "Idempotency-Key": "frames-1"},
+        files=[("frames", ("a.jpg", jpeg, "image/jpeg")), ("frames", ("b.png", png, "image/png"))],
+        data={"duplicate_check": "flag", "nik": "3171234567890123"},
+    )
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    responses.append(("enroll replay", replay))
+    to_retire = enroll(client, owner, "cust-2", face_images["person2"])
+    enroll(client, owner, "cust-3", face_images["person3"])
+    key_id = client.post("/v1/api-keys", headers=owner, json={"name": "k", "scopes": ["match"]})
+    probe = {"image": b64(jpeg)}
+
+    calls: dict[tuple[str, str], Callable[[], list[Response]]] = {
+        ("post", "/v1/subjects/{subject_id}/enrollments"): lambda: [
+            client.post(
+                "/v1/subjects/cust-4/enrollments",
+                headers=owner,
+                json={"frames": [b64(png), b64(b"garbage")], "duplicate_check": "flag"},
+            ),
+            # Refusals carry per-frame reports and candidates: still no frame in them.
+            client.post(
+                "/v1/subjects/cust-5/enrollments",
+                headers=owner,
+                json={"frames": [b64(face_images["person4"]), b64(jpeg[:500])]},
+            ),
+            client.post(
+                "/v1/subjects/cust-6/enrollments",
+                headers=owner,
+                json={"frames": [b64(jpeg)], "duplicate_check": "reject"},
+            ),
+        ],
+        ("get", "/v1/subjects"): lambda: [client.get("/v1/subjects", headers=owner)],
+        ("get", "/v1/subjects/{subject_id}"): lambda: [
+            client.get("/v1/subjects/cust-1", headers=owner)
+        ],
+        ("delete", "/v1/subjects/{subject_id}"): lambda: [
+            client.delete("/v1/subjects/cust-3", headers=owner),
+            client.get("/v1/subjects/cust-3", headers=owner),
+        ],
+        ("post", "/v1/enrollments/{enrollment_id}/retire"): lambda: [
+            client.post(f"/v1/enrollments/{to_retire['enrollment_id']}/retire", headers=owner),
+            client.get("/v1/subjects/cust-2", headers=owner),
+        ],
+        ("post", "/v1/verify"): lambda: [
+            client.post("/v1/verify", headers=owner, json={"subject_id": "cust-1", "probe": probe}),
+            client.post("/v1/verify", headers=owner, json={"subject_id": "cust-2", "probe": probe}),
+        ],
+        ("post", "/v1/search"): lambda: [
+            client.post("/v1/search", headers=owner, json={"probe": probe, "top_k": 10})
+        ],
+        ("post", "/v1/api-keys"): lambda: [
+            client.post("/v1/api-keys", headers=owner, json={"name": "n", "scopes": ["enroll"]})
+        ],
+        ("get", "/v1/api-keys"): lambda: [client.get("/v1/api-keys", headers=owner)],
+        ("delete", "/v1/api-keys/{key_id}"): lambda: [
+            client.delete(f"/v1/api-keys/{key_id.json()['key_id']}", headers=owner)
+        ],
+        ("get", "/v1/org/settings"): lambda: [client.get("/v1/org/settings", headers=owner)],
+        ("patch", "/v1/org/settings"): lambda: [
+            client.patch("/v1/org/settings", headers=owner, json={"duplicate_policy": "flag"})
+        ],
+        ("get", "/v1/audit"): lambda: [client.get("/v1/audit?limit=200", headers=owner)],
+        ("get", "/healthz"): lambda: [client.get("/healthz")],
+        ("get", "/readyz"): lambda: [client.get("/readyz")],
+    }
+    paths: dict[str, dict[str, Any]] = create_app(runtime.settings, runtime).openapi()["paths"]
+    routes = {(method, path) for path, item in paths.items() for method in item}
+    assert routes == set(calls), "a route is not covered here: add it to `calls`"
+
+    for route, call in calls.items():
+        for n, response in enumerate(call()):
+            assert response.status_code < 500, (route, response.text)
+            responses.append((f"{route} #{n}", response))
+    statuses = {label: r.status_code for label, r in responses}
+    assert statuses["('post', '/v1/subjects/{subject_id}/enrollments') #0"] == 201
+    assert statuses["('post', '/v1/subjects/{subject_id}/enrollments') #1"] == 422
+    assert statuses["('post', '/v1/subjects/{subject_id}/enrollments') #2"] == 409
+    assert statuses["('delete', '/v1/subjects/{subject_id}') #0"] == 200
+    assert statuses["('post', '/v1/enrollments/{enrollment_id}/retire') #0"] == 200
+    assert statuses["('post', '/v1/verify') #0"] == 200
+    assert statuses["('post', '/v1/verify') #1"] == 409
+    assert statuses["('get', '/v1/audit') #0"] == 200
+    for label, response in responses:
+        assert_no_frame(response, frames, label)
+
+
+def test_stored_objects_are_sealed(
+    client: TestClient,
+    new_org: Callable[[], Org],
+    face_images: dict[str, bytes],
+    runtime: Runtime,
+) -> None:
+    org = new_org()
+    before = set(object_files(runtime))
+    frames = [face_images["person0"], face_images["tom"], face_images["person5"]]
+    enroll(client, org.admin, "sealed-1", *frames)
+    assert len(set(object_files(runtime)) - before) == 3  # one sealed object per frame
+
+    for path in object_files(runtime):  # every object, this test's and earlier ones'
+        data = path.read_bytes()
+        assert not data.startswith((b"\xff\xd8\xff", b"\x89PNG")), path
+        # Full signatures, long enough never to occur by chance in ciphertext.
+        assert b"\x89PNG\r\n\x1a\n" not in data, path
+        assert b"JFIF\x00" not in data and b"Exif\x00\x00" not in data, path
+        for frame in frames:
+            assert data != frame
+            for piece in frame_fingerprints(frame)[:3]:
+                assert piece not in data, path
