@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import register_error_handlers
-from app.api.routes import matching, ops, org, subjects
+from app.api.routes import matching, ops, org, subjects, watchlists
 from app.runtime import Runtime
 from app.settings import Settings
 
@@ -111,6 +111,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         openapi_tags=[
             {"name": "subjects", "description": "Enroll, read, list, retire and erase."},
             {"name": "matching", "description": "Verify (1:1) and search (1:N)."},
+            {"name": "watchlists", "description": "Shared watchlists with bilateral opt-in."},
             {"name": "org", "description": "API keys, settings and audit log (admin)."},
             {"name": "ops", "description": "Health and readiness."},
         ],
@@ -131,7 +132,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         return response
 
     register_error_handlers(app)
-    for module in (subjects, matching, org, ops):
+    for module in (subjects, matching, watchlists, org, ops):
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes(settings))
     return app

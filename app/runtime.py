@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 
 from app.crypto import EnvelopeCipher, KeyManager, ReferenceHasher, build_kms
 from app.settings import Settings
-from app.storage import LocalObjectStore, create_engine_for, repo, upgrade_database
+from app.storage import LocalObjectStore, create_engine_for, read_only, repo, upgrade_database
 from app.storage.audit import SYSTEM_CHAIN
 from app.storage.schema import enrollments, orgs
 from index import IndexRegistry, LoadReport, VectorIndex
@@ -33,6 +33,9 @@ from models.quality import QualityPolicy
 log = logging.getLogger("wajah")
 
 T = TypeVar("T")
+
+# Index namespaces of shared watchlists; every other namespace is an org id.
+WATCHLIST_PREFIX = "watchlist:"
 
 
 def quality_policy(settings: Settings) -> QualityPolicy:
@@ -105,6 +108,15 @@ class Runtime:
         runtime.ready = True
         return runtime
 
+    # --- database ---------------------------------------------------------------------------
+
+    @contextmanager
+    def read(self) -> Iterator[sa.Connection]:
+        """A read-only transaction: on SQLite a deferred BEGIN, so readers never queue behind
+        the writer (WAL) and a read nested inside a write transaction cannot deadlock it."""
+        with self.engine.connect() as conn, read_only(conn).begin():
+            yield conn
+
     # --- inference -------------------------------------------------------------------------
 
     def infer(self, fn: Callable[..., T], *args: Any) -> T:
@@ -150,7 +162,7 @@ class Runtime:
                 .where(enrollments.c.org_id == org_id, enrollments.c.seq > position)
                 .order_by(enrollments.c.seq)
             )
-            with self.engine.connect() as conn:
+            with self.read() as conn:
                 for row in conn.execute(stmt):
                     if row.status != "active" or row.vector is None:
                         yield int(row.vector_id), None
@@ -178,7 +190,7 @@ class Runtime:
 
     def replay_indexes(self) -> None:
         """Load each org's snapshot and replay newer rows (or rebuild from the database)."""
-        with self.engine.connect() as conn:
+        with self.read() as conn:
             org_ids = [r.id for r in conn.execute(sa.select(orgs.c.id))]
         health = IndexHealth(orgs=len(org_ids))
         self.health = health
@@ -195,11 +207,18 @@ class Runtime:
                 report.replayed,
                 report.seconds,
             )
+        # Watchlist indexes depend on memberships and settings, not just on their rows:
+        # always rebuilt from the database, never snapshotted.
+        from app.services.watchlists import replay_all
+
+        replay_all(self)
 
     def snapshot_indexes(self) -> None:
         for org_id in self.indexes.namespaces():
+            if org_id.startswith(WATCHLIST_PREFIX):
+                continue
             with self.org_writer(org_id):
-                with self.engine.connect() as conn:
+                with self.read() as conn:
                     position = repo.current_seq(conn, org_id)
                 self.indexes.get(org_id).snapshot(position)
 

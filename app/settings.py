@@ -30,6 +30,9 @@ class Settings(BaseSettings):
 
     mode: Mode = Mode.DEVELOPMENT
     home: Path = Field(default_factory=default_home, description="Cache/data directory.")
+    region: str = Field(
+        default="ID", description="Region this deployment keeps data in (ISO 3166 code)."
+    )
     host: str = "127.0.0.1"
     port: int = 8000
 

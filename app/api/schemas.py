@@ -257,6 +257,7 @@ class ErasureReceipt(BaseModel):
     embeddings_erased: int
     frames_shredded: int
     pii_shredded: list[str]
+    watchlist_entries_withdrawn: int = 0
     receipt_sha256: str = Field(..., description="SHA-256 of the canonical receipt JSON.")
     audit_id: str
 
@@ -321,7 +322,12 @@ class OrgSettingsPatch(BaseModel):
     threshold_calibration: str | None = Field(None, max_length=500)
     duplicate_policy: DuplicateCheck | None = None
     retention: Retention | None = None
-    watchlist_sharing: bool | None = None
+    watchlist_sharing: bool | None = Field(
+        None, description="Opt in to shared watchlists (off by default)."
+    )
+    data_residency: Literal["ID-only", "any"] | None = Field(
+        None, description="`ID-only`: only watchlists in the Indonesian region may be joined."
+    )
 
 
 class OrgSettings(BaseModel):
@@ -369,3 +375,104 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorBody, "description": "The key lacks the scope (`forbidden`)."},
     422: {"model": ErrorBody, "description": "Invalid input; `error.code` says which."},
 }
+
+
+# --- shared watchlists ----------------------------------------------------------------------
+
+
+class WatchlistCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"name": "consortium confirmed fraud", "region": "ID"}]},
+    )
+    name: str = Field(..., min_length=1, max_length=200)
+    region: str | None = Field(
+        None, min_length=2, max_length=32, description="Default: the deployment's region."
+    )
+
+
+class WatchlistMember(BaseModel):
+    org_id: str
+    state: Literal["invited", "active", "left", "removed"]
+
+
+class Watchlist(BaseModel):
+    watchlist_id: str
+    name: str
+    region: str
+    model_id: str
+    status: Literal["open", "closed"]
+    role: Literal["owner", "member"]
+    membership: str | None
+    created_at: datetime
+    members: list[WatchlistMember] | None = Field(None, description="Shown to the owner only.")
+
+
+class Invitation(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"org_id": "org_..."}]}
+    )
+    org_id: str = Field(..., min_length=1, max_length=40)
+
+
+class Membership(BaseModel):
+    watchlist_id: str
+    org_id: str
+    state: Literal["invited", "active", "left", "removed"]
+
+
+class EntryCreate(BaseModel):
+    """Contribute from one of your subjects (every active embedding) or a fresh capture."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"subject_id": "cust-0042", "reason_code": "confirmed_fraud"},
+                {"probe": {"image": _B64_EXAMPLE}, "reason_code": "synthetic_identity"},
+            ]
+        },
+    )
+    reason_code: str = Field(..., min_length=1, max_length=64, examples=["confirmed_fraud"])
+    subject_id: str | None = Field(None, min_length=1, max_length=128)
+    probe: ProbeBody | None = None
+
+
+class EntriesCreated(BaseModel):
+    watchlist_id: str
+    reason_code: str
+    entry_ids: list[str]
+
+
+class EntriesWithdrawn(BaseModel):
+    watchlist_id: str
+    withdrawn: list[str]
+
+
+class ScreenRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"probe": {"image": _B64_EXAMPLE}, "top_k": 10}]},
+    )
+    probe: ProbeBody
+    top_k: int = Field(10, ge=1, le=50)
+
+
+class ScreenHit(BaseModel):
+    """A hit names the entry, never the contributor's subject, PII or frames."""
+
+    watchlist_id: str
+    entry_id: str
+    reason_code: str
+    score: float
+    decision: Literal["match"]
+
+
+class ScreenResponse(BaseModel):
+    watchlist_id: str
+    hits: list[ScreenHit]
+    threshold: float
+    threshold_source: str
+    model_id: str
+    probe: Literal["image", "vector"]
+    audit_id: str

@@ -21,7 +21,7 @@ def rewrap_org_frames(
     """Rewrap in committed batches; an interrupted run is resumed by running it again
     (rows already on the primary version are skipped without being unwrapped)."""
     primary = runtime.kms.primary_version(org_id)
-    with runtime.engine.connect() as conn:
+    with runtime.read() as conn:
         total = conn.execute(
             sa.select(sa.func.count())
             .select_from(frames)

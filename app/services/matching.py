@@ -67,7 +67,7 @@ def verify_probe(
     """1:1: the best cosine between the probe and the subject's active, intact embeddings."""
     org_id = principal.org_id
     check_subject_id(subject_id)
-    with runtime.engine.connect() as conn:
+    with runtime.read() as conn:
         subject = conn.execute(
             sa.select(subjects.c.id, subjects.c.status).where(
                 subjects.c.org_id == org_id, subjects.c.subject_id == subject_id

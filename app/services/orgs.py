@@ -22,6 +22,12 @@ from app.storage.schema import api_keys, orgs, utcnow
 THRESHOLD_BELOW_PACK = 0.05
 THRESHOLD_MAX = 0.95
 DUPLICATE_POLICIES = ("off", "flag", "reject")
+# "ID-only": data stays in Indonesia (the deployment's region must be ID); "any": no limit.
+DATA_RESIDENCIES = ("ID-only", "any")
+
+
+def residency_allows(residency: str, region: str) -> bool:
+    return residency == "any" or (residency == "ID-only" and region == "ID")
 
 
 @dataclass(frozen=True)
@@ -102,7 +108,7 @@ def issue_api_key(
 
 
 def list_api_keys(runtime: Runtime, principal: Principal) -> list[dict[str, Any]]:
-    with runtime.engine.connect() as conn:
+    with runtime.read() as conn:
         rows = conn.execute(
             sa.select(api_keys)
             .where(api_keys.c.org_id == principal.org_id)
@@ -151,7 +157,7 @@ def revoke_api_key(runtime: Runtime, principal: Principal, key_id: str) -> None:
 
 
 def org_settings(runtime: Runtime, org_id: str) -> dict[str, Any]:
-    with runtime.engine.connect() as conn:
+    with runtime.read() as conn:
         value = conn.execute(sa.select(orgs.c.settings).where(orgs.c.id == org_id)).scalar_one()
     merged = copy.deepcopy(repo.DEFAULT_ORG_SETTINGS)
     merged.update(value or {})
@@ -209,7 +215,9 @@ def update_org_settings(
     if "watchlist_sharing" in changes:
         updated["watchlist_sharing"] = bool(changes["watchlist_sharing"])
     if "data_residency" in changes:
-        updated["data_residency"] = str(changes["data_residency"])
+        if changes["data_residency"] not in DATA_RESIDENCIES:
+            raise InvalidSettingsError(f"data_residency must be one of {DATA_RESIDENCIES}")
+        updated["data_residency"] = changes["data_residency"]
     if updated == current:
         return current
     with runtime.engine.begin() as conn:
@@ -224,4 +232,10 @@ def update_org_settings(
             target=principal.org_id,
             details={"changed": changed, "new": {k: updated[k] for k in changed}},
         )
+    if updated["watchlist_sharing"] != current["watchlist_sharing"]:
+        # Turning sharing off takes the org's entries out of screening at once (and back in
+        # when it is turned on again). Imported here: watchlists builds on this module.
+        from app.services.watchlists import sync_org
+
+        sync_org(runtime, principal.org_id)
     return updated

@@ -42,7 +42,7 @@ def authenticate(runtime: Runtime, presented: str | None, scope: Scope) -> Princ
     last_used: dict[str, Any] = {}
 
     def lookup(key_id: str) -> StoredApiKey | None:
-        with runtime.engine.connect() as conn:
+        with runtime.read() as conn:
             row = conn.execute(sa.select(api_keys).where(api_keys.c.key_id == key_id)).first()
         if row is None:
             return None
@@ -83,13 +83,18 @@ def record(
     action: str,
     target: str,
     details: dict[str, Any],
+    actor: str | None = None,
 ) -> str:
-    """Append the audit row of a change or decision, in the caller's transaction."""
+    """Append the audit row of a change or decision, in the caller's transaction.
+
+    The actor is the calling key, `actor` when given (e.g. a row written into another org's
+    log, which must not learn the caller's key id), or "cli" for operator commands.
+    """
     row = audit.append(
         conn,
         sealer=runtime.cipher,
         org_id=org_id,
-        actor=principal.actor if principal else "cli",
+        actor=actor or (principal.actor if principal else "cli"),
         action=action,
         target=target,
         details=details,

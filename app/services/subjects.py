@@ -181,7 +181,7 @@ def find_duplicates(
 
 def subject_ids_for_vectors(runtime: Runtime, org_id: str, vector_ids: list[int]) -> dict[int, str]:
     """Map index ids to the org's active subjects (the org filter is belt and braces)."""
-    with runtime.engine.connect() as conn:
+    with runtime.read() as conn:
         rows = conn.execute(
             sa.select(enrollments.c.vector_id, subjects.c.subject_id)
             .join(subjects, subjects.c.id == enrollments.c.subject_pk)
@@ -218,7 +218,7 @@ def enroll_subject(
         raise InvalidRequestError("duplicate_check must be off, flag or reject")
     threshold, _ = effective_threshold(runtime, settings)
 
-    with runtime.engine.connect() as conn:
+    with runtime.read() as conn:
         existing = _subject_row(conn, org_id, subject_id)
     if existing is not None and existing.status == "erased":
         raise SubjectErasedError(f"subject {subject_id!r} was erased; use a new subject_id")
@@ -377,7 +377,7 @@ def _report_dict(report: FrameReport) -> dict[str, Any]:
 
 
 def get_subject(runtime: Runtime, principal: Principal, subject_id: str) -> dict[str, Any]:
-    with runtime.engine.connect() as conn:
+    with runtime.read() as conn:
         row = _subject_row(conn, principal.org_id, subject_id)
         if row is None:
             raise SubjectNotFoundError(f"no subject {subject_id!r}")
@@ -455,7 +455,7 @@ def list_subjects(
                 sa.and_(subjects.c.created_at == created, subjects.c.id > pk),
             )
         )
-    with runtime.engine.connect() as conn:
+    with runtime.read() as conn:
         rows = conn.execute(
             stmt.order_by(subjects.c.created_at, subjects.c.id).limit(limit + 1)
         ).all()
@@ -578,6 +578,11 @@ def erase_subject(runtime: Runtime, principal: Principal, subject_id: str) -> di
                 "frames_shredded": len(frame_rows),
                 "pii_shredded": [n for n in PII_FIELDS if getattr(row, f"{n}_sealed") is not None],
             }
+            # Copies of its embeddings in shared watchlists go too.
+            from app.services.watchlists import remove_from_indexes, withdraw_embeddings
+
+            withdrawn = withdraw_embeddings(runtime, conn, [r.id for r in rows])
+            receipt["watchlist_entries_withdrawn"] = len(withdrawn)
             digest = hashlib.sha256(
                 json.dumps(receipt, sort_keys=True, separators=(",", ":")).encode()
             ).hexdigest()
@@ -591,6 +596,7 @@ def erase_subject(runtime: Runtime, principal: Principal, subject_id: str) -> di
                 details={**receipt, "receipt_sha256": digest},
             )
         runtime.org_index(org_id).remove([r.vector_id for r in rows if r.status == "active"])
+    remove_from_indexes(runtime, withdrawn)
     for f in frame_rows:
         runtime.objects.delete(f.object_key)
     return {**receipt, "receipt_sha256": digest, "audit_id": audit_id}

@@ -206,3 +206,60 @@ audit_heads = sa.Table(
     sa.Column("seq", sa.BigInteger(), nullable=False),
     sa.Column("hash", sa.LargeBinary(32), nullable=False),
 )
+
+# --- shared watchlists (migration 0003) ------------------------------------------------------
+
+watchlists = sa.Table(
+    "watchlists",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("owner_org_id", ID, sa.ForeignKey("orgs.id"), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    # Where the watchlist's data lives; an org whose residency forbids it cannot join.
+    sa.Column("region", sa.String(32), nullable=False),
+    # Pinned model pack: entries of another model never share its index.
+    sa.Column("model_id", sa.String(128), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    # Last vector id handed out in this watchlist's own index namespace.
+    sa.Column("entry_seq", sa.BigInteger(), nullable=False),
+    _created_at(),
+    sa.Column("closed_at", UTCDateTime(), nullable=True),
+    sa.CheckConstraint("status IN ('open', 'closed')", name="status"),
+)
+
+watchlist_members = sa.Table(
+    "watchlist_members",
+    metadata,
+    sa.Column("watchlist_id", ID, sa.ForeignKey("watchlists.id"), primary_key=True),
+    sa.Column("org_id", ID, sa.ForeignKey("orgs.id"), primary_key=True, index=True),
+    # invited -> active (the member opted in) -> left | removed; only `active` counts.
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("invited_at", UTCDateTime(), nullable=True),
+    sa.Column("joined_at", UTCDateTime(), nullable=True),
+    sa.Column("left_at", UTCDateTime(), nullable=True),
+    sa.CheckConstraint("state IN ('invited', 'active', 'left', 'removed')", name="state"),
+)
+
+watchlist_entries = sa.Table(
+    "watchlist_entries",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("watchlist_id", ID, sa.ForeignKey("watchlists.id"), nullable=False),
+    sa.Column("contributor_org_id", ID, sa.ForeignKey("orgs.id"), nullable=False),
+    sa.Column("vector_id", sa.BigInteger(), nullable=False),
+    # float32 little-endian, L2-normalised; NULL once withdrawn.
+    sa.Column("vector", sa.LargeBinary(), nullable=True),
+    sa.Column("dimension", sa.Integer(), nullable=False),
+    sa.Column("model_id", sa.String(128), nullable=False),
+    # HMAC-SHA-256 under the contributor's reference key.
+    sa.Column("hashed_ref", sa.LargeBinary(32), nullable=True),
+    sa.Column("reason_code", sa.String(64), nullable=False),
+    sa.Column("source", sa.String(16), nullable=False),  # "enrollment" or "capture"
+    # The contributor's embedding it was copied from; never shown to other orgs.
+    sa.Column("source_embedding_id", ID, nullable=True, index=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    _created_at(),
+    sa.Column("withdrawn_at", UTCDateTime(), nullable=True),
+    sa.UniqueConstraint("watchlist_id", "vector_id"),
+    sa.CheckConstraint("status IN ('active', 'withdrawn')", name="status"),
+)

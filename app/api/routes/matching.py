@@ -20,7 +20,7 @@ from app.services import matching as service
 router = APIRouter(tags=["matching"])
 
 
-def _probe(body: ProbeBody) -> service.Probe:
+def probe_from(body: ProbeBody) -> service.Probe:
     return service.Probe(
         image=decode_base64(body.image) if body.image is not None else None,
         vector=body.vector,
@@ -36,7 +36,7 @@ def _probe(body: ProbeBody) -> service.Probe:
 )
 def verify(body: VerifyRequest, runtime: RuntimeDep, principal: MatcherDep) -> VerifyResponse:
     return VerifyResponse.model_validate(
-        service.verify_probe(runtime, principal, body.subject_id, _probe(body.probe))
+        service.verify_probe(runtime, principal, body.subject_id, probe_from(body.probe))
     )
 
 
@@ -48,5 +48,5 @@ def verify(body: VerifyRequest, runtime: RuntimeDep, principal: MatcherDep) -> V
 )
 def search(body: SearchRequest, runtime: RuntimeDep, principal: MatcherDep) -> SearchResponse:
     return SearchResponse.model_validate(
-        service.search_probe(runtime, principal, _probe(body.probe), body.top_k)
+        service.search_probe(runtime, principal, probe_from(body.probe), body.top_k)
     )

@@ -24,7 +24,7 @@ def readyz(request: Request) -> JSONResponse:
         checks["models"] = runtime.pipeline is not None
         checks["model_id"] = runtime.model_id
         try:
-            with runtime.engine.connect() as conn:
+            with runtime.read() as conn:
                 conn.execute(sa.text("SELECT 1"))
             checks["database"] = True
         except sa.exc.SQLAlchemyError:

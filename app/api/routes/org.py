@@ -115,7 +115,7 @@ def list_audit(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[int | None, Query(ge=1)] = None,
 ) -> AuditPage:
-    with runtime.engine.connect() as conn:
+    with runtime.read() as conn:
         page = audit.list_audit(
             conn, sealer=runtime.cipher, org_id=principal.org_id, cursor=cursor, limit=limit
         )

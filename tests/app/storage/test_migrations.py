@@ -25,6 +25,9 @@ TABLES = {
     "org_counters",
     "orgs",
     "subjects",
+    "watchlist_entries",
+    "watchlist_members",
+    "watchlists",
 }
 
 
@@ -33,10 +36,10 @@ def _tables(engine: Engine) -> set[str]:
 
 
 def test_upgrade_fresh_database_to_head(bare_engine: Engine) -> None:
-    assert head_revision() == "0002"
+    assert head_revision() == "0003"
     upgrade_database(bare_engine)
     with bare_engine.connect() as conn:
-        assert current_revision(conn) == "0002"
+        assert current_revision(conn) == "0003"
     assert _tables(bare_engine) == TABLES
 
 
@@ -59,7 +62,7 @@ def test_upgrade_from_url_is_idempotent(database_url: URL) -> None:
     engine = create_engine_for(database_url)
     try:
         with engine.connect() as conn:
-            assert current_revision(conn) == "0002"
+            assert current_revision(conn) == "0003"
     finally:
         engine.dispose()
 
