@@ -41,6 +41,10 @@ BEGINNING = 0
 # Float32 rounding leaves |norm - 1| around 1e-7; anything beyond this was not normalised.
 NORM_TOLERANCE = 1e-3
 _REPLAY_BATCH = 4096
+#: Float32 batches of at least this many queries are scored with one sgemm per segment.
+GEMM_MIN_QUERIES = 8
+#: Largest ``k`` a search accepts; FAISS allocates k results per query and segment.
+MAX_K = 10_000
 
 
 class Hit(NamedTuple):
@@ -182,8 +186,8 @@ class VectorIndex:
         pass over the vectors; concurrent single-query calls are micro-batched into one.
         """
         self._check_model(model_id)
-        if k < 1:
-            raise InvalidQueryError("k must be >= 1")
+        if not 1 <= k <= MAX_K:
+            raise InvalidQueryError(f"k must be between 1 and {MAX_K}")
         if min_score is not None and not np.isfinite(min_score):
             raise InvalidQueryError("min_score must be finite")
         q = self._validate_vectors(queries, "query")
@@ -223,12 +227,22 @@ class VectorIndex:
         # A tombstone is a zero vector scoring exactly 0, so it can only take the place of a
         # live hit when scores <= 0 are wanted; only then ask FAISS for extra rows.
         include_dead = floor is None or floor <= 0
+        # FAISS picks its BLAS path with one process-wide threshold, and no setting of it is
+        # good for both cases (2 cores, 32k x 512 rows: one query 4.5 ms on the scalar path,
+        # 16-25 ms through BLAS; 16 queries 82 ms scalar, 16 ms BLAS). So batches of float32
+        # queries go to BLAS (sgemm) here and single queries to FAISS's scalar scan.
+        use_gemm = self.storage == "float32" and len(q) >= GEMM_MIN_QUERIES
 
         def scan(group: list[Segment]) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
             parts_i, parts_s = [], []
             for seg in group:
                 kk = min(k + (seg.dead if include_dead else 0), seg.size)
-                scores, rows = seg.faiss_index.search(q, kk)
+                if use_gemm:
+                    all_scores = q @ seg.vectors[: seg.size].T
+                    rows = np.argpartition(-all_scores, kk - 1, axis=1)[:, :kk]
+                    scores = np.take_along_axis(all_scores, rows, axis=1)
+                else:
+                    scores, rows = seg.faiss_index.search(q, kk)
                 ids = np.where(rows >= 0, seg.ids[rows], -1)
                 parts_i.append(ids)
                 parts_s.append(scores)
