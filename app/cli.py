@@ -210,7 +210,7 @@ def create_org(name: Annotated[str, typer.Argument(help="The organisation's name
     from app.runtime import Runtime
     from app.services.orgs import create_org as create
 
-    runtime = Runtime.start(_settings(), replay=False)
+    runtime = Runtime.start(_settings(), serving=False)
     try:
         org_id, key = create(runtime, name)
     except WajahError as exc:
@@ -260,7 +260,7 @@ def rotate_keys(
     settings = _settings()
     from app.runtime import Runtime
 
-    runtime = Runtime.start(settings, replay=False)
+    runtime = Runtime.start(settings, serving=False)
     try:
         if not runtime.kms.has_org(org):
             raise _fail(f"no org {org!r} in the key manager")

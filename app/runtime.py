@@ -71,11 +71,14 @@ class Runtime:
     inference: ThreadPoolExecutor
     health: IndexHealth = field(default_factory=IndexHealth)
     ready: bool = False
+    serving: bool = True
     _org_locks: dict[str, threading.Lock] = field(default_factory=dict)
     _locks_guard: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def start(cls, settings: Settings, replay: bool = True) -> Runtime:
+    def start(cls, settings: Settings, serving: bool = True) -> Runtime:
+        """Open everything. `serving=False` is for CLI tools next to a running server: no
+        index snapshots (the server holds their directory lock) and no index replay."""
         settings.home.mkdir(parents=True, exist_ok=True)
         engine = create_engine_for(settings.resolved_database_url)
         upgrade_database(engine)
@@ -98,12 +101,15 @@ class Runtime:
             hasher=ReferenceHasher(kms),
             objects=LocalObjectStore(settings.resolved_object_store_dir),
             pipeline=pipeline,
-            indexes=IndexRegistry(settings.resolved_index_dir, threads=settings.faiss_threads),
+            indexes=IndexRegistry(
+                settings.resolved_index_dir if serving else None, threads=settings.faiss_threads
+            ),
             inference=ThreadPoolExecutor(
                 settings.inference_workers, thread_name_prefix="wajah-inference"
             ),
         )
-        if replay:
+        runtime.serving = serving
+        if serving:
             runtime.replay_indexes()
         runtime.ready = True
         return runtime
@@ -225,7 +231,8 @@ class Runtime:
     def close(self) -> None:
         self.ready = False
         try:
-            self.snapshot_indexes()
+            if self.serving:
+                self.snapshot_indexes()
         finally:
             self.inference.shutdown(wait=True)
             self.indexes.close()

@@ -236,7 +236,16 @@ class StatefulKeyManager(ABC):
         result: Record = org
         return result
 
+    def _known_org(self, org_id: str) -> Record:
+        """The org from our view of the state, re-read once if it is missing: another process
+        (`wajah orgs create` beside a running server) may have added it since we loaded."""
+        if org_id not in self._state["orgs"]:
+            self._reload()
+        return self._live_org(self._state, org_id)
+
     def has_org(self, org_id: str) -> bool:
+        if org_id not in self._state["orgs"]:
+            self._reload()
         org = self._state["orgs"].get(org_id)
         return org is not None and not org.get("destroyed_at")
 
@@ -281,10 +290,10 @@ class StatefulKeyManager(ABC):
             return self._rotate_in(state, org_id)
 
     def primary_version(self, org_id: str) -> int:
-        return int(self._live_org(self._state, org_id)["primary"])
+        return int(self._known_org(org_id)["primary"])
 
     def versions(self, org_id: str) -> list[KekVersionInfo]:
-        org = self._live_org(self._state, org_id)
+        org = self._known_org(org_id)
         out = []
         for key in sorted(org["versions"], key=int):
             v = int(key)
@@ -346,14 +355,14 @@ class StatefulKeyManager(ABC):
         window = self._windows.get((org_id, version))
         if window is not None:
             return window[0]
-        org = self._live_org(self._state, org_id)
+        org = self._known_org(org_id)
         rec = org["versions"].get(str(version))
         return int(rec["wraps_reserved"]) if rec else 0
 
     def _take_wrap_slot(self, org_id: str) -> tuple[int, Record]:
         with self._lock:
             while True:
-                org = self._live_org(self._state, org_id)
+                org = self._known_org(org_id)
                 version = int(org["primary"])
                 window = self._windows.get((org_id, version))
                 if window is not None and window[0] < window[1]:
@@ -434,7 +443,7 @@ class StatefulKeyManager(ABC):
 
     def mac(self, org_id: str, message: bytes) -> bytes:
         """HMAC-SHA-256 of `message` under the org's reference key (32 bytes)."""
-        org = self._live_org(self._state, org_id)
+        org = self._known_org(org_id)
         return self._reference_mac(org_id, org["reference_key"], message)
 
     def close(self) -> None:  # noqa: B027 - only some backends hold resources

@@ -1,0 +1,91 @@
+"""The `wajah` command line, run in-process against a real home directory."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from app.cli import cli
+from app.crypto import Scope
+from app.runtime import Runtime
+from app.services.principal import Principal
+from app.services.subjects import enroll_subject
+from app.settings import Settings
+from models.packs import ModelPack
+
+ROOT_KEY = base64.b64encode(bytes(range(32))).decode()
+
+
+@pytest.fixture()
+def env(tmp_path: Path, default_pack: ModelPack) -> dict[str, str]:
+    return {
+        "WAJAH_HOME": str(tmp_path / "home"),
+        "WAJAH_MODEL_CACHE_DIR": str(default_pack.directory.parent),
+        "WAJAH_ROOT_KEY": ROOT_KEY,
+    }
+
+
+def test_orgs_create_prints_the_key_once_and_it_works_beside_a_running_server(
+    env: dict[str, str], single_face_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    server = Runtime.start(Settings())  # holds the index directory, as `wajah serve` would
+    try:
+        result = CliRunner().invoke(cli, ["orgs", "create", "Bank Contoh"])
+        assert result.exit_code == 0, result.output
+        lines = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+        assert lines["api_key"].startswith("wjh_live_")
+        assert result.stdout.count(lines["api_key"]) == 1
+        # The server learns of the org's keys created by another process.
+        principal = Principal(lines["org_id"], "cli-test", frozenset({Scope.ADMIN}))
+        enrolled = enroll_subject(server, principal, "cust-1", [single_face_path.read_bytes()])
+        assert enrolled.frames[0].accepted
+    finally:
+        server.close()
+    # The key is stored hashed only: it appears nowhere under WAJAH_HOME.
+    secret = lines["api_key"].rsplit("_", 1)[1].encode()
+    for path in Path(env["WAJAH_HOME"]).rglob("*"):
+        if path.is_file():
+            assert secret not in path.read_bytes(), path
+
+
+def test_audit_verify_on_an_intact_log(env: dict[str, str]) -> None:
+    runner = CliRunner()
+    assert runner.invoke(cli, ["orgs", "create", "A"], env=env).exit_code == 0  # org + key rows
+    result = runner.invoke(cli, ["audit", "verify"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "audit log intact: 2 rows checked" in result.stdout
+
+
+def test_models_verify_and_list(env: dict[str, str]) -> None:
+    runner = CliRunner()
+    verified = runner.invoke(cli, ["models", "verify"], env=env)
+    assert verified.exit_code == 0
+    assert "all files match the manifest" in verified.stdout
+    missing = runner.invoke(cli, ["models", "verify", "--pack", "buffalo_l"], env=env)
+    assert missing.exit_code == 1
+    assert "no model pack manifest" in missing.output
+
+
+def test_keys_rotate_rewraps_every_frame(env: dict[str, str], single_face_path: Path) -> None:
+    runner = CliRunner()
+    created = runner.invoke(cli, ["orgs", "create", "A"], env=env)
+    org_id = created.stdout.split("org_id=")[1].split()[0]
+    runtime = Runtime.start(Settings(**{k[6:].lower(): v for k, v in env.items()}), serving=False)
+    try:
+        principal = Principal(org_id, "t", frozenset({Scope.ADMIN}))
+        image = single_face_path.read_bytes()
+        enroll_subject(runtime, principal, "c1", [image, image])
+    finally:
+        runtime.close()
+    rotated = runner.invoke(cli, ["keys", "rotate", "--org", org_id], env=env)
+    assert rotated.exit_code == 0, rotated.output
+    assert "rewrapped 2, already current 0, failed 0" in rotated.stdout
+    again = runner.invoke(cli, ["keys", "rotate", "--org", org_id, "--resume"], env=env)
+    assert "rewrapped 0, already current 2, failed 0" in again.stdout
+    unknown = runner.invoke(cli, ["keys", "rotate", "--org", "org_nope"], env=env)
+    assert unknown.exit_code == 1
