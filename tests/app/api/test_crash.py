@@ -40,14 +40,14 @@ import pytest
 import sqlalchemy as sa
 
 from app.storage import LocalObjectStore
-from app.storage.schema import enrollments, frames, subjects
+from app.storage.schema import enrollments, frames, idempotency_keys, subjects
 from models.packs import ModelPack
 from tests.app.api.conftest import TEST_ROOT_KEY
 
 pytestmark = pytest.mark.slow
 
 SEED = 20261127
-MID_TRAFFIC_KILLS = 22  # SIGKILLs that land while the client enrolls (the issue asks for 20)
+MID_TRAFFIC_KILLS = 20  # SIGKILLs that land while the client enrolls (the issue asks for 20)
 MAX_CYCLES = 40  # bound on server starts, whatever the dice say
 MAX_ATTEMPTS_PER_CYCLE = 60
 # The search check needs every subject of one face within top_k (at most 100).
@@ -255,7 +255,7 @@ def test_kill_9_loses_no_acknowledged_enrollment(
             roll = rng.random()
             if roll < 0.1:
                 # Die while importing, loading models or replaying the indexes.
-                time.sleep(rng.uniform(0.2, 2.0))
+                time.sleep(rng.uniform(0.2, 1.5))
                 server.kill()
                 ledger.kills_at_start += 1
                 continue
@@ -264,7 +264,7 @@ def test_kill_9_loses_no_acknowledged_enrollment(
                 server, api_key, face_images, ledger, cycle, random.Random(rng.random())
             )
             enroller.start()
-            time.sleep(rng.uniform(0.02, 0.8))
+            time.sleep(rng.uniform(0.02, 0.6))
             if roll < 0.2:
                 server.stop()
                 ledger.graceful_stops += 1
@@ -365,3 +365,75 @@ def check_survivors(
         f"mid-traffic ({ledger.kills_in_flight} cut a request short), "
         f"{ledger.kills_at_start} during start, {ledger.graceful_stops} SIGTERM restarts"
     )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="a reservation left by a killed request stays 'in flight' forever: app/api/"
+    "idempotency.py keeps it across restarts, so the retry the key exists for gets 409",
+)
+def test_idempotent_retry_after_kill_9_completes(
+    database_url: str, tmp_path: Path, default_pack: ModelPack, face_images: dict[str, bytes]
+) -> None:
+    """A client that lost its answer to a crash retries with the same Idempotency-Key."""
+    env = {
+        **os.environ,
+        "WAJAH_HOME": str(tmp_path / "home"),
+        "WAJAH_DATABASE_URL": database_url,
+        "WAJAH_ROOT_KEY": TEST_ROOT_KEY,
+        "WAJAH_MODEL_CACHE_DIR": str(default_pack.directory.parent),
+        "WAJAH_HOST": "127.0.0.1",
+        "WAJAH_PORT": str(free_port()),
+    }
+    org_id, api_key = create_org(env)
+    server = Server(env, int(env["WAJAH_PORT"]), tmp_path / "server.log")
+    headers = {"Authorization": f"Bearer {api_key}", "Idempotency-Key": "retry-after-crash"}
+    # Eight frames keep the request in inference long enough to kill it there.
+    bundle = [("frames", (f"f{n}.jpg", face_images["person2"], "image/jpeg")) for n in range(8)]
+    outcome: list[object] = []
+
+    def send() -> None:
+        with httpx.Client(base_url=server.base_url, timeout=60.0) as client:
+            try:
+                outcome.append(
+                    client.post("/v1/subjects/retry-1/enrollments", headers=headers, files=bundle)
+                )
+            except httpx.TransportError as exc:
+                outcome.append(exc)
+
+    engine = sa.create_engine(database_url)
+    try:
+        server.start()
+        server.wait_ready()
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        deadline = time.monotonic() + 30
+        reserved = None
+        while reserved is None and time.monotonic() < deadline:
+            with engine.connect() as conn:
+                reserved = conn.execute(
+                    sa.select(idempotency_keys.c.response_status).where(
+                        idempotency_keys.c.org_id == org_id
+                    )
+                ).first()
+            time.sleep(0.005)
+        if reserved is None or reserved.response_status is not None:
+            pytest.fail(f"the kill did not land between reservation and answer: {reserved}")
+        server.kill()
+        sender.join(timeout=60)
+        if not (len(outcome) == 1 and isinstance(outcome[0], httpx.TransportError)):
+            pytest.fail(f"the first request was answered: {outcome}")
+
+        server.start()
+        server.wait_ready()
+        with httpx.Client(base_url=server.base_url, timeout=60.0) as client:
+            retry = client.post("/v1/subjects/retry-1/enrollments", headers=headers, files=bundle)
+            assert retry.status_code == 201, retry.text
+            again = client.post("/v1/subjects/retry-1/enrollments", headers=headers, files=bundle)
+            assert again.json()["enrollment_id"] == retry.json()["enrollment_id"]
+        server.stop()
+    finally:
+        engine.dispose()
+        if server.process is not None:
+            server.kill()

@@ -1,0 +1,364 @@
+"""HTTP latency and throughput of the service against a live uvicorn on loopback.
+
+    python -m benchmarks.api [--quick] [--gallery N] [--workers N] [--threads N]
+
+With the default pack and one 640×480 single-face JPEG per request (`benchmarks.pipeline`'s
+`single_face_jpeg`): enroll, verify and search p50 at concurrency 1, search against a
+gallery of `--gallery` enrolled vectors (default 100,000), and verify throughput with p99 at
+concurrency 8. The gallery is synthetic (seeded random unit vectors, one subject each),
+inserted through the storage layer with valid hashed references before the server starts,
+so the server's start-up replay keeps every row; how long the insert and the replay took is
+reported. Each figure is shown beside `FacePipeline.capture` on the same JPEG, timed
+in-process, and beside a trivial authenticated request (`GET /v1/org/settings`) that
+measures the framework's own overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from benchmarks.common import percentile, print_table, summarise, time_calls, write_results
+from benchmarks.pipeline import single_face_jpeg
+
+SEED = 20261127
+TARGETS = {
+    "enroll_p50_ms": 70.0,
+    "verify_p50_ms": 60.0,
+    "search_p50_ms": 65.0,
+    "concurrent_verify_per_s": 25.0,
+    "concurrent_verify_p99_ms": 400.0,
+}
+GALLERY_BATCH = 10_000  # rows per committed transaction
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def fill_gallery(settings: Any, size: int) -> tuple[str, str, dict[str, float]]:
+    """Create an org and `size` enrolled subjects; returns (org id, admin key, timings)."""
+    from app.runtime import Runtime
+    from app.services.orgs import create_org
+    from app.storage import repo
+
+    started = time.perf_counter()
+    runtime = Runtime.start(settings, serving=False)
+    try:
+        org_id, key = create_org(runtime, "Benchmark Bank")
+        dimension, model_id = runtime.pipeline.dimension, runtime.model_id
+        rng = np.random.default_rng(SEED)
+        insert_started = time.perf_counter()
+        for first in range(0, size, GALLERY_BATCH):
+            count = min(GALLERY_BATCH, size - first)
+            vectors = rng.standard_normal((count, dimension)).astype(np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            with runtime.engine.begin() as conn:
+                for n, vector in enumerate(vectors):
+                    subject_pk = repo.insert_subject(
+                        conn, org_id=org_id, subject_id=f"gallery-{first + n:07d}"
+                    )
+                    row_id = f"emb_gallery{first + n:07d}"
+                    repo.insert_enrollment(
+                        conn,
+                        org_id=org_id,
+                        subject_pk=subject_pk,
+                        vector=vector.astype("<f4").tobytes(),
+                        dimension=dimension,
+                        model_id=model_id,
+                        hashed_ref=runtime.hasher.reference(
+                            org_id=org_id, model_id=model_id, enrollment_id=row_id, vector=vector
+                        ),
+                        enrollment_id=row_id,
+                        bundle_id=f"enr_gallery{first + n:07d}",
+                        frame_index=0,
+                    )
+        inserted = time.perf_counter()
+    finally:
+        runtime.close()
+    return (
+        org_id,
+        key.plaintext,
+        {
+            "gallery_insert_s": round(inserted - insert_started, 2),
+            "gallery_setup_s": round(time.perf_counter() - started, 2),
+        },
+    )
+
+
+class Server:
+    """uvicorn with `create_app` as factory; settings come from the `WAJAH_*` environment."""
+
+    def __init__(self, env: dict[str, str], port: int, log_path: Path) -> None:
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        with log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "--factory",
+                    "app.main:create_app",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--log-level",
+                    "warning",
+                    "--no-access-log",
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def wait_ready(self, timeout_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        with httpx.Client(base_url=self.base_url, timeout=5.0) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise SystemExit(f"server exited:\n{self.log_path.read_text()[-4000:]}")
+                try:
+                    response = client.get("/readyz")
+                    if response.status_code == 200:
+                        return dict(response.json())
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.05)
+        raise SystemExit(f"server not ready after {timeout_s}s")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def expect(response: httpx.Response, status: int) -> httpx.Response:
+    if response.status_code != status:
+        raise SystemExit(f"{response.request.url}: {response.status_code} {response.text[:300]}")
+    return response
+
+
+def concurrent_verify(
+    base_url: str, headers: dict[str, str], body: dict[str, Any], clients: int, per_client: int
+) -> tuple[float, list[float]]:
+    """`clients` threads, each with its own connection, `per_client` verifies each."""
+    timings: list[list[float]] = [[] for _ in range(clients)]
+    barrier = threading.Barrier(clients + 1)
+
+    def work(slot: int) -> None:
+        with httpx.Client(base_url=base_url, headers=headers, timeout=60.0) as client:
+            expect(client.post("/v1/verify", json=body), 200)  # open the connection, warm up
+            barrier.wait()
+            for _ in range(per_client):
+                started = time.perf_counter()
+                expect(client.post("/v1/verify", json=body), 200)
+                timings[slot].append((time.perf_counter() - started) * 1000)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    flat = [t for slot in timings for t in slot]
+    return len(flat) / wall, flat
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small gallery, few samples")
+    parser.add_argument("--gallery", type=int, help="enrolled vectors (default 100000)")
+    parser.add_argument("--workers", type=int, default=2, help="WAJAH_INFERENCE_WORKERS")
+    parser.add_argument("--threads", type=int, default=1, help="WAJAH_INFERENCE_THREADS")
+    args = parser.parse_args()
+    gallery = args.gallery if args.gallery is not None else (2_000 if args.quick else 100_000)
+    samples, warmup = (20, 3) if args.quick else (200, 20)
+    clients, per_client = (8, 5) if args.quick else (8, 60)
+
+    from app.settings import Settings
+    from models.pipeline import FacePipeline
+    from models.prepare import prepare_default_pack
+
+    work = Path(tempfile.mkdtemp(prefix="wajah-bench-api-"))
+    models_dir = work / "models"
+    pack = prepare_default_pack(models_dir)
+    root_key = base64.b64encode(os.urandom(32)).decode()
+    env = {
+        **os.environ,
+        "WAJAH_HOME": str(work / "home"),
+        "WAJAH_ROOT_KEY": root_key,
+        "WAJAH_MODEL_CACHE_DIR": str(models_dir),
+        "WAJAH_INFERENCE_WORKERS": str(args.workers),
+        "WAJAH_INFERENCE_THREADS": str(args.threads),
+    }
+    settings = Settings(
+        home=work / "home",
+        root_key=root_key,  # type: ignore[arg-type]
+        model_cache_dir=models_dir,
+        inference_workers=args.workers,
+        inference_threads=args.threads,
+    )
+    print(f"filling a gallery of {gallery} enrolled vectors ...", flush=True)
+    org_id, api_key, setup = fill_gallery(settings, gallery)
+    print(f"  {setup['gallery_insert_s']} s to insert ({setup['gallery_setup_s']} s in all)")
+
+    jpeg = single_face_jpeg()
+    pipeline = FacePipeline.load(pack, threads=args.threads)
+    capture = summarise(time_calls(lambda: pipeline.capture(jpeg), samples, warmup), warmup)
+    probe_vector = [float(x) for x in pipeline.capture(jpeg).embedding]
+    del pipeline
+
+    started = time.perf_counter()
+    server = Server(env, free_port(), work / "server.log")
+    try:
+        ready = server.wait_ready(timeout_s=600)
+        setup["server_start_s"] = round(time.perf_counter() - started, 2)
+        print(f"  server ready in {setup['server_start_s']} s, index {ready['index']}")
+        if ready["index"]["vectors"] != gallery:
+            raise SystemExit(f"replay kept {ready['index']['vectors']} of {gallery} vectors")
+        headers = {"Authorization": f"Bearer {api_key}"}
+        image = base64.b64encode(jpeg).decode()
+        with httpx.Client(base_url=server.base_url, headers=headers, timeout=60.0) as client:
+            enrolled = iter(range(samples + warmup + 1))
+
+            def enroll() -> None:
+                expect(
+                    client.post(
+                        f"/v1/subjects/bench-{next(enrolled):05d}/enrollments",
+                        files=[("frames", ("capture.jpg", jpeg, "image/jpeg"))],
+                    ),
+                    201,
+                )
+
+            verify_body = {"subject_id": "bench-00000", "probe": {"image": image}}
+            calls: dict[str, Callable[[], object]] = {
+                "enroll": enroll,
+                "verify": lambda: expect(client.post("/v1/verify", json=verify_body), 200),
+                "search": lambda: expect(
+                    client.post("/v1/search", json={"probe": {"image": image}, "top_k": 5}), 200
+                ),
+                "search (vector probe)": lambda: expect(
+                    client.post(
+                        "/v1/search",
+                        json={"probe": {"vector": probe_vector, "model_id": pack.model_id}},
+                    ),
+                    200,
+                ),
+                "GET /v1/org/settings": lambda: expect(client.get("/v1/org/settings"), 200),
+            }
+            figures = {
+                name: summarise(time_calls(fn, samples, warmup), warmup)
+                for name, fn in calls.items()
+            }
+            searched = client.post("/v1/search", json={"probe": {"image": image}}).json()
+            gallery_size = int(searched["gallery_size"])
+        throughput, latencies = concurrent_verify(
+            server.base_url, headers, verify_body, clients, per_client
+        )
+    finally:
+        server.stop()
+
+    concurrent = {
+        "clients": clients,
+        "requests": len(latencies),
+        "verify_per_s": round(throughput, 2),
+        "p50_ms": round(percentile(latencies, 50), 3),
+        "p99_ms": round(percentile(latencies, 99), 3),
+    }
+    overhead = float(figures["GET /v1/org/settings"]["p50_ms"])
+    pipeline_p50 = float(capture["p50_ms"])
+    targets = {"enroll": "≤ 70", "verify": "≤ 60", "search": "≤ 65"}
+    rows: list[list[Any]] = []
+    for name, stats in figures.items():
+        p50 = float(stats["p50_ms"])
+        uses_pipeline = name in ("enroll", "verify", "search")
+        rows.append(
+            [
+                name,
+                stats["p50_ms"],
+                stats["p95_ms"],
+                stats["p99_ms"],
+                targets.get(name, "-"),
+                f"{100 * pipeline_p50 / p50:.0f}%" if uses_pipeline else "-",
+                f"{100 * overhead / p50:.0f}%",
+            ]
+        )
+    rows.append(["pipeline.capture (in-process)", *list(capture.values())[:3], "-", "100%", "-"])
+    print_table(
+        f"wajah API on loopback, gallery {gallery_size} enrolled, concurrency 1, "
+        f"{samples} samples, {args.workers} inference worker(s) × {args.threads} thread(s)",
+        ["request", "p50 ms", "p95 ms", "p99 ms", "target p50", "pipeline share", "overhead"],
+        rows,
+    )
+    print_table(
+        f"verify at concurrency {clients} ({len(latencies)} requests)",
+        ["measure", "value", "target"],
+        [
+            ["verify/s", concurrent["verify_per_s"], "≥ 25"],
+            ["p50 ms", concurrent["p50_ms"], "-"],
+            ["p99 ms", concurrent["p99_ms"], "≤ 400"],
+        ],
+    )
+    print_table(
+        "setup",
+        ["step", "seconds"],
+        [
+            [f"insert {gallery} enrollments (storage layer)", setup["gallery_insert_s"]],
+            ["server start incl. index replay", setup["server_start_s"]],
+        ],
+    )
+    met = {
+        "enroll_p50_ms": float(figures["enroll"]["p50_ms"]) <= TARGETS["enroll_p50_ms"],
+        "verify_p50_ms": float(figures["verify"]["p50_ms"]) <= TARGETS["verify_p50_ms"],
+        "search_p50_ms": float(figures["search"]["p50_ms"]) <= TARGETS["search_p50_ms"],
+        "concurrent_verify_per_s": throughput >= TARGETS["concurrent_verify_per_s"],
+        "concurrent_verify_p99_ms": concurrent["p99_ms"] <= TARGETS["concurrent_verify_p99_ms"],
+    }
+    write_results(
+        "api" + ("-quick" if args.quick else ""),
+        {
+            "quick": args.quick,
+            "gallery": gallery_size,
+            "org_id": org_id,
+            "model_id": pack.model_id,
+            "inference_workers": args.workers,
+            "inference_threads": args.threads,
+            "concurrency_1": figures,
+            "pipeline_capture": capture,
+            "pipeline_share_of_p50": {
+                name: round(pipeline_p50 / float(figures[name]["p50_ms"]), 3)
+                for name in ("enroll", "verify", "search")
+            },
+            "framework_overhead_p50_ms": overhead,
+            "concurrency_8": concurrent,
+            "setup": setup,
+            "targets": TARGETS,
+            "targets_met": met,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
