@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,6 +23,8 @@ from app.storage.schema import api_keys, orgs, utcnow
 THRESHOLD_BELOW_PACK = 0.05
 THRESHOLD_MAX = 0.95
 DUPLICATE_POLICIES = ("off", "flag", "reject")
+# Key ids are lowercase base32 (app.crypto.generate_api_key).
+KEY_ID = re.compile(r"[a-z0-9]{1,40}")
 # "ID-only": data stays in Indonesia (the deployment's region must be ID); "any": no limit.
 DATA_RESIDENCIES = ("ID-only", "any")
 
@@ -101,6 +104,8 @@ def issue_api_key(
     scopes: list[Scope],
     expires_at: datetime | None,
 ) -> IssuedKey:
+    if expires_at is not None and expires_at.tzinfo is None:
+        raise InvalidSettingsError("expires_at needs a UTC offset, e.g. 2027-01-01T00:00:00Z")
     if expires_at is not None and expires_at <= utcnow():
         raise InvalidSettingsError("expires_at must be in the future")
     with runtime.engine.begin() as conn:
@@ -129,6 +134,8 @@ def list_api_keys(runtime: Runtime, principal: Principal) -> list[dict[str, Any]
 
 
 def revoke_api_key(runtime: Runtime, principal: Principal, key_id: str) -> None:
+    if not KEY_ID.fullmatch(key_id):  # e.g. NUL bytes, which PostgreSQL refuses to compare
+        raise ApiKeyNotFoundError(f"no API key {key_id!r}")
     with runtime.engine.begin() as conn:
         row = conn.execute(
             sa.select(api_keys.c.revoked_at).where(

@@ -35,6 +35,9 @@ from app.storage.schema import enrollments, frames, subjects, utcnow
 from models.pipeline import FrameOutcome
 
 SUBJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+# Ids the service generates (`enr_<hex>`). Anything else cannot exist, and must not reach the
+# database either: PostgreSQL refuses text with NUL bytes with an error, not an empty result.
+SERVICE_ID = re.compile(r"[A-Za-z0-9_]{1,40}")
 NIK = re.compile(r"\d{16}")
 EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{2,63}")
 PHONE = re.compile(r"\+?\d{8,15}")
@@ -377,6 +380,8 @@ def _report_dict(report: FrameReport) -> dict[str, Any]:
 
 
 def get_subject(runtime: Runtime, principal: Principal, subject_id: str) -> dict[str, Any]:
+    if not SUBJECT_ID.fullmatch(subject_id):
+        raise SubjectNotFoundError(f"no subject {subject_id!r}")
     with runtime.read() as conn:
         row = _subject_row(conn, principal.org_id, subject_id)
         if row is None:
@@ -437,9 +442,12 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created, pk = json.loads(raw)
-        return datetime.fromisoformat(created), str(pk)
+        moment = datetime.fromisoformat(created)
     except (ValueError, TypeError) as exc:
         raise InvalidCursorError("cursor is not one this API returned") from exc
+    if moment.tzinfo is None:  # ours are always UTC; a naive one would fail in the query
+        raise InvalidCursorError("cursor is not one this API returned")
+    return moment, str(pk)
 
 
 def list_subjects(
@@ -492,6 +500,8 @@ def list_subjects(
 
 def retire_enrollment(runtime: Runtime, principal: Principal, enrollment_id: str) -> dict[str, Any]:
     org_id = principal.org_id
+    if not SERVICE_ID.fullmatch(enrollment_id):
+        raise EnrollmentNotFoundError(f"no enrollment {enrollment_id!r}")
     with runtime.org_writer(org_id):
         with runtime.engine.begin() as conn:
             rows = conn.execute(
@@ -528,6 +538,8 @@ def erase_subject(runtime: Runtime, principal: Principal, subject_id: str) -> di
     the audit row records too, so the org can later prove what it was told.
     """
     org_id = principal.org_id
+    if not SUBJECT_ID.fullmatch(subject_id):
+        raise SubjectNotFoundError(f"no subject {subject_id!r}")
     with runtime.org_writer(org_id):
         with runtime.engine.begin() as conn:
             row = _subject_row(conn, org_id, subject_id)

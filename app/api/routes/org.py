@@ -113,7 +113,8 @@ def list_audit(
     runtime: RuntimeDep,
     principal: AdminDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[int | None, Query(ge=1)] = None,
+    # Bounded so that a huge number is a 422, not an overflow in the database driver.
+    cursor: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
 ) -> AuditPage:
     with runtime.read() as conn:
         page = audit.list_audit(

@@ -63,6 +63,8 @@ async def _read_bundle(
         try:
             form = await request.form(max_files=max_frames + 1, max_fields=16)
         except Exception as exc:  # starlette raises a bare MultiPartException on garbage
+            if "Too many files" in str(exc):  # more than max_frames + 1 parts
+                raise TooManyFramesError(f"more than {max_frames} frames") from None
             raise InvalidRequestError(f"malformed multipart body: {exc}") from None
         uploads = [f for f in form.getlist("frames") if isinstance(f, UploadFile)]
         if len(uploads) > max_frames:
