@@ -25,6 +25,7 @@ from app.crypto.wire import (
     DEK_SIZE,
     MIN_BLOB_SIZE,
     NONCE_SIZE,
+    TAG_SIZE,
     WRAPPED_DEK_SIZE,
     Purpose,
     encode_context,
@@ -55,6 +56,30 @@ class EnvelopeCipher:
         nonce = os.urandom(NONCE_SIZE)
         body = AESGCM(dek).encrypt(nonce, plaintext, payload_aad(context))
         return b"".join((bytes([BLOB_VERSION]), wrapped, nonce, body))
+
+    def seal_detached(
+        self, plaintext: bytes, *, org_id: str, object_id: str, purpose: Purpose
+    ) -> tuple[bytes, bytearray]:
+        """`seal`, split as `split_blob` would: (wrapped DEK, payload), for callers that store
+        the two apart (frames: the DEK in the database, the payload in the object store).
+
+        The payload (nonce || ciphertext || tag) is encrypted straight into one buffer, so a
+        200 KB frame is neither copied nor allocated twice; `join_blob` rebuilds the blob.
+        """
+        if len(plaintext) > MAX_PLAINTEXT_SIZE:
+            raise ValueError("plaintext too large to seal")
+        context = encode_context(org_id, object_id, purpose)
+        dek = AESGCM.generate_key(bit_length=256)
+        wrapped = self._kms.wrap_dek(org_id, dek, context)
+        payload = bytearray(NONCE_SIZE + len(plaintext) + TAG_SIZE)
+        payload[:NONCE_SIZE] = os.urandom(NONCE_SIZE)
+        AESGCM(dek).encrypt_into(
+            bytes(payload[:NONCE_SIZE]),
+            plaintext,
+            payload_aad(context),
+            memoryview(payload)[NONCE_SIZE:],
+        )
+        return wrapped, payload
 
     def open(self, blob: bytes, *, org_id: str, object_id: str, purpose: Purpose) -> bytes:
         try:

@@ -14,7 +14,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from app.crypto import DecryptionError, Purpose, split_blob
+from app.crypto import DecryptionError, Purpose
 from app.errors import (
     DuplicateFaceError,
     EnrollmentNotActiveError,
@@ -265,10 +265,9 @@ def enroll_subject(
     try:
         for index, _ in accepted:
             frame_id = new_id("frm")
-            blob = runtime.cipher.seal(
+            wrapped, payload = runtime.cipher.seal_detached(
                 frame_bytes[index], org_id=org_id, object_id=frame_id, purpose=Purpose.FRAME
             )
-            wrapped, payload = split_blob(blob)
             runtime.objects.put(frame_id, payload)
             written.append(frame_id)
             frame_rows.append((frame_id, wrapped))

@@ -39,7 +39,7 @@ class ObjectNotFoundError(ObjectStoreError, KeyError):
 
 @runtime_checkable
 class ObjectStore(Protocol):
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes | bytearray) -> None:
         """Store ``data`` under ``key`` durably (replacing any previous object)."""
 
     def get(self, key: str) -> bytes:
@@ -77,7 +77,7 @@ class LocalObjectStore:
         digest = hashlib.sha256(key.encode("ascii")).hexdigest()
         return self.directory / digest[:2] / digest[2:4] / key
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes | bytearray) -> None:
         target = self.path_for(key)
         parent = target.parent
         if not parent.is_dir():

@@ -23,6 +23,8 @@ from app.crypto import (
 )
 from app.crypto.wire import (
     MIN_BLOB_SIZE,
+    NONCE_SIZE,
+    TAG_SIZE,
     WRAPPED_DEK_SIZE,
     dek_aad,
     encode_context,
@@ -349,3 +351,15 @@ def test_no_key_nonce_pair_repeats(cipher: EnvelopeCipher, kms: KeyManager) -> N
         wrap_nonces.add(wrapped[5:17])  # all under the same KEK version
     assert (len(deks), len(pairs), len(wrap_nonces)) == (n, n, n)
     assert kms.wrap_count(ORG, 1) == n
+
+
+def test_seal_detached_is_seal_split(cipher: EnvelopeCipher) -> None:
+    wrapped, payload = cipher.seal_detached(PT, org_id=ORG, object_id=OBJ, purpose=Purpose.FRAME)
+    assert len(wrapped) == WRAPPED_DEK_SIZE
+    assert len(payload) == NONCE_SIZE + len(PT) + TAG_SIZE
+    blob = join_blob(wrapped, bytes(payload))
+    assert open_(cipher, blob) == PT
+    assert [len(part) for part in split_blob(blob)] == [len(wrapped), len(payload)]
+    payload[NONCE_SIZE] ^= 1
+    with pytest.raises(DecryptionError):
+        open_(cipher, join_blob(wrapped, bytes(payload)))
