@@ -131,6 +131,57 @@ def test_no_route_ever_returns_frame_bytes(
         ("get", "/healthz"): lambda: [client.get("/healthz")],
         ("get", "/readyz"): lambda: [client.get("/readyz")],
     }
+    # Shared watchlists: the owner with two other orgs that opt in; one is removed, one leaves.
+    others = [new_org(), new_org()]
+    for member in [org, *others]:
+        client.patch("/v1/org/settings", headers=member.admin, json={"watchlist_sharing": True})
+    shared: dict[str, Any] = {}
+
+    def create_watchlist() -> list[Response]:
+        created = client.post("/v1/watchlists", headers=owner, json={"name": "fraud"})
+        shared["id"] = created.json()["watchlist_id"]
+        return [created]
+
+    def contribute() -> list[Response]:
+        url = f"/v1/watchlists/{shared['id']}/entries"
+        from_subject = client.post(
+            url, headers=owner, json={"subject_id": "cust-1", "reason_code": "confirmed_fraud"}
+        )
+        from_capture = client.post(
+            url, headers=owner, json={"probe": probe, "reason_code": "synthetic_identity"}
+        )
+        shared["entries"] = from_subject.json()["entry_ids"] + from_capture.json()["entry_ids"]
+        return [from_subject, from_capture]
+
+    def wl(path: str = "") -> str:
+        return f"/v1/watchlists/{shared['id']}{path}"
+
+    calls |= {
+        ("post", "/v1/watchlists"): create_watchlist,
+        ("get", "/v1/watchlists"): lambda: [client.get("/v1/watchlists", headers=owner)],
+        ("post", "/v1/watchlists/{watchlist_id}/invitations"): lambda: [
+            client.post(wl("/invitations"), headers=owner, json={"org_id": o.org_id})
+            for o in others
+        ],
+        ("post", "/v1/watchlists/{watchlist_id}/membership"): lambda: [
+            client.post(wl("/membership"), headers=o.admin) for o in others
+        ],
+        ("post", "/v1/watchlists/{watchlist_id}/entries"): contribute,
+        ("post", "/v1/watchlists/{watchlist_id}/screen"): lambda: [
+            client.post(wl("/screen"), headers=h, json={"probe": probe})
+            for h in (owner, others[0].admin)
+        ],
+        ("delete", "/v1/watchlists/{watchlist_id}/entries"): lambda: [
+            client.delete(wl("/entries"), headers=owner, params={"entry_id": shared["entries"]})
+        ],
+        ("delete", "/v1/watchlists/{watchlist_id}/members/{org_id}"): lambda: [
+            client.delete(wl(f"/members/{others[0].org_id}"), headers=owner)
+        ],
+        ("delete", "/v1/watchlists/{watchlist_id}/membership"): lambda: [
+            client.delete(wl("/membership"), headers=others[1].admin)
+        ],
+        ("delete", "/v1/watchlists/{watchlist_id}"): lambda: [client.delete(wl(), headers=owner)],
+    }
     paths: dict[str, dict[str, Any]] = create_app(runtime.settings, runtime).openapi()["paths"]
     routes = {(method, path) for path, item in paths.items() for method in item}
     assert routes == set(calls), "a route is not covered here: add it to `calls`"
@@ -148,6 +199,9 @@ def test_no_route_ever_returns_frame_bytes(
     assert statuses["('post', '/v1/verify') #0"] == 200
     assert statuses["('post', '/v1/verify') #1"] == 409
     assert statuses["('get', '/v1/audit') #0"] == 200
+    watchlist_calls = {k: v for k, v in statuses.items() if "/v1/watchlists" in k}
+    assert set(watchlist_calls.values()) <= {200, 201}, watchlist_calls
+    assert statuses["('post', '/v1/watchlists/{watchlist_id}/screen') #1"] == 200
     for label, response in responses:
         assert_no_frame(response, frames, label)
 
