@@ -23,10 +23,12 @@ models_cli = typer.Typer(help="Model packs: list, prepare, verify, fetch.", no_a
 orgs_cli = typer.Typer(help="Organisations.", no_args_is_help=True)
 audit_cli = typer.Typer(help="The audit log.", no_args_is_help=True)
 keys_cli = typer.Typer(help="Key-encryption keys.", no_args_is_help=True)
+retention_cli = typer.Typer(help="Retention of sealed frames.", no_args_is_help=True)
 cli.add_typer(models_cli, name="models")
 cli.add_typer(orgs_cli, name="orgs")
 cli.add_typer(audit_cli, name="audit")
 cli.add_typer(keys_cli, name="keys")
+cli.add_typer(retention_cli, name="retention")
 
 console = Console(stderr=True)
 
@@ -282,6 +284,20 @@ def rotate_keys(
     )
     if report.failed:
         raise _fail(f"{len(report.failed)} frames could not be rewrapped; rerun with --resume")
+
+
+@retention_cli.command("run")
+def run_retention() -> None:
+    """Crypto-shred every sealed frame past its org's retention (the server does it hourly)."""
+    from app.runtime import Runtime
+    from app.services.retention import purge_expired_frames
+
+    runtime = Runtime.start(_settings(), serving=False)
+    try:
+        purged = purge_expired_frames(runtime)
+    finally:
+        runtime.close()
+    typer.echo(f"purged {sum(purged.values())} frames in {len(purged)} orgs")
 
 
 def main() -> None:

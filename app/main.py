@@ -6,6 +6,7 @@ The lifespan builds the `Runtime` (database, keys, model pack, indexes) once and
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import secrets
@@ -20,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api.errors import register_error_handlers
 from app.api.routes import matching, ops, org, subjects, watchlists
 from app.runtime import Runtime
+from app.services.retention import purge_expired_frames
 from app.settings import Settings
 
 log = logging.getLogger("wajah")
@@ -84,6 +86,21 @@ class BodyTooLargeError(Exception):
     pass
 
 
+async def _purge_periodically(runtime: Runtime) -> None:
+    """Retention: shred expired frames at start and then hourly, off the event loop."""
+    while True:
+        try:
+            purged = await run_in_threadpool(purge_expired_frames, runtime)
+            if purged:
+                log.info("retention: purged frames %s", purged)
+        except Exception:  # keep serving; the next round retries
+            log.exception("retention purge failed")
+        await asyncio.sleep(RETENTION_INTERVAL_S)
+
+
+RETENTION_INTERVAL_S = 3600
+
+
 def max_body_bytes(settings: Settings) -> int:
     # Base64 inflates by 4/3; leave room for multipart boundaries and JSON fields.
     return settings.max_frames_per_request * settings.max_image_bytes * 4 // 3 + 64 * 1024
@@ -97,9 +114,12 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = runtime is None
         app.state.runtime = runtime or await run_in_threadpool(Runtime.start, settings)
+        purger = asyncio.create_task(_purge_periodically(app.state.runtime)) if owned else None
         try:
             yield
         finally:
+            if purger is not None:
+                purger.cancel()
             if owned:
                 await run_in_threadpool(app.state.runtime.close)
 

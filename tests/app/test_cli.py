@@ -89,3 +89,41 @@ def test_keys_rotate_rewraps_every_frame(env: dict[str, str], single_face_path: 
     assert "rewrapped 0, already current 2, failed 0" in again.stdout
     unknown = runner.invoke(cli, ["keys", "rotate", "--org", "org_nope"], env=env)
     assert unknown.exit_code == 1
+
+
+def test_retention_purges_expired_frames_only(env: dict[str, str], single_face_path: Path) -> None:
+    from datetime import timedelta
+
+    import sqlalchemy as sa
+
+    from app.services.retention import purge_expired_frames
+    from app.storage.schema import frames, utcnow
+
+    runner = CliRunner()
+    created = runner.invoke(cli, ["orgs", "create", "A"], env=env)
+    org_id = created.stdout.split("org_id=")[1].split()[0]
+    runtime = Runtime.start(Settings(**{k[6:].lower(): v for k, v in env.items()}), serving=False)
+    try:
+        principal = Principal(org_id, "t", frozenset({Scope.ADMIN}))
+        image = single_face_path.read_bytes()
+        enroll_subject(runtime, principal, "old", [image])
+        enroll_subject(runtime, principal, "new", [image])
+        with runtime.engine.begin() as conn:
+            keys = conn.execute(sa.select(frames.c.id, frames.c.object_key)).all()
+            conn.execute(
+                sa.update(frames)
+                .where(frames.c.id == keys[0].id)
+                .values(purge_after=utcnow() - timedelta(days=1))
+            )
+        assert purge_expired_frames(runtime) == {org_id: 1}
+        assert purge_expired_frames(runtime) == {}
+        with runtime.read() as conn:
+            rows = {r.id: r for r in conn.execute(sa.select(frames)).all()}
+        assert rows[keys[0].id].wrapped_dek is None and rows[keys[0].id].purged_at is not None
+        assert rows[keys[1].id].wrapped_dek is not None
+        assert not runtime.objects.exists(keys[0].object_key)
+        assert runtime.objects.exists(keys[1].object_key)
+    finally:
+        runtime.close()
+    result = runner.invoke(cli, ["retention", "run"], env=env)
+    assert result.exit_code == 0 and "purged 0 frames" in result.stdout
