@@ -262,6 +262,7 @@ def enroll_subject(
     frame_rows = []
     purge_after = utcnow() + timedelta(days=int(settings["retention"]["frames_days"]))
     written: list[str] = []
+    committed = False
     try:
         for index, _ in accepted:
             frame_id = new_id("frm")
@@ -348,10 +349,15 @@ def enroll_subject(
                         "pii_fields": sorted(clean_pii),
                     },
                 )
+            committed = True
             runtime.org_index(org_id).add(embedding_ids, vectors, model_id=runtime.model_id)
     except BaseException:
-        for frame_id in written:  # nothing half-written: no orphan sealed frames either
-            runtime.objects.delete(frame_id)
+        # Nothing half-written: no orphan sealed frames either. Once the rows are committed
+        # the frames belong to them (the index is rebuilt from the rows at the next start),
+        # so a failure after the commit must not delete them.
+        if not committed:
+            for frame_id in written:
+                runtime.objects.delete(frame_id)
         raise
     return EnrollmentResult(
         enrollment_id=bundle_id,

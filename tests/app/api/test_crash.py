@@ -31,18 +31,24 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from app.storage import LocalObjectStore
+from app.crypto import Scope
+from app.runtime import Runtime
+from app.services.principal import Principal
+from app.services.subjects import enroll_subject
+from app.storage import LocalObjectStore, repo
 from app.storage.schema import enrollments, frames, idempotency_keys, subjects
+from index import DuplicateIdError
 from models.packs import ModelPack
-from tests.app.api.conftest import TEST_ROOT_KEY
+from tests.app.api.conftest import TEST_ROOT_KEY, Org
 
 pytestmark = pytest.mark.slow
 
@@ -437,3 +443,33 @@ def test_idempotent_retry_after_kill_9_completes(
         engine.dispose()
         if server.process is not None:
             server.kill()
+
+
+def test_failure_after_commit_keeps_the_committed_frames(
+    runtime: Runtime, new_org: Callable[[], Org], face_images: dict[str, bytes]
+) -> None:
+    """A failure between the commit and the index update must not delete committed frames.
+
+    The rows are the source of truth and come back into the index at the next start, so
+    their sealed frames (needed to re-embed on a model upgrade) must survive. The failure is
+    real: the index already holds the id the next enrollment gets (a stale cache entry).
+    """
+    org = new_org()
+    principal = Principal(org.org_id, "test", frozenset({Scope.ADMIN}))
+    with runtime.engine.connect() as conn:
+        next_vector_id = repo.current_seq(conn, org.org_id) + 1
+    stray = np.zeros((1, runtime.pipeline.dimension), np.float32)
+    stray[0, 0] = 1.0
+    runtime.org_index(org.org_id).add([next_vector_id], stray, model_id=runtime.model_id)
+
+    with pytest.raises(DuplicateIdError):
+        enroll_subject(runtime, principal, "after-commit", [face_images["person2"]])
+
+    with runtime.engine.connect() as conn:
+        keys = conn.execute(
+            sa.select(frames.c.object_key)
+            .join(enrollments, enrollments.c.id == frames.c.enrollment_id)
+            .where(enrollments.c.org_id == org.org_id, enrollments.c.vector_id == next_vector_id)
+        ).all()
+    assert len(keys) == 1
+    assert runtime.objects.exists(keys[0].object_key)
