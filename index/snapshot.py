@@ -37,7 +37,9 @@ import os
 import struct
 import sys
 import zlib
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -90,6 +92,38 @@ class SnapshotHeader:
         ).encode()
 
 
+class _Crc32:
+    """CRC-32 computed on a helper thread, so checksumming overlaps disk I/O.
+
+    One worker runs the updates in submission order; ``zlib.crc32`` releases the GIL on big
+    buffers, as do file reads and writes.
+    """
+
+    def __init__(self) -> None:
+        self.value = 0
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wajah-crc")
+        self._pending: deque[Future[None]] = deque()
+        self._last: Future[None] | None = None
+
+    def update(self, data: memoryview) -> None:
+        self._last = self._executor.submit(self._step, data)
+        self._pending.append(self._last)
+        # Bound the chunks waiting for the checksum (some are copies) to a few.
+        if len(self._pending) > 4:
+            self._pending.popleft().result()
+
+    def _step(self, data: memoryview) -> None:
+        self.value = zlib.crc32(data, self.value)
+
+    def result(self) -> int:
+        if self._last is not None:
+            self._last.result()
+        return self.value
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
 def _byte_chunks(array: NDArray[Any]) -> Iterator[memoryview]:
     if array.size == 0:
         return
@@ -126,16 +160,20 @@ def write_snapshot(path: Path, header: SnapshotHeader, store: Store) -> Snapshot
     try:
         with open(tmp, "wb") as f:
             f.seek(_PREFIX.size + header_len)
-            crc = 0
+            crc = _Crc32()
             written = 0
             # Ids first, then vectors, one segment at a time: a segment with tombstones is
             # copied (live rows only), the others are written from the FAISS buffers directly.
             parts: tuple[Literal["ids"], Literal["vectors"]] = ("ids", "vectors")
-            for which in parts:
-                for data in store.live_chunks(which):
-                    for part in _byte_chunks(data):
-                        crc = zlib.crc32(part, crc)
-                        written += f.write(part)
+            try:
+                for which in parts:
+                    for data in store.live_chunks(which):
+                        for part in _byte_chunks(data):
+                            crc.update(part)
+                            written += f.write(part)
+                payload_crc = crc.result()
+            finally:
+                crc.close()
             if written != payload_bytes:
                 raise SnapshotWriteError("store changed while the snapshot was written")
             final = SnapshotHeader(
@@ -146,7 +184,7 @@ def write_snapshot(path: Path, header: SnapshotHeader, store: Store) -> Snapshot
                 count=count,
                 position=header.position,
                 payload_bytes=payload_bytes,
-                payload_crc32=crc,
+                payload_crc32=payload_crc,
             )
             # Pad with spaces (valid JSON whitespace) to the reserved length.
             head = final.to_bytes().ljust(header_len)
@@ -213,16 +251,15 @@ def read_header(f: BinaryIO, file_size: int) -> SnapshotHeader:
     return header
 
 
-def _read_exact(f: io.BufferedReader, target: NDArray[Any], crc: int) -> int:
+def _read_exact(f: io.BufferedReader, target: NDArray[Any], crc: _Crc32) -> None:
     if target.size == 0:
-        return crc
+        return
     view = target.data.cast("B")
     for start in range(0, len(view), _CHUNK_BYTES):
         part = view[start : start + _CHUNK_BYTES]
         if f.readinto(part) != len(part):
             raise SnapshotError("snapshot is truncated")
-        crc = zlib.crc32(part, crc)
-    return crc
+        crc.update(part)
 
 
 def read_snapshot(path: Path, *, namespace: str, dimension: int, model_id: str,
@@ -244,16 +281,21 @@ def read_snapshot(path: Path, *, namespace: str, dimension: int, model_id: str,
             raise SnapshotError(f"snapshot is for {found}, expected {expected}")
         store = Store(dimension, storage)
         ids = np.empty(header.count, dtype=np.int64)
-        crc = _read_exact(f, ids, 0)
-        store.reserve(header.count)
-        remaining = header.count
-        for seg in store.segments:
-            take = min(remaining, seg.capacity)
-            crc = _read_exact(f, seg.vectors[:take], crc)
-            remaining -= take
-            if remaining == 0:
-                break
-        if crc != header.payload_crc32:
+        crc = _Crc32()
+        try:
+            _read_exact(f, ids, crc)
+            store.reserve(header.count)
+            remaining = header.count
+            for seg in store.segments:
+                take = min(remaining, seg.capacity)
+                _read_exact(f, seg.vectors[:take], crc)
+                remaining -= take
+                if remaining == 0:
+                    break
+            payload_crc = crc.result()
+        finally:
+            crc.close()
+        if payload_crc != header.payload_crc32:
             raise SnapshotError("snapshot payload checksum mismatch")
         if header.count and int(ids.min()) < 0:
             raise SnapshotError("snapshot holds a negative id")
