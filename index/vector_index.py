@@ -5,6 +5,11 @@ here must be. FAISS scans the vectors exactly (``IndexFlatIP``), or, opt-in, a f
 (``IndexScalarQuantizer`` QT_fp16) at half the memory; the benchmark measures its mate
 recall. No approximate layout (HNSW, IVF) is offered: on face-like 512-d data HNSW missed far
 too many mates at a useful efSearch.
+
+Search path: a namespace's segments are split into one group per search-pool thread; each
+group is scanned by FAISS (one ``search`` call per segment for the whole batch of queries),
+or, for float32 batches of ``GEMM_MIN_QUERIES`` or more, by one sgemm per segment; the
+per-group top-k lists are merged by score, ties by id.
 """
 
 from __future__ import annotations

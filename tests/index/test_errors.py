@@ -73,6 +73,7 @@ def test_wrong_model_is_refused(index) -> None:  # type: ignore[no-untyped-def]
     [
         ([1.0, 0, 0], 1, None, DimensionMismatchError),
         ([1.0, 0, 0, 0], 0, None, InvalidQueryError),
+        ([1.0, 0, 0, 0], 10_001, None, InvalidQueryError),
         ([1.0, 0, 0, 0], 1, float("nan"), InvalidQueryError),
         ([np.nan, 0, 0, 0], 1, None, InvalidVectorError),
     ],
