@@ -331,6 +331,8 @@ def main() -> None:
     }
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     suffix = "-quick" if args.quick else ""
+    if args.sizes or args.dims != "128,512":  # a partial run never overwrites the full one
+        suffix += f"-n{'_'.join(map(str, sizes))}-d{'_'.join(map(str, dims))}"
     path = RESULTS_DIR / f"index-{datetime.now(UTC).strftime('%Y-%m-%d')}{suffix}.json"
     path.write_text(json.dumps(payload, indent=2, sort_keys=True))
     print(f"\nwrote {path}")
