@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import register_error_handlers
+from app.api.idempotency import release_abandoned_reservations
 from app.api.routes import matching, ops, org, subjects, watchlists
 from app.runtime import Runtime
 from app.services.retention import purge_expired_frames
@@ -114,6 +115,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = runtime is None
         app.state.runtime = runtime or await run_in_threadpool(Runtime.start, settings)
+        if owned:
+            await run_in_threadpool(release_abandoned_reservations, app.state.runtime)
         purger = asyncio.create_task(_purge_periodically(app.state.runtime)) if owned else None
         try:
             yield

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,6 +26,26 @@ from app.services.principal import Principal
 from app.storage.schema import idempotency_keys, utcnow
 
 MAX_KEY_LENGTH = 255
+# A reservation still without a response after this long belongs to a request that died
+# (killed process, lost connection to the database); a retry may take the key over.
+RESERVATION_LEASE = timedelta(seconds=60)
+
+
+def _abandoned(row: Any) -> bool:
+    return row.response_status is None and utcnow() - row.created_at > RESERVATION_LEASE
+
+
+def release_abandoned_reservations(runtime: Runtime) -> int:
+    """At server start: reservations left by requests of a previous process are released.
+
+    Any request in flight before the start died with that process (one server per database;
+    with several replicas, the lease above is what releases them).
+    """
+    with runtime.engine.begin() as conn:
+        result = conn.execute(
+            sa.delete(idempotency_keys).where(idempotency_keys.c.response_status.is_(None))
+        )
+    return int(result.rowcount or 0)
 
 
 def _reserve(runtime: Runtime, org_id: str, key: str, request_hash: bytes) -> Any:
@@ -35,8 +56,14 @@ def _reserve(runtime: Runtime, org_id: str, key: str, request_hash: bytes) -> An
                 idempotency_keys.c.org_id == org_id, idempotency_keys.c.key == key
             )
         ).first()
-        if row is not None:
+        if row is not None and not _abandoned(row):
             return row
+        if row is not None:  # its request died with its process: take the key over
+            conn.execute(
+                sa.delete(idempotency_keys).where(
+                    idempotency_keys.c.org_id == org_id, idempotency_keys.c.key == key
+                )
+            )
         try:
             with conn.begin_nested():
                 conn.execute(

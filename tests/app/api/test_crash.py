@@ -322,6 +322,11 @@ def check_survivors(
                 .join(frames, frames.c.enrollment_id == enrollments.c.id, isouter=True)
                 .where(enrollments.c.org_id == org_id, enrollments.c.status == "active")
             ).all()
+            frame_keys = set(
+                conn.execute(sa.select(frames.c.object_key).where(frames.c.org_id == org_id))
+                .scalars()
+                .all()
+            )
     finally:
         engine.dispose()
 
@@ -365,20 +370,19 @@ def check_survivors(
     assert all(row.object_key is not None and objects.exists(row.object_key) for row in active)
 
     unacked_but_kept = len(active) - len(acked)
+    # A kill between sealing a frame and the commit leaves ciphertext without a row. Its
+    # wrapped DEK was never stored, so it is unreadable: a disk leak, reported, not a failure.
+    stored = {p.name for p in (home / "objects").rglob("*") if p.is_file() and p.name[0] != "."}
+    orphans = len(stored - frame_keys)
     print(
         f"\ncrash test: {len(ledger.attempts)} enroll attempts, {len(acked)} acknowledged, "
         f"{unacked_but_kept} committed without an answer; {ledger.kills_mid_traffic} SIGKILLs "
         f"mid-traffic ({ledger.kills_in_flight} cut a request short), "
-        f"{ledger.kills_at_start} during start, {ledger.graceful_stops} SIGTERM restarts"
+        f"{ledger.kills_at_start} during start, {ledger.graceful_stops} SIGTERM restarts; "
+        f"{orphans} sealed frames without a row"
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a reservation left by a killed request stays 'in flight' forever: app/api/"
-    "idempotency.py keeps it across restarts, so the retry the key exists for gets 409",
-)
 def test_idempotent_retry_after_kill_9_completes(
     database_url: str, tmp_path: Path, default_pack: ModelPack, face_images: dict[str, bytes]
 ) -> None:
