@@ -2,9 +2,11 @@
 
 A real `wajah serve` runs as a subprocess on a free loopback port (temp home, the session's
 prepared model pack, SQLite or a fresh PostgreSQL schema). A client thread enrolls new
-subjects one after another while the test kills the server at seeded random moments, mostly
-with SIGKILL mid-traffic, sometimes while it is still starting (replay interrupted), and now
-and then with SIGTERM so that a snapshot is written and later starts replay on top of it.
+subjects one after another while the test kills the server at seeded random moments: mostly
+with SIGKILL mid-traffic (after a random number of answered enrollments and a random delay,
+so the kill mostly lands inside the next request), sometimes while it is still starting
+(replay interrupted), and now and then with SIGTERM so that a snapshot is written and a
+later start replays on top of it.
 
 After the last kill the server starts once more and must show:
 
@@ -171,6 +173,7 @@ class Enroller(threading.Thread):
         self.rng = rng
         self.stop = threading.Event()
         self.in_flight = threading.Event()
+        self.acked = threading.Semaphore(0)  # released once per 201
 
     def run(self) -> None:
         with httpx.Client(base_url=self.server.base_url, timeout=30.0) as client:
@@ -198,6 +201,7 @@ class Enroller(threading.Thread):
                 attempt.status = response.status_code
                 if response.status_code == 201:
                     attempt.enrollment_id = response.json()["enrollment_id"]
+                    self.acked.release()
                 else:
                     attempt.error = response.text[:500]
                     return
@@ -270,7 +274,12 @@ def test_kill_9_loses_no_acknowledged_enrollment(
                 server, api_key, face_images, ledger, cycle, random.Random(rng.random())
             )
             enroller.start()
-            time.sleep(rng.uniform(0.02, 0.6))
+            # Count answers, not seconds, so a slow machine does the same work: let 1..4
+            # enrollments through, then kill a moment later (mostly inside the next one).
+            for _ in range(rng.randint(1, 4)):
+                if not enroller.acked.acquire(timeout=60):
+                    break  # the enroller stopped early; the ledger says why
+            time.sleep(rng.uniform(0.0, 0.15))
             if roll < 0.2:
                 server.stop()
                 ledger.graceful_stops += 1
