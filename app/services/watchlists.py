@@ -513,6 +513,8 @@ def contribute(
         raise InvalidRequestError("send exactly one of subject_id or a probe")
     with runtime.read() as conn:
         row = _visible(conn, watchlist_id, org_id)
+        if row.status != "open":
+            raise WatchlistClosedError("the watchlist is closed")
         if org_id not in eligible_orgs(conn, watchlist_id):
             raise NotAMemberError("only an opted-in member with sharing on may contribute")
         if row.model_id != runtime.model_id:
@@ -681,7 +683,8 @@ def screen(
     if not 1 <= top_k <= MAX_SCREEN_TOP_K:
         raise InvalidRequestError(f"top_k must be 1..{MAX_SCREEN_TOP_K}")
     with runtime.read() as conn:
-        _visible(conn, watchlist_id, org_id)
+        if _visible(conn, watchlist_id, org_id).status != "open":
+            raise WatchlistClosedError("the watchlist is closed")
         if org_id not in eligible_orgs(conn, watchlist_id):
             raise NotAMemberError("only an opted-in member with sharing on may screen")
     vector = probe_vector(runtime, probe)
