@@ -764,6 +764,8 @@ def screen(
                 action="watchlist.hit",
                 target=hit["entry_id"],
                 details={**details, "role": "contributor"},
+                # The contributor's log must not learn who screened (the caller's key id).
+                actor=namespace(watchlist_id),
             )
     for hit in hits:
         del hit["_contributor"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,9 +35,12 @@ from hypothesis.stateful import (
 )
 
 from app.crypto import Scope
+from app.main import create_app
 from app.runtime import Runtime
+from app.services.orgs import create_org
 from app.storage.schema import watchlist_entries, watchlist_members, watchlists
-from tests.app.api.conftest import Org
+from models.packs import ModelPack
+from tests.app.api.conftest import Org, api_settings
 from tests.app.api.helpers import audit_rows, b64, enroll, error_code
 
 REAL = ("person0", "person1", "person2", "person3", "person5", "tom")
@@ -805,16 +809,32 @@ def test_cross_org_hit_is_audited_in_both_orgs_and_names_nothing_of_the_contribu
     def hit_rows(org: Org) -> list[dict[str, Any]]:
         items = client.get("/v1/audit", headers=org.admin, params={"limit": 200}).json()["items"]
         return [
-            {"target": e["target"], "details": e["details"]}
+            {"actor": e["actor"], "target": e["target"], "details": e["details"]}
             for e in items
             if e["action"] == "watchlist.hit"
         ]
 
+    owner_key_ids = [k["key_id"] for k in client.get("/v1/api-keys", headers=owner.admin).json()]
+    assert len(owner_key_ids) == 1
     details = {"watchlist_id": wl, "entry_id": entry_ids[0], "score": hit["score"]}
-    assert hit_rows(owner) == [{"target": entry_ids[0], "details": {**details, "role": "screener"}}]
-    assert hit_rows(member) == [
-        {"target": entry_ids[0], "details": {**details, "role": "contributor"}}
+    assert hit_rows(owner) == [
+        {
+            "actor": f"api_key:{owner_key_ids[0]}",
+            "target": entry_ids[0],
+            "details": {**details, "role": "screener"},
+        }
     ]
+    # The contributor's log must not learn the screener's key id (nor its org).
+    assert hit_rows(member) == [
+        {
+            "actor": f"watchlist:{wl}",
+            "target": entry_ids[0],
+            "details": {**details, "role": "contributor"},
+        }
+    ]
+    member_log = client.get("/v1/audit", headers=member.admin, params={"limit": 200}).text
+    assert owner_key_ids[0] not in member_log
+    assert owner.org_id not in member_log
     screened = client.get("/v1/audit", headers=owner.admin).json()["items"]
     assert [(e["action"], e["details"]) for e in screened if e["action"] == "watchlist.screen"] == [
         (
@@ -1007,3 +1027,250 @@ def test_every_watchlist_endpoint_needs_the_watchlist_scope(
     assert [status(r) for r in calls] == [(403, "forbidden")] * len(calls)
     scoped = owner.key(Scope.WATCHLIST)
     assert client.post(f"/v1/watchlists/{wl}/screen", headers=scoped, json=probe).status_code == 200
+
+
+def test_screening_is_identical_after_a_restart(
+    tmp_path: Path, default_pack: ModelPack, face_images: dict[str, bytes]
+) -> None:
+    """Watchlist indexes are rebuilt from the database, eligibility included."""
+    settings_ = api_settings(
+        tmp_path / "home", f"sqlite:///{tmp_path / 'wajah.db'}", default_pack.directory.parent
+    )
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((2, 128)).astype(np.float32)
+    probes = [{"vector": [float(x) for x in v], "model_id": default_pack.model_id} for v in vectors]
+    probes.append({"image": b64(face_images["person0"])})
+
+    with TestClient(create_app(settings_)) as client:
+        runtime: Runtime = client.app.state.runtime  # type: ignore[attr-defined]
+
+        def org(name: str) -> Org:
+            org_id, key = create_org(runtime, name)
+            made = Org(org_id, key.plaintext, runtime)
+            sharing(client, made, True)
+            return made
+
+        owner, member, quiet, leaver = org("A"), org("B"), org("C"), org("D")
+        wl, closed = create(client, owner, "open"), create(client, owner, "closed")
+        for other in (member, quiet, leaver):
+            invite_and_join(client, owner, wl, other)
+        invite_and_join(client, owner, closed, member)
+        enroll(client, member.admin, "b-cust", face_images["person0"])
+        contributed(client, member, wl, subject_id="b-cust")
+        for contributor in (owner, member, quiet, leaver):
+            contributed(client, contributor, wl, probe=probes[0])
+        contributed(client, member, wl, probe=probes[1])
+        contributed(client, member, closed, probe=probes[0])
+        withdrawn = contributed(client, owner, wl, probe=probes[1])
+        client.delete(
+            f"/v1/watchlists/{wl}/entries", headers=owner.admin, params={"entry_id": withdrawn}
+        )
+        assert (
+            client.delete(f"/v1/watchlists/{wl}/membership", headers=leaver.admin).status_code
+            == 200
+        )
+        sharing(client, quiet, False)
+        assert client.delete(f"/v1/watchlists/{closed}", headers=owner.admin).status_code == 200
+
+        def answers(client: TestClient) -> list[Any]:
+            seen: list[Any] = []
+            for screener in (owner, member, quiet, leaver):
+                for watchlist_id in (wl, closed):
+                    for probe in probes:
+                        response = screen(client, screener, watchlist_id, probe)
+                        if response.status_code != 200:
+                            seen.append(status(response))
+                            continue
+                        found = response.json()["hits"]
+                        seen.append(sorted((h["entry_id"], round(h["score"], 4)) for h in found))
+            return seen
+
+        before = answers(client)
+    shape = [len(a) if isinstance(a, list) else a for a in before]
+    assert shape == [
+        *[2, 1, 1, CLOSED, CLOSED, CLOSED],  # owner: its own and B's copies, B's, B's subject
+        *[2, 1, 1, CLOSED, CLOSED, CLOSED],  # member
+        *[NOT_A_MEMBER] * 3 + [NOT_VISIBLE] * 3,  # quiet: sharing off; never in `closed`
+        *[NOT_VISIBLE] * 6,  # leaver
+    ]
+
+    with TestClient(create_app(settings_)) as client:
+        assert answers(client) == before
+
+
+def test_bad_input_gets_a_clear_4xx_and_changes_nothing(
+    client: TestClient, consortium: Consortium, identities: Identities
+) -> None:
+    owner, member, wl = consortium.owner, consortium.member, consortium.watchlist_id
+    probe = identities.probe(7)
+    entry = contributed(client, owner, wl, probe=probe)[0]
+    enroll_free = {"reason_code": "confirmed_fraud"}
+    short = {"vector": [0.1] * 127, "model_id": identities.model_id}
+    other_model = {**probe, "model_id": "buffalo_l"}
+    zero = {"vector": [0.0] * 128, "model_id": identities.model_id}
+    entries, screen_path = f"/v1/watchlists/{wl}/entries", f"/v1/watchlists/{wl}/screen"
+    cases: dict[str, tuple[str, str, dict[str, Any], tuple[int, str]]] = {
+        "create: empty name": (
+            "POST",
+            "/v1/watchlists",
+            {"json": {"name": ""}},
+            (422, "invalid_request"),
+        ),
+        "create: blank name": (
+            "POST",
+            "/v1/watchlists",
+            {"json": {"name": "   "}},
+            (422, "invalid_request"),
+        ),
+        "create: unknown field": (
+            "POST",
+            "/v1/watchlists",
+            {"json": {"name": "x", "owner": member.org_id}},
+            (422, "invalid_request"),
+        ),
+        "invite: unknown org": (
+            "POST",
+            f"/v1/watchlists/{wl}/invitations",
+            {"json": {"org_id": "org_" + "0" * 32}},
+            (404, "not_found"),
+        ),
+        "invite: no org id": (
+            "POST",
+            f"/v1/watchlists/{wl}/invitations",
+            {"json": {}},
+            (422, "invalid_request"),
+        ),
+        "invite: a member": (
+            "POST",
+            f"/v1/watchlists/{wl}/invitations",
+            {"json": {"org_id": member.org_id}},
+            (409, "conflict"),
+        ),
+        "remove: unknown org": (
+            "DELETE",
+            f"/v1/watchlists/{wl}/members/org_{'0' * 32}",
+            {},
+            (404, "not_found"),
+        ),
+        "entry: bad reason code": (
+            "POST",
+            entries,
+            {"json": {"reason_code": "Confirmed Fraud!", "probe": probe}},
+            (422, "invalid_request"),
+        ),
+        "entry: no reason code": (
+            "POST",
+            entries,
+            {"json": {"probe": probe}},
+            (422, "invalid_request"),
+        ),
+        "entry: both subject and probe": (
+            "POST",
+            entries,
+            {"json": {**enroll_free, "subject_id": "someone", "probe": probe}},
+            (422, "invalid_request"),
+        ),
+        "entry: neither subject nor probe": (
+            "POST",
+            entries,
+            {"json": enroll_free},
+            (422, "invalid_request"),
+        ),
+        "entry: unknown subject": (
+            "POST",
+            entries,
+            {"json": {**enroll_free, "subject_id": "nobody"}},
+            (404, "subject_not_found"),
+        ),
+        "entry: vector of 127": (
+            "POST",
+            entries,
+            {"json": {**enroll_free, "probe": short}},
+            (422, "invalid_probe"),
+        ),
+        "entry: other model": (
+            "POST",
+            entries,
+            {"json": {**enroll_free, "probe": other_model}},
+            (422, "invalid_probe"),
+        ),
+        "entry: zero vector": (
+            "POST",
+            entries,
+            {"json": {**enroll_free, "probe": zero}},
+            (422, "invalid_probe"),
+        ),
+        "entry: image and vector": (
+            "POST",
+            entries,
+            {"json": {**enroll_free, "probe": {**probe, "image": b64(b"x")}}},
+            (422, "invalid_probe"),
+        ),
+        "entry: not base64": (
+            "POST",
+            entries,
+            {"json": {**enroll_free, "probe": {"image": "***"}}},
+            (422, "invalid_request"),
+        ),
+        "withdraw: no entry id": ("DELETE", entries, {}, (422, "invalid_request")),
+        "withdraw: unknown entry": (
+            "DELETE",
+            entries,
+            {"params": {"entry_id": "wle_nope"}},
+            (404, "watchlist_entry_not_found"),
+        ),
+        "withdraw: 101 ids": (
+            "DELETE",
+            entries,
+            {"params": {"entry_id": [entry] * 101}},
+            (422, "invalid_request"),
+        ),
+        "screen: top_k 0": (
+            "POST",
+            screen_path,
+            {"json": {"probe": probe, "top_k": 0}},
+            (422, "invalid_request"),
+        ),
+        "screen: top_k 51": (
+            "POST",
+            screen_path,
+            {"json": {"probe": probe, "top_k": 51}},
+            (422, "invalid_request"),
+        ),
+        "screen: no probe": ("POST", screen_path, {"json": {"top_k": 5}}, (422, "invalid_request")),
+        "screen: vector of 127": (
+            "POST",
+            screen_path,
+            {"json": {"probe": short}},
+            (422, "invalid_probe"),
+        ),
+        "screen: other model": (
+            "POST",
+            screen_path,
+            {"json": {"probe": other_model}},
+            (422, "invalid_probe"),
+        ),
+        "screen: empty probe": (
+            "POST",
+            screen_path,
+            {"json": {"probe": {}}},
+            (422, "invalid_probe"),
+        ),
+    }
+
+    def snapshot() -> tuple[Any, ...]:
+        return (
+            watchlist_state(owner.runtime, wl),
+            audit_rows(owner.runtime, owner.org_id),
+            audit_rows(owner.runtime, member.org_id),
+            client.get("/v1/watchlists", headers=owner.admin).json(),
+        )
+
+    before = snapshot()
+    seen = {
+        name: status(client.request(method, path, headers=owner.admin, **kwargs))
+        for name, (method, path, kwargs, _) in cases.items()
+    }
+    assert seen == {name: expected for name, (_, _, _, expected) in cases.items()}
+    assert snapshot() == before
+    assert hits(client, member, wl, probe) == [entry]
