@@ -10,10 +10,10 @@ import asyncio
 import logging
 import re
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -40,51 +40,92 @@ Face-embedding match service for KYC backends.
 """
 
 
-class BodyLimitMiddleware:
-    """Refuse bodies over `max_bytes` with 413 before anything parses them."""
+class RequestIdMiddleware:
+    """Give every request an id (the client's `X-Request-ID` if sane) and echo it back.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    Plain ASGI rather than `@app.middleware("http")`: no extra task per request, and errors
+    raised below it are not wrapped in exception groups.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        too_large = JSONResponse(
+        incoming = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if REQUEST_ID.fullmatch(incoming) else f"req_{secrets.token_hex(8)}"
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over `max_bytes` with 413 before anything parses them.
+
+    A declared Content-Length over the limit is refused at once; a chunked body is counted as
+    it arrives, and when it passes the limit the 413 is sent from here and the application
+    sees the client disconnect (so no route can turn it into another status).
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self, scope: Scope) -> JSONResponse:
+        request_id = scope.get("state", {}).get("request_id", "-")
+        return JSONResponse(
             {
                 "error": {
                     "code": "request_too_large",
                     "message": f"the request body exceeds {self.max_bytes} bytes",
-                    "request_id": "-",
+                    "request_id": request_id,
                 }
             },
             413,
         )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await too_large(scope, receive, send)
+            await self._too_large(scope)(scope, receive, send)
             return
         received = 0
+        refused = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise BodyTooLargeError
+                    refused = True
+                    await self._too_large(scope)(scope, receive, send)
+                    return {"type": "http.disconnect"}
             return message
 
+        async def guarded_send(message: Message) -> None:
+            if not refused:  # the 413 is the answer; drop whatever the app says after it
+                await send(message)
+
         try:
-            await self.app(scope, limited_receive, send)
-        except BodyTooLargeError:
-            await too_large(scope, receive, send)
-
-
-class BodyTooLargeError(Exception):
-    pass
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not refused:
+                raise
 
 
 async def _purge_periodically(runtime: Runtime) -> None:
@@ -142,20 +183,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.state.settings = settings
     app.state.runtime = runtime
 
-    @app.middleware("http")
-    async def request_id(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        incoming = request.headers.get("X-Request-ID", "")
-        request.state.request_id = (
-            incoming if REQUEST_ID.fullmatch(incoming) else f"req_{secrets.token_hex(8)}"
-        )
-        response = await call_next(request)
-        response.headers["X-Request-ID"] = request.state.request_id
-        return response
-
     register_error_handlers(app)
     for module in (subjects, matching, watchlists, org, ops):
         app.include_router(module.router)
+    # Added last = outermost: the request id exists before the body limit can refuse.
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes(settings))
+    app.add_middleware(RequestIdMiddleware)
     return app

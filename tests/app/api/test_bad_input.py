@@ -233,12 +233,6 @@ def test_enroll_refuses_bad_input(
     assert enroll(client, org.admin, "cust-2", good)["subject_created"] is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app/main.py BodyLimitMiddleware catches `BodyTooLargeError`, but behind the "
-    "`request_id` http middleware it arrives wrapped in an ExceptionGroup: 500. "
-    "Fix: `except* BodyTooLargeError`.",
-)
 def test_an_oversized_chunked_enrollment_is_413(
     client: TestClient, org: Org, runtime: Runtime
 ) -> None:
