@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from app.crypto._atomic import atomic_write_bytes
+from app.atomic import atomic_write_bytes
 from app.crypto.errors import (
     DecryptionError,
     KeyringError,

@@ -15,7 +15,7 @@ import secrets
 import stat
 from pathlib import Path
 
-from app.crypto._atomic import atomic_write_bytes
+from app.atomic import atomic_write_bytes
 from app.crypto.errors import RootKeyError
 
 log = logging.getLogger(__name__)

@@ -6,13 +6,13 @@ cares what is inside. Keys are chosen by the app (e.g. ``frm_<hex>``), never by 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
-import secrets
 from pathlib import Path
 from typing import Protocol, runtime_checkable
+
+from app.atomic import atomic_write_bytes, fsync_dir
 
 # Letters, digits, '.', '_', '-'; no separators, no leading dot (temp files start with one,
 # so a key can never name a half-written file), at most 200 characters.
@@ -83,21 +83,9 @@ class LocalObjectStore:
         if not parent.is_dir():
             parent.mkdir(parents=True, exist_ok=True)
             # New shard directories must themselves survive a crash.
-            _fsync_dir(parent.parent)
-            _fsync_dir(parent.parent.parent)
-        tmp = parent / f".{key}.{secrets.token_hex(8)}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            raise
-        _fsync_dir(parent)
+            fsync_dir(parent.parent)
+            fsync_dir(parent.parent.parent)
+        atomic_write_bytes(target, data)
 
     def get(self, key: str) -> bytes:
         try:
@@ -111,16 +99,8 @@ class LocalObjectStore:
             path.unlink()
         except FileNotFoundError:
             return False
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return True
 
     def exists(self, key: str) -> bool:
         return self.path_for(key).is_file()
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
