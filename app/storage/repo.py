@@ -18,7 +18,7 @@ Enrollment change stream
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -172,6 +172,107 @@ def insert_enrollment(
         )
     )
     return EnrollmentRef(id=enrollment_id, vector_id=seq, seq=seq)
+
+
+def allocate_seq_range(conn: Connection, org_id: str, count: int) -> int:
+    """Reserve ``count`` consecutive positions at once; returns the first (locks until commit)."""
+    if count <= 0:
+        raise ValueError("count must be positive")
+    row = upsert_returning(
+        conn,
+        org_counters,
+        values={"org_id": org_id, "enrollment_seq": count},
+        key="org_id",
+        on_conflict_set={"enrollment_seq": org_counters.c.enrollment_seq + count},
+        returning=(org_counters.c.enrollment_seq,),
+    )
+    return int(row.enrollment_seq) - count + 1
+
+
+def insert_subjects_bulk(
+    conn: Connection, *, org_id: str, subject_ids: Sequence[str], now: datetime | None = None
+) -> list[str]:
+    """Insert active subjects without PII in one executemany; their primary keys, in order.
+
+    For imports and benchmark galleries; a duplicate ``subject_id`` fails the whole batch.
+    """
+    moment = now or utcnow()
+    pks = [new_id("sub") for _ in subject_ids]
+    if pks:
+        conn.execute(
+            sa.insert(subjects),
+            [
+                {
+                    "id": pk,
+                    "org_id": org_id,
+                    "subject_id": subject_id,
+                    "status": "active",
+                    "created_at": moment,
+                    "updated_at": moment,
+                }
+                for pk, subject_id in zip(pks, subject_ids, strict=True)
+            ],
+        )
+    return pks
+
+
+def insert_enrollments_bulk(
+    conn: Connection,
+    *,
+    org_id: str,
+    subject_pks: Sequence[str],
+    vectors: Sequence[bytes],
+    dimension: int,
+    model_id: str,
+    hashed_refs: Sequence[bytes | None],
+    enrollment_ids: Sequence[str],
+    now: datetime | None = None,
+) -> list[EnrollmentRef]:
+    """Insert many active enrollments: one seq range, one executemany.
+
+    Row ``i`` belongs to ``subject_pks[i]`` and gets ``enrollment_ids[i]``, which the caller
+    has already bound into ``hashed_refs[i]`` (the start-up replay drops a row whose reference
+    does not verify). Seqs and vector ids are consecutive, in input order, so the change
+    stream stays ordered as :func:`insert_enrollment` keeps it. Without frames or quality
+    reports: for imports of existing templates and benchmark galleries.
+    """
+    count = len(vectors)
+    if not (len(subject_pks) == len(hashed_refs) == len(enrollment_ids) == count):
+        raise ValueError("subject_pks, vectors, hashed_refs and enrollment_ids differ in length")
+    if count == 0:
+        return []
+    size = dimension * FLOAT32_BYTES
+    if dimension <= 0 or any(len(v) != size for v in vectors):
+        raise ValueError(f"every vector must be {dimension} float32 ({size} bytes)")
+    first = allocate_seq_range(conn, org_id, count)
+    moment = now or utcnow()
+    conn.execute(
+        sa.insert(enrollments),
+        [
+            {
+                "id": enrollment_ids[n],
+                "org_id": org_id,
+                "subject_pk": subject_pks[n],
+                "vector_id": first + n,
+                "seq": first + n,
+                "vector": vectors[n],
+                "dimension": dimension,
+                "model_id": model_id,
+                "hashed_ref": hashed_refs[n],
+                "status": "active",
+                "quality": None,
+                "created_at": moment,
+                "updated_at": moment,
+                "bundle_id": None,
+                "frame_index": None,
+            }
+            for n in range(count)
+        ],
+    )
+    return [
+        EnrollmentRef(id=enrollment_ids[n], vector_id=first + n, seq=first + n)
+        for n in range(count)
+    ]
 
 
 def set_enrollment_status(
