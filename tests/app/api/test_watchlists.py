@@ -268,7 +268,9 @@ class WatchlistMachine(RuleBasedStateMachine):
         count=st.integers(2, 8),
         joined=st.lists(st.sampled_from(["active", "active", "invited", None]), min_size=8),
         contributions=st.lists(
-            st.tuples(st.integers(0, 7), st.integers(0, len(REAL) + SYNTHETIC - 1)), max_size=6
+            st.tuples(st.integers(0, 7), st.integers(0, len(REAL) + SYNTHETIC - 1)),
+            min_size=2,
+            max_size=8,
         ),
         sharing_on=st.lists(st.sampled_from([True, True, False]), min_size=8, max_size=8),
     )
@@ -615,7 +617,7 @@ def test_state_machine(
     run_state_machine_as_test(
         lambda: WatchlistMachine(client, new_org, identities),
         settings=settings(
-            max_examples=8,
+            max_examples=10,
             stateful_step_count=25,
             deadline=None,
             derandomize=True,
