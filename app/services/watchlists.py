@@ -3,8 +3,9 @@
 Rules (each enforced here, at the moment of every call):
 
 * an org is *eligible* in a watchlist when the watchlist is open, its membership is
-  `active` (it opted in itself, after an invitation; the owner joins at creation) and its
-  org setting `watchlist_sharing` is on;
+  `active` (it opted in itself, after an invitation; the owner joins at creation), its
+  org setting `watchlist_sharing` is on and its `data_residency` allows the watchlist's
+  region (checked at joining, and again at every call: the setting may change later);
 * screening needs the caller to be eligible, and only ever sees entries whose contributor is
   eligible *now*: the watchlist's index holds exactly those entries (contributors are
   added or removed the moment their eligibility changes) and every hit is re-checked
@@ -37,6 +38,7 @@ from app.services.matching import Probe, probe_vector
 from app.services.orgs import effective_threshold, org_settings, residency_allows
 from app.services.principal import Principal, record
 from app.storage import new_id
+from app.storage.repo import DEFAULT_ORG_SETTINGS
 from app.storage.schema import (
     enrollments,
     orgs,
@@ -117,7 +119,15 @@ def eligible_orgs(conn: Connection, watchlist_id: str) -> set[str]:
             watchlist_members.c.watchlist_id == watchlist_id, watchlist_members.c.state == "active"
         )
     ).all()
-    return {m.org_id for m in members if (m.settings or {}).get("watchlist_sharing", False)}
+    return {
+        m.org_id
+        for m in members
+        if (m.settings or {}).get("watchlist_sharing", False)
+        and residency_allows(
+            (m.settings or {}).get("data_residency", DEFAULT_ORG_SETTINGS["data_residency"]),
+            row.region,
+        )
+    }
 
 
 def _visible(conn: Connection, watchlist_id: str, org_id: str) -> Any:

@@ -1276,3 +1276,32 @@ def test_bad_input_gets_a_clear_4xx_and_changes_nothing(
     assert seen == {name: expected for name, (_, _, _, expected) in cases.items()}
     assert snapshot() == before
     assert hits(client, member, wl, probe) == [entry]
+
+
+def test_switching_to_id_only_ends_eligibility_in_a_foreign_region(
+    client: TestClient, new_org: Callable[[], Org], identities: Identities
+) -> None:
+    owner, member = new_org(), new_org()
+    for org in (owner, member):
+        sharing(client, org, True)
+        assert (
+            client.patch(
+                "/v1/org/settings", headers=org.admin, json={"data_residency": "any"}
+            ).status_code
+            == 200
+        )
+    wl = create(client, owner, "sg", region="SG")
+    invite_and_join(client, owner, wl, member)
+    probe = identities.probe(8)
+    theirs = contributed(client, member, wl, probe=probe)
+    mine = contributed(client, owner, wl, probe=probe)
+    assert sorted(hits(client, owner, wl, probe)) == sorted(mine + theirs)
+
+    # Its data may no longer be screened in SG, nor may it screen there.
+    patched = client.patch(
+        "/v1/org/settings", headers=member.admin, json={"data_residency": "ID-only"}
+    )
+    assert patched.status_code == 200
+    assert hits(client, owner, wl, probe) == mine
+    assert status(screen(client, member, wl, probe)) == NOT_A_MEMBER
+    assert status(contribute(client, member, wl, probe=probe)) == NOT_A_MEMBER
