@@ -300,5 +300,22 @@ def run_retention() -> None:
     typer.echo(f"purged {sum(purged.values())} frames in {len(purged)} orgs")
 
 
+@cli.command()
+def bench(
+    quick: Annotated[bool, typer.Option(help="Small and fast (CI smoke, under 3 minutes).")] = (
+        False
+    ),
+) -> None:
+    """Run the benchmark suites (`python -m benchmarks`, from a source checkout)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "__main__.py").is_file():
+        raise _fail(f"no benchmarks/ next to {root / 'app'}: run from a source checkout")
+    command = [sys.executable, "-m", "benchmarks", *(["--quick"] if quick else [])]
+    raise typer.Exit(subprocess.run(command, cwd=root, check=False).returncode)
+
+
 def main() -> None:
     cli()

@@ -7,7 +7,8 @@ With the default pack and one 640×480 single-face JPEG per request (`benchmarks
 gallery of `--gallery` enrolled vectors (default 100,000), and verify throughput with p99 at
 concurrency 8. The gallery is synthetic (seeded random unit vectors, one subject each),
 inserted through the storage layer with valid hashed references before the server starts,
-so the server's start-up replay keeps every row; how long the insert and the replay took is
+so the server's start-up replay keeps every row (bulk path:
+`repo.insert_enrollments_bulk`); how long the insert and the replay took is
 reported. Each figure is shown beside `FacePipeline.capture` on the same JPEG, timed
 in-process in alternation with the requests (so both see the same machine load), and beside
 a trivial authenticated request (`GET /v1/org/settings`): the framework's own overhead.
@@ -52,7 +53,11 @@ def free_port() -> int:
 
 
 def fill_gallery(settings: Any, size: int) -> tuple[str, str, dict[str, float]]:
-    """Create an org and `size` enrolled subjects; returns (org id, admin key, timings)."""
+    """Create an org and `size` enrolled subjects; returns (org id, admin key, timings).
+
+    Seeded random unit vectors, one subject each, through the storage layer's bulk path
+    (`repo.insert_subjects_bulk` + `insert_enrollments_bulk`) with valid hashed references.
+    """
     from app.runtime import Runtime
     from app.services.orgs import create_org
     from app.storage import repo
@@ -68,26 +73,29 @@ def fill_gallery(settings: Any, size: int) -> tuple[str, str, dict[str, float]]:
             count = min(GALLERY_BATCH, size - first)
             vectors = rng.standard_normal((count, dimension)).astype(np.float32)
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            ids = [f"emb_gallery{first + n:07d}" for n in range(count)]
+            refs = [
+                runtime.hasher.reference(
+                    org_id=org_id, model_id=model_id, enrollment_id=row_id, vector=vector
+                )
+                for row_id, vector in zip(ids, vectors, strict=True)
+            ]
             with runtime.engine.begin() as conn:
-                for n, vector in enumerate(vectors):
-                    subject_pk = repo.insert_subject(
-                        conn, org_id=org_id, subject_id=f"gallery-{first + n:07d}"
-                    )
-                    row_id = f"emb_gallery{first + n:07d}"
-                    repo.insert_enrollment(
-                        conn,
-                        org_id=org_id,
-                        subject_pk=subject_pk,
-                        vector=vector.astype("<f4").tobytes(),
-                        dimension=dimension,
-                        model_id=model_id,
-                        hashed_ref=runtime.hasher.reference(
-                            org_id=org_id, model_id=model_id, enrollment_id=row_id, vector=vector
-                        ),
-                        enrollment_id=row_id,
-                        bundle_id=f"enr_gallery{first + n:07d}",
-                        frame_index=0,
-                    )
+                pks = repo.insert_subjects_bulk(
+                    conn,
+                    org_id=org_id,
+                    subject_ids=[f"gallery-{first + n:07d}" for n in range(count)],
+                )
+                repo.insert_enrollments_bulk(
+                    conn,
+                    org_id=org_id,
+                    subject_pks=pks,
+                    vectors=[vector.astype("<f4").tobytes() for vector in vectors],
+                    dimension=dimension,
+                    model_id=model_id,
+                    hashed_refs=refs,
+                    enrollment_ids=ids,
+                )
         inserted = time.perf_counter()
     finally:
         runtime.close()

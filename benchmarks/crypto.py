@@ -46,6 +46,7 @@ from app.crypto import (
     rewrap_all,
     split_blob,
 )
+from benchmarks.common import emit
 
 SOFTHSM_MODULES = (
     "/usr/lib/softhsm/libsofthsm2.so",
@@ -259,6 +260,7 @@ def main() -> None:
     path = args.out / f"crypto-{datetime.now(UTC):%Y-%m-%d}.json"
     path.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {path}")
+    emit(results)
 
 
 if __name__ == "__main__":

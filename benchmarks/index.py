@@ -39,7 +39,7 @@ import faiss
 import numpy as np
 import psutil
 
-from benchmarks.common import RESULTS_DIR, machine_info, percentile, print_table
+from benchmarks.common import RESULTS_DIR, emit, machine_info, percentile, print_table
 from index import IndexRegistry, VectorIndex
 
 MODEL = "bench-model"
@@ -336,6 +336,7 @@ def main() -> None:
     path = RESULTS_DIR / f"index-{datetime.now(UTC).strftime('%Y-%m-%d')}{suffix}.json"
     path.write_text(json.dumps(payload, indent=2, sort_keys=True))
     print(f"\nwrote {path}")
+    emit(payload)
 
 
 if __name__ == "__main__":

