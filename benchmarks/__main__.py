@@ -99,6 +99,53 @@ def _index_case(index: Any, n: int, d: int) -> Any:
     return None
 
 
+def ratios(name: str, r: dict[str, Any] | None) -> dict[str, float]:
+    """Each suite's figures over its baseline's (p50 over p50; below 1 is faster)."""
+    if not r:
+        return {}
+    out: dict[str, float] = {}
+
+    def put(key: str, num: Any, den: Any) -> None:
+        if isinstance(num, int | float) and isinstance(den, int | float) and den:
+            out[key] = round(num / den, 3)
+
+    if name == "pipeline":
+        for stage, base in (r.get("opencv") or {}).items():
+            put(f"{stage}: wajah / OpenCV", _get(r, "wajah", stage, "p50_ms"), base["p50_ms"])
+    elif name == "index":
+        for case in r.get("results", []):
+            tag = f"{case['n']}x{case['d']}"
+            ours = _get(case, "float32", "search_single", "p50_ms")
+            put(f"{tag}: wajah / FAISS flat", ours, _get(case, "faiss_flat_batch1", "p50_ms"))
+            put(f"{tag}: wajah / numpy", ours, _get(case, "numpy_brute_force", "p50_ms"))
+            put(
+                f"{tag}: wajah / bandwidth limit (1 core)",
+                ours,
+                _get(case, "bandwidth_limit_ms_float32", "one_core"),
+            )
+    elif name == "crypto":
+        for key in ("local_seal_over_raw", "local_seal_detached_over_raw", "local_open_over_raw"):
+            put(key, r.get(key), 1)
+    elif name == "api":
+        for op in ("enroll", "verify", "search"):
+            put(
+                f"{op}: request / pipeline.capture",
+                _get(r, "concurrency_1", op, "p50_ms"),
+                _get(r, "pipeline_capture", "p50_ms"),
+            )
+    elif name == "load":
+        for gallery, run in (r.get("galleries") or {}).items():
+            for op, cells in run["cells"].items():
+                put(
+                    f"{gallery} {op}: request / pipeline.capture",
+                    _get(cells, "1", "p50_ms"),
+                    _get(cells, "1", "pipeline_paired_p50_ms"),
+                )
+    elif name == "peers":
+        out.update(r.get("ratios") or {})
+    return out
+
+
 def summary(suites: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Every issue's figure next to its target; `met` None where this run did not measure it."""
     p = _get(suites, "pipeline", "results")
@@ -355,6 +402,8 @@ def main() -> None:
         },
         "suites": suites,
     }
+    for name, suite in suites.items():
+        suite["ratios"] = ratios(name, suite["results"])
     combined["summary"] = summary(suites)
     combined["charts"] = charts(combined, stamp, suffix)
     combined["seconds"] = round(time.perf_counter() - started, 1)

@@ -55,6 +55,14 @@ def render(data: dict[str, Any]) -> str:
             [[n, s["status"], s["seconds"], s["baseline"]] for n, s in data["suites"].items()],
         )
     )
+    ratio_rows = [
+        [name, key, value]
+        for name, suite in data["suites"].items()
+        for key, value in (suite.get("ratios") or {}).items()
+    ]
+    if ratio_rows:
+        out.append("\n### Ratios to each suite's baseline (p50 over p50)\n")
+        out.append(table(["suite", "ratio", "value"], ratio_rows))
     load = (data["suites"].get("load") or {}).get("results")
     if load:
         rows = []
