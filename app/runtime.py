@@ -24,7 +24,7 @@ from app.settings import Settings
 from app.storage import LocalObjectStore, create_engine_for, read_only, repo, upgrade_database
 from app.storage.audit import SYSTEM_CHAIN
 from app.storage.schema import enrollments, orgs
-from index import IndexRegistry, LoadReport, VectorIndex
+from index import IndexRegistry, LoadReport, VectorIndex, VectorIndexError
 from models.imaging import ImageLimits
 from models.pipeline import FacePipeline
 from models.prepare import resolve_pack
@@ -193,6 +193,18 @@ class Runtime:
                     yield int(row.vector_id), vector
 
         return rows_since
+
+    def index_committed(self, org_id: str, ids: list[int], vectors: Any) -> None:
+        """Apply rows just committed to the org index (caller holds `org_writer`).
+
+        The database is the truth and the index a cache: if the cache disagrees (it never
+        should), it is rebuilt from the database instead of failing a committed request.
+        """
+        try:
+            self.org_index(org_id).add(ids, vectors, model_id=self.model_id)
+        except VectorIndexError:
+            log.exception("index %s disagreed with the database; rebuilding it", org_id)
+            self.org_index(org_id).load_or_rebuild(self.index_rows_since(org_id))
 
     def replay_indexes(self) -> None:
         """Load each org's snapshot and replay newer rows (or rebuild from the database)."""

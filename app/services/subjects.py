@@ -350,7 +350,7 @@ def enroll_subject(
                     },
                 )
             committed = True
-            runtime.org_index(org_id).add(embedding_ids, vectors, model_id=runtime.model_id)
+            runtime.index_committed(org_id, embedding_ids, vectors)
     except BaseException:
         # Nothing half-written: no orphan sealed frames either. Once the rows are committed
         # the frames belong to them (the index is rebuilt from the rows at the next start),

@@ -48,7 +48,6 @@ from app.services.principal import Principal
 from app.services.subjects import enroll_subject
 from app.storage import LocalObjectStore, repo
 from app.storage.schema import enrollments, frames, idempotency_keys, subjects
-from index import DuplicateIdError
 from models.packs import ModelPack
 from tests.app.api.conftest import TEST_ROOT_KEY, Org
 
@@ -461,11 +460,11 @@ def test_idempotent_retry_after_kill_9_completes(
 def test_failure_after_commit_keeps_the_committed_frames(
     runtime: Runtime, new_org: Callable[[], Org], face_images: dict[str, bytes]
 ) -> None:
-    """A failure between the commit and the index update must not delete committed frames.
+    """An index that disagrees with the database after the commit neither fails the request
+    nor loses its frames: the rows are the truth, the index is rebuilt from them.
 
-    The rows are the source of truth and come back into the index at the next start, so
-    their sealed frames (needed to re-embed on a model upgrade) must survive. The failure is
-    real: the index already holds the id the next enrollment gets (a stale cache entry).
+    The disagreement is real: the index already holds the id the next enrollment gets (a
+    stale cache entry), so adding the new row to it fails.
     """
     org = new_org()
     principal = Principal(org.org_id, "test", frozenset({Scope.ADMIN}))
@@ -475,8 +474,22 @@ def test_failure_after_commit_keeps_the_committed_frames(
     stray[0, 0] = 1.0
     runtime.org_index(org.org_id).add([next_vector_id], stray, model_id=runtime.model_id)
 
-    with pytest.raises(DuplicateIdError):
-        enroll_subject(runtime, principal, "after-commit", [face_images["person2"]])
+    result = enroll_subject(runtime, principal, "after-commit", [face_images["person2"]])
+    assert result.frames[0].accepted
+    with runtime.engine.connect() as conn:
+        stored = conn.execute(
+            sa.select(enrollments.c.vector).where(
+                enrollments.c.org_id == org.org_id, enrollments.c.vector_id == next_vector_id
+            )
+        ).scalar_one()
+    # The index now holds the committed row's vector under its id, not the stray one.
+    hit = (
+        runtime.org_index(org.org_id)
+        .search(np.frombuffer(stored, "<f4"), model_id=runtime.model_id, k=1)
+        .hits(0)[0]
+    )
+    assert hit.id == next_vector_id
+    assert hit.score > 0.9999
 
     with runtime.engine.connect() as conn:
         keys = conn.execute(
