@@ -1064,9 +1064,10 @@ def test_screening_is_identical_after_a_restart(
         contributed(client, member, wl, probe=probes[1])
         contributed(client, member, closed, probe=probes[0])
         withdrawn = contributed(client, owner, wl, probe=probes[1])
-        client.delete(
+        gone = client.delete(
             f"/v1/watchlists/{wl}/entries", headers=owner.admin, params={"entry_id": withdrawn}
         )
+        assert gone.status_code == 200
         assert (
             client.delete(f"/v1/watchlists/{wl}/membership", headers=leaver.admin).status_code
             == 200
