@@ -239,9 +239,10 @@ def update_org_settings(
             target=principal.org_id,
             details={"changed": changed, "new": {k: updated[k] for k in changed}},
         )
-    if updated["watchlist_sharing"] != current["watchlist_sharing"]:
-        # Turning sharing off takes the org's entries out of screening at once (and back in
-        # when it is turned on again). Imported here: watchlists builds on this module.
+    if any(updated[k] != current[k] for k in ("watchlist_sharing", "data_residency")):
+        # Turning sharing off (or a residency that no longer allows a watchlist's region)
+        # takes the org's entries out of screening at once, and back in when it is undone.
+        # Imported here: watchlists builds on this module.
         from app.services.watchlists import sync_org
 
         sync_org(runtime, principal.org_id)
