@@ -46,6 +46,9 @@ class EnrollJson(BaseModel):
         None, description="Search the org index first; default: the org's duplicate policy."
     )
     pii: Pii | None = None
+    screen_watchlists: bool = Field(
+        False, description="Also screen against your shared watchlists (`watchlist` scope)."
+    )
 
     @field_validator("frames")
     @classmethod
@@ -127,6 +130,9 @@ class EnrollmentResponse(BaseModel):
     duplicate_check: DuplicateCheck
     duplicates: list[DuplicateCandidate]
     frames: list[FrameReport]
+    watchlist_hits: list[ScreenHit] | None = Field(
+        None, description="Present when `screen_watchlists` was set."
+    )
 
 
 class ProbeBody(BaseModel):
@@ -476,3 +482,6 @@ class ScreenResponse(BaseModel):
     model_id: str
     probe: Literal["image", "vector"]
     audit_id: str
+
+
+EnrollmentResponse.model_rebuild()  # it refers to ScreenHit, defined above it in reading order

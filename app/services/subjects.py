@@ -14,11 +14,12 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from app.crypto import DecryptionError, Purpose
+from app.crypto import DecryptionError, Purpose, Scope
 from app.errors import (
     DuplicateFaceError,
     EnrollmentNotActiveError,
     EnrollmentNotFoundError,
+    ForbiddenError,
     InvalidCursorError,
     InvalidPiiError,
     InvalidRequestError,
@@ -142,6 +143,8 @@ class EnrollmentResult:
     frames: list[FrameReport]
     duplicate_check: str
     duplicates: list[DuplicateCandidate] = field(default_factory=list)
+    # Only when `screen_watchlists` was asked for: hits in the watchlists the org screens.
+    watchlist_hits: list[dict[str, Any]] | None = None
 
 
 def _frame_reports(outcomes: list[FrameOutcome]) -> list[FrameReport]:
@@ -205,8 +208,11 @@ def enroll_subject(
     frame_bytes: list[bytes],
     duplicate_check: str | None = None,
     pii: dict[str, str | None] | None = None,
+    screen_watchlists: bool = False,
 ) -> EnrollmentResult:
     org_id = principal.org_id
+    if screen_watchlists and not principal.can(Scope.WATCHLIST):
+        raise ForbiddenError("screen_watchlists needs a key with the `watchlist` scope")
     check_subject_id(subject_id)
     clean_pii = check_pii(pii or {})
     if not frame_bytes:
@@ -359,7 +365,15 @@ def enroll_subject(
             for frame_id in written:
                 runtime.objects.delete(frame_id)
         raise
+    watchlist_hits = None
+    if screen_watchlists:
+        from app.services.watchlists import screen_everywhere
+
+        # The sharpest accepted frame stands for the bundle: one screening, one audit trail.
+        best = max(accepted, key=lambda item: item[1].quality.detector_score)[1]
+        watchlist_hits = screen_everywhere(runtime, principal, best.embedding)
     return EnrollmentResult(
+        watchlist_hits=watchlist_hits,
         enrollment_id=bundle_id,
         subject_id=subject_id,
         subject_created=subject_created,

@@ -788,3 +788,30 @@ def screen(
         "probe": vector.kind,
         "audit_id": audit_id,
     }
+
+
+def screen_everywhere(
+    runtime: Runtime, principal: Principal, vector: np.ndarray
+) -> list[dict[str, Any]]:
+    """Screen one vector against every watchlist where the caller may screen right now
+    (`screen_watchlists` at enrollment). Each screening is audited like `screen`."""
+    org_id = principal.org_id
+    with runtime.read() as conn:
+        ids = (
+            conn.execute(
+                sa.select(watchlist_members.c.watchlist_id).where(
+                    watchlist_members.c.org_id == org_id, watchlist_members.c.state == "active"
+                )
+            )
+            .scalars()
+            .all()
+        )
+        open_ids = [w for w in ids if org_id in eligible_orgs(conn, w)]
+    probe = Probe(vector=[float(x) for x in vector], model_id=runtime.model_id)
+    hits: list[dict[str, Any]] = []
+    for watchlist_id in sorted(open_ids):
+        try:
+            hits.extend(screen(runtime, principal, watchlist_id, probe)["hits"])
+        except (NotAMemberError, WatchlistClosedError, WatchlistNotFoundError):
+            continue  # membership changed since we looked: nothing to screen there
+    return sorted(hits, key=lambda h: -h["score"])

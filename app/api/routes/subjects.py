@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -45,6 +46,7 @@ _ENROLL_BODY = {
                         "description": "1..N JPEG, PNG or WebP frames of one capture bundle.",
                     },
                     "duplicate_check": {"type": "string", "enum": ["off", "flag", "reject"]},
+                    "screen_watchlists": {"type": "boolean"},
                     "nik": {"type": "string"},
                     "email": {"type": "string"},
                     "phone": {"type": "string"},
@@ -55,9 +57,22 @@ _ENROLL_BODY = {
 }
 
 
-async def _read_bundle(
-    request: Request, max_frames: int
-) -> tuple[list[bytes], str | None, dict[str, Any]]:
+@dataclass(frozen=True)
+class Bundle:
+    frames: list[bytes]
+    duplicate_check: str | None
+    pii: dict[str, Any]
+    screen_watchlists: bool
+
+
+def _form_flag(value: object) -> bool:
+    text = str(value).strip().lower()
+    if text not in ("true", "false", "1", "0"):
+        raise InvalidRequestError("screen_watchlists must be true or false")
+    return text in ("true", "1")
+
+
+async def _read_bundle(request: Request, max_frames: int) -> Bundle:
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         try:
@@ -74,7 +89,8 @@ async def _read_bundle(
         pii = {k: str(form[k]) for k in ("nik", "email", "phone") if k in form}
         if not frames:
             raise InvalidRequestError("send the frames as multipart files named `frames`")
-        return frames, str(policy) if policy else None, pii
+        screen = _form_flag(form["screen_watchlists"]) if "screen_watchlists" in form else False
+        return Bundle(frames, str(policy) if policy else None, pii, screen)
     if content_type.startswith("application/json"):
         try:
             body = EnrollJson.model_validate_json(await request.body())
@@ -86,7 +102,8 @@ async def _read_bundle(
         if len(body.frames) > max_frames:
             raise TooManyFramesError(f"{len(body.frames)} frames; at most {max_frames}")
         pii = body.pii.model_dump(exclude_none=True) if body.pii else {}
-        return [decode_base64(f) for f in body.frames], body.duplicate_check, pii
+        frames = [decode_base64(f) for f in body.frames]
+        return Bundle(frames, body.duplicate_check, pii, body.screen_watchlists)
     raise InvalidRequestError("send multipart/form-data or application/json")
 
 
@@ -111,15 +128,29 @@ async def enroll(
     Frames are sealed with AES-256-GCM and never returned. Honours `Idempotency-Key`.
     Creates the subject on its first enrollment.
     """
-    frames, policy, pii = await _read_bundle(request, runtime.settings.max_frames_per_request)
+    bundle = await _read_bundle(request, runtime.settings.max_frames_per_request)
     fingerprint = hashlib.sha256(
-        b"".join(hashlib.sha256(f).digest() for f in frames)
-        + repr((subject_id, policy, sorted(pii.items()))).encode()
+        b"".join(hashlib.sha256(f).digest() for f in bundle.frames)
+        + repr(
+            (
+                subject_id,
+                bundle.duplicate_check,
+                sorted(bundle.pii.items()),
+                bundle.screen_watchlists,
+            )
+        ).encode()
     ).digest()
 
     async def run() -> tuple[int, Any]:
         result = await run_in_threadpool(
-            service.enroll_subject, runtime, principal, subject_id, frames, policy, pii
+            service.enroll_subject,
+            runtime,
+            principal,
+            subject_id,
+            bundle.frames,
+            bundle.duplicate_check,
+            bundle.pii,
+            bundle.screen_watchlists,
         )
         body = EnrollmentResponse.model_validate(dataclasses.asdict(result))
         return 201, body.model_dump(mode="json")
