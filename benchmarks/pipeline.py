@@ -42,14 +42,16 @@ def single_face_jpeg() -> bytes:
 
 def peak_rss_of_loaded_pack(models_dir: Path, threads: int) -> float:
     code = (
-        "import resource, sys\n"
+        "import sys\n"
         "from pathlib import Path\n"
         "from models.prepare import prepare_default_pack\n"
         "from models.pipeline import FacePipeline\n"
         "from benchmarks.pipeline import single_face_jpeg\n"
         f"p = FacePipeline.load(prepare_default_pack(Path({str(models_dir)!r})), {threads})\n"
         "p.capture(single_face_jpeg())\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork+exec, so a child would
+        # report this (much larger) benchmark process's peak.
+        "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1]) / 1024
