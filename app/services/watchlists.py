@@ -184,11 +184,12 @@ def _intact(runtime: Runtime, row: Any) -> np.ndarray | None:
 
 def sync_contributor(runtime: Runtime, watchlist_id: str, org_id: str) -> None:
     """Put `org_id`'s entries in the watchlist index if it is eligible, else take them out."""
-    key = namespace(watchlist_id)
-    with runtime.org_writer(key), runtime.read() as conn:
-        eligible = org_id in eligible_orgs(conn, watchlist_id)
-        rows = _active_entries(conn, watchlist_id, org_id)
-    with runtime.org_writer(key):
+    # One critical section from reading eligibility to changing the index, so a concurrent
+    # change (a leave, a contribution) cannot interleave and leave a stale decision applied.
+    with runtime.org_writer(namespace(watchlist_id)):
+        with runtime.read() as conn:
+            eligible = org_id in eligible_orgs(conn, watchlist_id)
+            rows = _active_entries(conn, watchlist_id, org_id)
         index = _index(runtime, watchlist_id)
         if not eligible:
             index.remove([r.vector_id for r in rows])
@@ -596,11 +597,14 @@ def contribute(
                     "source": "subject" if contribution.subject_id else "capture",
                 },
             )
-        _index(runtime, watchlist_id).add(
-            [c["vector_id"] for c in created],
-            np.stack([c["vector"] for c in created]),
-            model_id=runtime.model_id,
-        )
+        with runtime.read() as conn:  # a leave may have landed since the check above
+            still_eligible = org_id in eligible_orgs(conn, watchlist_id)
+        if still_eligible:
+            _index(runtime, watchlist_id).add(
+                [c["vector_id"] for c in created],
+                np.stack([c["vector"] for c in created]),
+                model_id=runtime.model_id,
+            )
     return {
         "watchlist_id": watchlist_id,
         "reason_code": contribution.reason_code,
