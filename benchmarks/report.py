@@ -137,11 +137,20 @@ def render(data: dict[str, Any]) -> str:
         for label, stats in (
             ("wajah verify, HTTP", peers["wajah_http"]["verify"]),
             ("wajah verify, in-process", peers["wajah_in_process"]["verify"]),
-            ("verifyface verify", peers["verifyface"]["verify"]),
+            ("verifyface verify (OpenCV 1 thread)", peers["verifyface"]["verify"]),
+            (
+                "wajah verify, in-process, 2 threads",
+                peers["wajah_in_process"].get("verify_2_threads"),
+            ),
+            (
+                "verifyface verify (OpenCV default threads)",
+                peers.get("verifyface_verify_default_threads"),
+            ),
             ("wajah enroll, HTTP (1 frame, sealed, audited)", peers["wajah_http"]["enroll"]),
             ("wajah enroll, in-process pipeline", peers["wajah_in_process"]["enroll"]),
-            ("verifyface enroll (1 photo)", peers["verifyface"]["enroll"]),
-            ("OpenCV engine: decode+detect+align+embed", peers["opencv"]),
+            ("verifyface enroll (1 photo, OpenCV 1 thread)", peers["verifyface"]["enroll"]),
+            ("OpenCV engine: decode+detect+align+embed, 1 thread", peers["opencv"]),
+            ("OpenCV engine, default threads", peers.get("opencv_default_threads")),
             (
                 "wajah search, HTTP, vector probe, gallery "
                 f"{peers['wajah_http']['search_gallery']:,}",
@@ -152,7 +161,8 @@ def render(data: dict[str, Any]) -> str:
                 peers["verifyface"]["identify"],
             ),
         ):
-            rows.append([label, stats["p50_ms"], stats["p99_ms"]])
+            if stats:
+                rows.append([label, stats["p50_ms"], stats["p99_ms"]])
         out.append("\n### Peers (same JPEG, same models)\n")
         out.append(table(["case", "p50 ms", "p99 ms"], rows))
         s = peers["exact_search"]
@@ -214,8 +224,20 @@ def render(data: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("path", type=Path)
+    parser.add_argument(
+        "--peers", type=Path, help="a later standalone peers run to show instead of the run's own"
+    )
     args = parser.parse_args()
-    print(render(json.loads(args.path.read_text())))
+    data = json.loads(args.path.read_text())
+    if args.peers:
+        from benchmarks.__main__ import ratios, summary
+
+        peers = json.loads(args.peers.read_text())
+        suite = data["suites"].setdefault("peers", {"status": "ok", "seconds": "-"})
+        suite.update(results=peers, ratios=ratios("peers", peers))
+        suite["baseline"] = f"(rerun alone at {peers['when'][:16]}) " + suite.get("baseline", "")
+        data["summary"] = summary(data["suites"])
+    print(render(data))
 
 
 if __name__ == "__main__":
