@@ -256,3 +256,63 @@ def test_frames_rows(engine: Engine) -> None:
             kek_version=1,
             purge_after=datetime(2026, 1, 1),
         )
+
+
+def test_bulk_inserts_continue_the_change_stream_in_order(engine: Engine) -> None:
+    with engine.begin() as conn:
+        org_id, subject_pk = _org_and_subject(conn)
+        first = _enroll(conn, org_id, subject_pk, seed=1)
+        pks = repo.insert_subjects_bulk(conn, org_id=org_id, subject_ids=["s-a", "s-b", "s-c"])
+        refs = repo.insert_enrollments_bulk(
+            conn,
+            org_id=org_id,
+            subject_pks=pks,
+            vectors=[_vector(n) for n in (2, 3, 4)],
+            dimension=DIM,
+            model_id="m",
+            hashed_refs=[bytes([n]) * 32 for n in (2, 3, 4)],
+            enrollment_ids=["emb_a", "emb_b", "emb_c"],
+        )
+        after = _enroll(conn, org_id, subject_pk, seed=5)
+    assert [(r.id, r.seq, r.vector_id) for r in refs] == [
+        ("emb_a", first.seq + 1, first.seq + 1),
+        ("emb_b", first.seq + 2, first.seq + 2),
+        ("emb_c", first.seq + 3, first.seq + 3),
+    ]
+    assert after.seq == first.seq + 4
+    with engine.connect() as conn, read_only(conn).begin():
+        rows = list(repo.enrollment_rows_since(conn, org_id, first.seq))
+        assert [(seq, vid, vec) for seq, vid, vec in rows] == [
+            (first.seq + 1, first.seq + 1, _vector(2)),
+            (first.seq + 2, first.seq + 2, _vector(3)),
+            (first.seq + 3, first.seq + 3, _vector(4)),
+            (after.seq, after.vector_id, _vector(5)),
+        ]
+
+
+def test_bulk_insert_refuses_mismatched_input(engine: Engine) -> None:
+    with engine.begin() as conn:
+        org_id, subject_pk = _org_and_subject(conn)
+        with pytest.raises(ValueError, match="differ in length"):
+            repo.insert_enrollments_bulk(
+                conn,
+                org_id=org_id,
+                subject_pks=[subject_pk],
+                vectors=[],
+                dimension=DIM,
+                model_id="m",
+                hashed_refs=[],
+                enrollment_ids=[],
+            )
+        with pytest.raises(ValueError, match="float32"):
+            repo.insert_enrollments_bulk(
+                conn,
+                org_id=org_id,
+                subject_pks=[subject_pk],
+                vectors=[b"\x00" * 3],
+                dimension=DIM,
+                model_id="m",
+                hashed_refs=[None],
+                enrollment_ids=["e"],
+            )
+        assert repo.current_seq(conn, org_id) == 0
