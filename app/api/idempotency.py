@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
@@ -78,13 +79,30 @@ def _reserve(runtime: Runtime, org_id: str, key: str, request_hash: bytes) -> An
     return None
 
 
-def _store(runtime: Runtime, org_id: str, key: str, status: int, body: bytes) -> None:
+def encode_body(payload: Any) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), default=str).encode()
+
+
+def store_response(
+    conn: Connection, org_id: str, key: str | None, status: int, payload: Any
+) -> None:
+    """Record the answer to a reserved key in the caller's transaction (no-op without key).
+
+    Services call this inside the transaction of the change itself, so a crash can never
+    leave a committed change whose retry would run it a second time.
+    """
+    if key is None:
+        return
+    conn.execute(
+        sa.update(idempotency_keys)
+        .where(idempotency_keys.c.org_id == org_id, idempotency_keys.c.key == key)
+        .values(response_status=status, response_body=encode_body(payload))
+    )
+
+
+def _store(runtime: Runtime, org_id: str, key: str, status: int, payload: Any) -> None:
     with runtime.engine.begin() as conn:
-        conn.execute(
-            sa.update(idempotency_keys)
-            .where(idempotency_keys.c.org_id == org_id, idempotency_keys.c.key == key)
-            .values(response_status=status, response_body=body)
-        )
+        store_response(conn, org_id, key, status, payload)
 
 
 def _release(runtime: Runtime, org_id: str, key: str) -> None:
@@ -135,6 +153,6 @@ async def idempotent(
     except BaseException:
         await run_in_threadpool(_release, runtime, principal.org_id, key)
         raise
-    body = json.dumps(payload, separators=(",", ":"), default=str).encode()
-    await run_in_threadpool(_store, runtime, principal.org_id, key, status, body)
-    return Response(body, status, media_type="application/json")
+    # The final answer (it may hold more than what the change's transaction stored).
+    await run_in_threadpool(_store, runtime, principal.org_id, key, status, payload)
+    return Response(encode_body(payload), status, media_type="application/json")

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -209,7 +210,13 @@ def enroll_subject(
     duplicate_check: str | None = None,
     pii: dict[str, str | None] | None = None,
     screen_watchlists: bool = False,
+    on_commit: Callable[[Connection, EnrollmentResult], None] | None = None,
 ) -> EnrollmentResult:
+    """Enroll a capture bundle; see the module docstring of `app.api.routes.subjects`.
+
+    `on_commit(conn, result)` runs inside the enrollment's transaction, so what it writes
+    (the stored answer to an Idempotency-Key) commits with the enrollment or not at all.
+    """
     org_id = principal.org_id
     if screen_watchlists and not principal.can(Scope.WATCHLIST):
         raise ForbiddenError("screen_watchlists needs a key with the `watchlist` scope")
@@ -355,6 +362,18 @@ def enroll_subject(
                         "pii_fields": sorted(clean_pii),
                     },
                 )
+                result = EnrollmentResult(
+                    enrollment_id=bundle_id,
+                    subject_id=subject_id,
+                    subject_created=subject_created,
+                    model_id=runtime.model_id,
+                    threshold=threshold,
+                    frames=final_reports,
+                    duplicate_check=policy,
+                    duplicates=duplicates,
+                )
+                if on_commit is not None:
+                    on_commit(conn, result)
             committed = True
             runtime.index_committed(org_id, embedding_ids, vectors)
     except BaseException:
@@ -365,24 +384,13 @@ def enroll_subject(
             for frame_id in written:
                 runtime.objects.delete(frame_id)
         raise
-    watchlist_hits = None
     if screen_watchlists:
         from app.services.watchlists import screen_everywhere
 
         # The sharpest accepted frame stands for the bundle: one screening, one audit trail.
         best = max(accepted, key=lambda item: item[1].quality.detector_score)[1]
-        watchlist_hits = screen_everywhere(runtime, principal, best.embedding)
-    return EnrollmentResult(
-        watchlist_hits=watchlist_hits,
-        enrollment_id=bundle_id,
-        subject_id=subject_id,
-        subject_created=subject_created,
-        model_id=runtime.model_id,
-        threshold=threshold,
-        frames=final_reports,
-        duplicate_check=policy,
-        duplicates=duplicates,
-    )
+        result.watchlist_hits = screen_everywhere(runtime, principal, best.embedding)
+    return result
 
 
 def _kek_version(wrapped_dek: bytes) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -10,11 +11,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
+from sqlalchemy.engine import Connection
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from app.api.deps import EnrollerDep, RuntimeDep
-from app.api.idempotency import idempotent
+from app.api.idempotency import idempotent, store_response
 from app.api.schemas import (
     ERRORS,
     EnrollJson,
@@ -141,19 +143,30 @@ async def enroll(
         ).encode()
     ).digest()
 
+    key = request.headers.get("Idempotency-Key")
+
+    def respond(result: service.EnrollmentResult) -> dict[str, Any]:
+        body = EnrollmentResponse.model_validate(dataclasses.asdict(result))
+        return body.model_dump(mode="json")
+
+    def remember(conn: Connection, result: service.EnrollmentResult) -> None:
+        store_response(conn, principal.org_id, key, 201, respond(result))
+
     async def run() -> tuple[int, Any]:
         result = await run_in_threadpool(
-            service.enroll_subject,
-            runtime,
-            principal,
-            subject_id,
-            bundle.frames,
-            bundle.duplicate_check,
-            bundle.pii,
-            bundle.screen_watchlists,
+            functools.partial(
+                service.enroll_subject,
+                runtime,
+                principal,
+                subject_id,
+                bundle.frames,
+                bundle.duplicate_check,
+                bundle.pii,
+                bundle.screen_watchlists,
+                on_commit=remember,
+            )
         )
-        body = EnrollmentResponse.model_validate(dataclasses.asdict(result))
-        return 201, body.model_dump(mode="json")
+        return 201, respond(result)
 
     return await idempotent(request, runtime, principal, fingerprint, run)
 
