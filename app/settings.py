@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     region: str = Field(
         default="ID", description="Region this deployment keeps data in (ISO 3166 code)."
     )
+    security_contact: str = Field(
+        default="mailto:security@wajah.dev",
+        description="Contact in /.well-known/security.txt (mailto: or https: URI).",
+    )
     host: str = "127.0.0.1"
     port: int = 8000
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -41,13 +42,10 @@ def readyz(request: Request) -> JSONResponse:
     )
 
 
-SECURITY_TXT = """Contact: mailto:security@wajah.dev
-Expires: 2027-11-27T00:00:00.000Z
-Preferred-Languages: en, id
-Policy: https://github.com/wajah/wajah/blob/main/SECURITY.md
-"""
-
-
 @router.get("/.well-known/security.txt", response_class=PlainTextResponse, include_in_schema=False)
-def security_txt() -> str:
-    return SECURITY_TXT
+def security_txt(request: Request) -> str:
+    """RFC 9116. The contact is the deployment's (`WAJAH_SECURITY_CONTACT`); Expires is kept a
+    year ahead so the file never goes stale on a long-running server."""
+    contact = request.app.state.settings.security_contact
+    expires = (datetime.now(UTC) + timedelta(days=365)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"Contact: {contact}\nExpires: {expires}\nPreferred-Languages: en, id\n"
