@@ -52,10 +52,16 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (WAJAH_PORT).")] = None,
 ) -> None:
     """Start the HTTP service (prepares the default model pack on first start)."""
+    import logging
+
     import uvicorn
 
     from app.main import create_app
 
+    # The service's own log lines (index replay, retention, integrity alarms) next to uvicorn's.
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     settings = _settings()
     try:
         resolve_pack(settings.model_pack, settings.models_dir, settings.model_dir, console.print)
