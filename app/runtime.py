@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import sqlalchemy as sa
+from numpy.typing import NDArray
 from sqlalchemy.engine import Engine
 
 from app.crypto import EnvelopeCipher, KeyManager, ReferenceHasher, build_kms
@@ -152,6 +153,24 @@ class Runtime:
         with lock:
             yield
 
+    def intact_vector(self, org_id: str, row: Any) -> NDArray[np.float32] | None:
+        """An enrollment row's vector if its hashed reference verifies under the org's key.
+
+        `row` needs `id`, `vector`, `hashed_ref` and `model_id`. None means erased or edited
+        behind the service's back: such a row never takes part in a match.
+        """
+        if row.vector is None or row.hashed_ref is None:
+            return None
+        vector: NDArray[np.float32] = np.frombuffer(row.vector, dtype="<f4")
+        ok = self.hasher.verify(
+            bytes(row.hashed_ref),
+            org_id=org_id,
+            model_id=row.model_id,
+            enrollment_id=row.id,
+            vector=vector,
+        )
+        return vector if ok else None
+
     def index_rows_since(self, org_id: str) -> Callable[[int], Iterator[tuple[int, Any]]]:
         """The `rows_since` callback of an org index: verified adds, and removals."""
 
@@ -177,14 +196,8 @@ class Runtime:
                         self.health.other_model += 1
                         yield int(row.vector_id), None
                         continue
-                    vector = np.frombuffer(row.vector, dtype="<f4")
-                    if row.hashed_ref is None or not self.hasher.verify(
-                        row.hashed_ref,
-                        org_id=org_id,
-                        model_id=row.model_id,
-                        enrollment_id=row.id,
-                        vector=vector,
-                    ):
+                    vector = self.intact_vector(org_id, row)
+                    if vector is None:
                         # Tampered on disk: keep it out of the index, say so loudly.
                         log.error("enrollment %s failed its hashed-reference check", row.id)
                         self.health.tampered.append(row.id)

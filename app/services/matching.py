@@ -76,24 +76,19 @@ def verify_probe(
         if subject is None or subject.status != "active":
             raise SubjectNotFoundError(f"no subject {subject_id!r}")
         rows = conn.execute(
-            sa.select(enrollments.c.id, enrollments.c.vector, enrollments.c.hashed_ref).where(
+            sa.select(
+                enrollments.c.id,
+                enrollments.c.vector,
+                enrollments.c.hashed_ref,
+                enrollments.c.model_id,
+            ).where(
                 enrollments.c.org_id == org_id,
                 enrollments.c.subject_pk == subject.id,
                 enrollments.c.status == "active",
                 enrollments.c.model_id == runtime.model_id,
             )
         ).all()
-    gallery = []
-    for row in rows:
-        vector = np.frombuffer(row.vector, "<f4")
-        if row.hashed_ref is not None and runtime.hasher.verify(
-            bytes(row.hashed_ref),
-            org_id=org_id,
-            model_id=runtime.model_id,
-            enrollment_id=row.id,
-            vector=vector,
-        ):
-            gallery.append(vector)
+    gallery = [v for row in rows if (v := runtime.intact_vector(org_id, row)) is not None]
     if not gallery:
         raise ConflictError(f"subject {subject_id!r} has no active enrollment to verify against")
     probe_result = probe_vector(runtime, probe)

@@ -187,10 +187,22 @@ def find_duplicates(
 
 
 def subject_ids_for_vectors(runtime: Runtime, org_id: str, vector_ids: list[int]) -> dict[int, str]:
-    """Map index ids to the org's active subjects (the org filter is belt and braces)."""
+    """Map index ids to the org's active subjects (the org filter is belt and braces).
+
+    Rows whose hashed reference no longer verifies are left out: the index may hold a
+    vector from before the row was edited in the database, and a match must rest on data
+    the service itself wrote.
+    """
     with runtime.read() as conn:
         rows = conn.execute(
-            sa.select(enrollments.c.vector_id, subjects.c.subject_id)
+            sa.select(
+                enrollments.c.id,
+                enrollments.c.vector_id,
+                enrollments.c.vector,
+                enrollments.c.hashed_ref,
+                enrollments.c.model_id,
+                subjects.c.subject_id,
+            )
             .join(subjects, subjects.c.id == enrollments.c.subject_pk)
             .where(
                 enrollments.c.org_id == org_id,
@@ -199,7 +211,9 @@ def subject_ids_for_vectors(runtime: Runtime, org_id: str, vector_ids: list[int]
                 enrollments.c.status == "active",
             )
         ).all()
-    return {int(r.vector_id): r.subject_id for r in rows}
+    return {
+        int(r.vector_id): r.subject_id for r in rows if runtime.intact_vector(org_id, r) is not None
+    }
 
 
 def enroll_subject(
@@ -430,15 +444,9 @@ def get_subject(runtime: Runtime, principal: Principal, subject_id: str) -> dict
                 "embeddings": [],
             },
         )
-        intact = None
-        if e.vector is not None and e.hashed_ref is not None:
-            intact = runtime.hasher.verify(
-                bytes(e.hashed_ref),
-                org_id=principal.org_id,
-                model_id=e.model_id,
-                enrollment_id=e.id,
-                vector=np.frombuffer(e.vector, "<f4"),
-            )
+        intact = (
+            None if e.vector is None else (runtime.intact_vector(principal.org_id, e) is not None)
+        )
         bundle["embeddings"].append(
             {
                 "embedding_id": e.id,
