@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable
 
 from fastapi.testclient import TestClient
 
 from tests.app.api.conftest import Org
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
+from tests.app.api.helpers import b64
 
 
 def test_enroll_verify_search_duplicate(
