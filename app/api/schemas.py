@@ -5,9 +5,9 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from app.crypto import Scope
 
@@ -16,11 +16,21 @@ DuplicateCheck = Literal["off", "flag", "reject"]
 _B64_EXAMPLE = "/9j/4AAQSkZJRgABAQAAAQABAAD..."
 
 
-def decode_base64(value: str) -> bytes:
+def decode_base64(value: object) -> bytes:
+    if not isinstance(value, str):
+        raise ValueError("expected a base64 string")
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ValueError("not valid base64") from exc
+
+
+# A base64 image in JSON, decoded once while the body is validated.
+Base64Image = Annotated[
+    bytes,
+    BeforeValidator(decode_base64),
+    WithJsonSchema({"type": "string", "format": "base64", "examples": [_B64_EXAMPLE]}),
+]
 
 
 class Pii(BaseModel):
@@ -39,7 +49,7 @@ class EnrollJson(BaseModel):
         extra="forbid",
         json_schema_extra={"examples": [{"frames": [_B64_EXAMPLE], "duplicate_check": "flag"}]},
     )
-    frames: list[str] = Field(
+    frames: list[Base64Image] = Field(
         ..., min_length=1, description="Base64 JPEG, PNG or WebP frames of one capture bundle."
     )
     duplicate_check: DuplicateCheck | None = Field(
@@ -49,13 +59,6 @@ class EnrollJson(BaseModel):
     screen_watchlists: bool = Field(
         False, description="Also screen against your shared watchlists (`watchlist` scope)."
     )
-
-    @field_validator("frames")
-    @classmethod
-    def _frames_are_base64(cls, frames: list[str]) -> list[str]:
-        for frame in frames:
-            decode_base64(frame)
-        return frames
 
 
 class Quality(BaseModel):
@@ -139,16 +142,9 @@ class ProbeBody(BaseModel):
     """A probe: an image (base64) or a vector from the same model pack."""
 
     model_config = ConfigDict(extra="forbid")
-    image: str | None = Field(None, description="Base64 JPEG, PNG or WebP.")
+    image: Base64Image | None = Field(None, description="Base64 JPEG, PNG or WebP.")
     vector: list[float] | None = Field(None, description="Embedding from the same model pack.")
     model_id: str | None = Field(None, description="Required with `vector`.")
-
-    @field_validator("image")
-    @classmethod
-    def _image_is_base64(cls, image: str | None) -> str | None:
-        if image is not None:
-            decode_base64(image)
-        return image
 
 
 class VerifyRequest(BaseModel):

@@ -169,17 +169,11 @@ def _active_entries(conn: Connection, watchlist_id: str, org_id: str | None = No
 
 
 def _intact(runtime: Runtime, row: Any) -> np.ndarray | None:
-    vector = np.frombuffer(row.vector, "<f4")
-    if row.model_id != runtime.model_id or row.hashed_ref is None:
+    """The entry's vector if it is of the served model and its reference (under the
+    contributor's key) verifies."""
+    if row.model_id != runtime.model_id:
         return None
-    ok = runtime.hasher.verify(
-        bytes(row.hashed_ref),
-        org_id=row.contributor_org_id,
-        model_id=row.model_id,
-        enrollment_id=row.id,
-        vector=vector,
-    )
-    return vector if ok else None
+    return runtime.intact_vector(row.contributor_org_id, row)
 
 
 def sync_contributor(runtime: Runtime, watchlist_id: str, org_id: str) -> None:

@@ -13,7 +13,6 @@ from app.api.schemas import (
     SearchResponse,
     VerifyRequest,
     VerifyResponse,
-    decode_base64,
 )
 from app.services import matching as service
 
@@ -22,7 +21,7 @@ router = APIRouter(tags=["matching"])
 
 def probe_from(body: ProbeBody) -> service.Probe:
     return service.Probe(
-        image=decode_base64(body.image) if body.image is not None else None,
+        image=body.image,
         vector=body.vector,
         model_id=body.model_id,
     )

@@ -26,7 +26,6 @@ from app.api.schemas import (
     RetireResponse,
     SubjectPage,
     SubjectResponse,
-    decode_base64,
 )
 from app.errors import InvalidRequestError, TooManyFramesError
 from app.services import subjects as service
@@ -104,8 +103,7 @@ async def _read_bundle(request: Request, max_frames: int) -> Bundle:
         if len(body.frames) > max_frames:
             raise TooManyFramesError(f"{len(body.frames)} frames; at most {max_frames}")
         pii = body.pii.model_dump(exclude_none=True) if body.pii else {}
-        frames = [decode_base64(f) for f in body.frames]
-        return Bundle(frames, body.duplicate_check, pii, body.screen_watchlists)
+        return Bundle(body.frames, body.duplicate_check, pii, body.screen_watchlists)
     raise InvalidRequestError("send multipart/form-data or application/json")
 
 
