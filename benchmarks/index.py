@@ -119,8 +119,13 @@ def latencies(fn: Callable[[int], object], samples: int, warmup: int = 3) -> lis
 
 
 def in_flight(index: VectorIndex, probes: np.ndarray, total: int, concurrency: int = 16) -> float:
-    """Queries per second with ``concurrency`` callers each issuing single queries."""
-    counter = iter(range(total))
+    """Queries per second with ``concurrency`` callers each issuing single queries.
+
+    ``total`` queries are timed after ``concurrency`` warm-up queries (thread start-up).
+    """
+    warmup = concurrency
+    counter = iter(range(warmup + total))
+    started = threading.Event()
     lock = threading.Lock()
 
     def worker() -> None:
@@ -129,13 +134,17 @@ def in_flight(index: VectorIndex, probes: np.ndarray, total: int, concurrency: i
                 i = next(counter, None)
             if i is None:
                 return
+            if i == warmup:
+                marks.append(time.perf_counter())
+                started.set()
             index.search(probes[i % len(probes)], model_id=MODEL, k=K)
 
-    start = time.perf_counter()
+    marks: list[float] = []
     with ThreadPoolExecutor(concurrency) as pool:
         for f in [pool.submit(worker) for _ in range(concurrency)]:
             f.result()
-    return total / (time.perf_counter() - start)
+    assert started.is_set()
+    return total / (time.perf_counter() - marks[0])
 
 
 def mate_recall(index: VectorIndex, probes: np.ndarray, mates: np.ndarray) -> float:
@@ -166,7 +175,7 @@ def bench_one(
     out: dict[str, Any] = {"n": n, "d": d, "raw_vector_bytes": raw_bytes}
     scale = max(1, n // 100_000)
     q_samples = max(30, 300 // scale)
-    flight_total = max(64, 640 // scale)
+    flight_total = max(160, 640 // scale)
 
     for storage in ("float32", "float16"):
         name = f"bench-{n}-{d}-{storage}"

@@ -102,25 +102,36 @@ class _Request(Generic[T, R]):
 
 
 class MicroBatcher(Generic[T, R]):
-    """Coalesces concurrent calls into one batched call, without a timer.
+    """Coalesces concurrent calls into one batched call.
 
     The first caller becomes the leader and runs a batch of everything pending; callers that
     arrive meanwhile queue up and are served by the next batch, whose leader is the oldest of
     them. A lone caller therefore pays no extra latency, and under load the batch size grows
     by itself to the number of requests in flight.
+
+    One refinement keeps batches whole under steady load: when fewer calls are pending than
+    the previous batch held, the leader waits up to ``linger_s`` for the rest. Without it,
+    16 callers settle into alternating batches of 1 and 15 (the straggler that queued during
+    a batch leads the next one alone, just before the 15 served callers come back), and a
+    batch of one costs a full scan: on 2 cores, 1M x 512, 46 queries/s instead of 75.
     """
 
-    def __init__(self, run: Callable[[list[T]], list[R]], max_batch: int) -> None:
+    def __init__(
+        self, run: Callable[[list[T]], list[R]], max_batch: int, linger_s: float = 0.002
+    ) -> None:
         self._run = run
         self._max_batch = max_batch
-        self._lock = threading.Lock()
+        self._linger_s = linger_s
+        self._lock = threading.Condition(threading.Lock())
         self._pending: list[_Request[T, R]] = []
         self._busy = False
+        self._last_batch = 1
 
     def submit(self, item: T) -> R:
         request: _Request[T, R] = _Request(item)
         with self._lock:
             self._pending.append(request)
+            self._lock.notify()
             lead = not self._busy
             self._busy = True
         if not lead:
@@ -139,7 +150,11 @@ class MicroBatcher(Generic[T, R]):
 
     def _run_batch(self) -> None:
         with self._lock:
+            wanted = min(self._last_batch, self._max_batch)
+            if len(self._pending) < wanted:
+                self._lock.wait_for(lambda: len(self._pending) >= wanted, self._linger_s)
             batch = self._pending[: self._max_batch]
+            self._last_batch = len(batch)
             del self._pending[: self._max_batch]
         try:
             results = self._run([r.item for r in batch])

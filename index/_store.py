@@ -40,7 +40,13 @@ def dtype_of(storage: Storage) -> type[np.floating[Any]]:
 
 
 class Segment:
-    """One pre-allocated FAISS flat index plus the ids of its rows."""
+    """A pre-allocated FAISS flat index plus the ids of its rows, or a full float32 view.
+
+    A segment either owns its memory (the code buffer of a FAISS index, allocated at full
+    capacity) or, loaded from a snapshot, is a full view of float32 rows that FAISS scans in
+    place through ``faiss.knn`` (same kernel as ``IndexFlatIP``, no copy); see
+    :func:`Segment.view`.
+    """
 
     __slots__ = ("capacity", "dead", "faiss_index", "ids", "size", "vectors")
 
@@ -64,9 +70,32 @@ class Segment:
         self.size = 0
         self.dead = 0
 
+    @classmethod
+    def view(cls, vectors: NDArray[np.float32], ids: NDArray[np.int64]) -> Segment:
+        """A full segment over float32 ``vectors`` held elsewhere (e.g. a mapped snapshot).
+
+        The caller keeps the memory valid; rows can still be removed (zeroed) in place.
+        """
+        seg = cls.__new__(cls)
+        seg.faiss_index = None
+        seg.vectors = vectors
+        seg.ids = ids
+        seg.capacity = seg.size = len(vectors)
+        seg.dead = 0
+        return seg
+
+    def search(self, queries: NDArray[np.float32], k: int) -> tuple[NDArray[Any], NDArray[Any]]:
+        """FAISS's top-``k`` (scores, rows) of the filled rows, ``k`` <= ``size``."""
+        if self.faiss_index is not None:
+            return self.faiss_index.search(queries, k)  # type: ignore[no-any-return]
+        return faiss.knn(  # type: ignore[no-any-return]
+            queries, self.vectors[: self.size], k, metric=faiss.METRIC_INNER_PRODUCT
+        )
+
     def set_size(self, size: int) -> None:
         self.size = size
-        self.faiss_index.ntotal = size
+        if self.faiss_index is not None:
+            self.faiss_index.ntotal = size
 
     def memory_bytes(self) -> int:
         return int(self.vectors.nbytes + self.ids.nbytes)
@@ -88,18 +117,21 @@ class Store:
     def count(self) -> int:
         return len(self.rows)
 
-    def _next_capacity(self) -> int:
-        if not self.segments:
-            return FIRST_SEGMENT_ROWS
-        return min(self.segments[-1].capacity * 2, self.max_segment_rows)
+    def capacities_for(self, n: int) -> list[int]:
+        """Capacities of the segments that :meth:`reserve` would add for ``n`` more rows."""
+        free = self.segments[-1].capacity - self.segments[-1].size if self.segments else 0
+        last = self.segments[-1].capacity if self.segments else 0
+        capacities: list[int] = []
+        while free < n:
+            last = min(last * 2, self.max_segment_rows) if last else FIRST_SEGMENT_ROWS
+            capacities.append(last)
+            free += last
+        return capacities
 
     def reserve(self, n: int) -> None:
         """Allocate segments so that ``n`` more rows fit without allocating later."""
-        free = self.segments[-1].capacity - self.segments[-1].size if self.segments else 0
-        while free < n:
-            capacity = self._next_capacity()
+        for capacity in self.capacities_for(n):
             self.segments.append(Segment(self.dimension, self.storage, capacity))
-            free += capacity
 
     def append(self, ids: NDArray[np.int64], vectors: NDArray[Any]) -> None:
         """Append rows; ids must be validated as new and unique by the caller."""

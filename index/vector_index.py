@@ -7,9 +7,9 @@ recall. No approximate layout (HNSW, IVF) is offered: on face-like 512-d data HN
 too many mates at a useful efSearch.
 
 Search path: a namespace's segments are split into one group per search-pool thread; each
-group is scanned by FAISS (one ``search`` call per segment for the whole batch of queries),
-or, for float32 batches of ``GEMM_MIN_QUERIES`` or more, by one sgemm per segment; the
-per-group top-k lists are merged by score, ties by id.
+group is scanned by FAISS (one ``search`` call per segment for the whole batch of queries,
+which FAISS scores by sgemm from a few queries on, see :class:`IndexRegistry`);
+the per-group top-k lists are merged by score, ties by id.
 """
 
 from __future__ import annotations
@@ -46,8 +46,6 @@ BEGINNING = 0
 # Float32 rounding leaves |norm - 1| around 1e-7; anything beyond this was not normalised.
 NORM_TOLERANCE = 1e-3
 _REPLAY_BATCH = 4096
-#: Float32 batches of at least this many queries are scored with one sgemm per segment.
-GEMM_MIN_QUERIES = 8
 #: Largest ``k`` a search accepts; FAISS allocates k results per query and segment.
 MAX_K = 10_000
 
@@ -232,22 +230,12 @@ class VectorIndex:
         # A tombstone is a zero vector scoring exactly 0, so it can only take the place of a
         # live hit when scores <= 0 are wanted; only then ask FAISS for extra rows.
         include_dead = floor is None or floor <= 0
-        # FAISS picks its BLAS path with one process-wide threshold, and no setting of it is
-        # good for both cases (2 cores, 32k x 512 rows: one query 4.5 ms on the scalar path,
-        # 16-25 ms through BLAS; 16 queries 82 ms scalar, 16 ms BLAS). So batches of float32
-        # queries go to BLAS (sgemm) here and single queries to FAISS's scalar scan.
-        use_gemm = self.storage == "float32" and len(q) >= GEMM_MIN_QUERIES
 
         def scan(group: list[Segment]) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
             parts_i, parts_s = [], []
             for seg in group:
                 kk = min(k + (seg.dead if include_dead else 0), seg.size)
-                if use_gemm:
-                    all_scores = q @ seg.vectors[: seg.size].T
-                    rows = np.argpartition(-all_scores, kk - 1, axis=1)[:, :kk]
-                    scores = np.take_along_axis(all_scores, rows, axis=1)
-                else:
-                    scores, rows = seg.faiss_index.search(q, kk)
+                scores, rows = seg.search(q, kk)
                 ids = np.where(rows >= 0, seg.ids[rows], -1)
                 parts_i.append(ids)
                 parts_s.append(scores)

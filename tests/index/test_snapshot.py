@@ -261,3 +261,74 @@ def test_snapshot_files_are_private_to_namespace(registry: IndexRegistry) -> Non
     assert a.snapshot_path.parent == b.snapshot_path.parent == registry.snapshot_dir
     assert a.snapshot_path != b.snapshot_path
     _: Callable[..., object] = os.fspath
+
+
+def _vector_offset(raw: bytes) -> int:
+    (length,) = struct.unpack("<I", raw[8:12])
+    return 16 + length + 8 * int(json.loads(raw[16 : 16 + length])["count"])
+
+
+@pytest.mark.parametrize("storage", ["float32", "float16"])
+def test_vectors_start_on_a_page_boundary(tmp_path: Path, storage: str) -> None:
+    for count in (1, 3, 1000):
+        index = VectorIndex(
+            "ns",
+            dimension=D,
+            model_id=MODEL,
+            storage=storage,
+            snapshot_path=tmp_path / "s",  # type: ignore[arg-type]
+        )
+        index.add(list(range(count)), unit_vectors(np.random.default_rng(count), count, D),
+                  model_id=MODEL)  # fmt: skip
+        index.snapshot(count)
+        assert _vector_offset((tmp_path / "s").read_bytes()) % 4096 == 0
+
+
+def test_unpadded_snapshot_still_loads(populated) -> None:  # type: ignore[no-untyped-def]
+    """A snapshot whose vectors are not aligned (an older writer's) loads all the same."""
+    index, db, x = populated
+    index.snapshot(db.head)
+    path = index.snapshot_path
+    raw = path.read_bytes()
+    (length,) = struct.unpack("<I", raw[8:12])
+    head = raw[16 : 16 + length].rstrip(b" ") + b" "  # odd length: unaligned floats
+    path.write_bytes(
+        struct.pack("<8sII", MAGIC, len(head), zlib.crc32(head)) + head + raw[16 + length :]
+    )
+    loaded = fresh(index)
+    report = loaded.load_or_rebuild(db.rows_since)
+    assert (report.source, report.count) == ("snapshot", 200)
+    assert _vector_offset(path.read_bytes()) % 4 != 0
+    for probe in x[:5]:
+        np.testing.assert_array_equal(
+            loaded.search(probe, model_id=MODEL, k=20).ids,
+            index.search(probe, model_id=MODEL, k=20).ids,
+        )
+
+
+def test_loaded_snapshot_is_mapped_copy_on_write(populated) -> None:  # type: ignore[no-untyped-def]
+    """A float32 index loaded from a snapshot scans the file's pages in place: removing rows
+    never writes to the file, and writing the next snapshot over it (a rename) leaves the
+    loaded index whole."""
+    index, db, x = populated
+    index.snapshot(db.head)
+    path = index.snapshot_path
+    before = path.read_bytes()
+    loaded = fresh(index)
+    assert loaded.load_or_rebuild(db.rows_since).source == "snapshot"
+    db.remove(loaded, [1, 2, 4])
+    db.add(loaded, list(range(300, 340)), x[300:340])
+    assert path.read_bytes() == before
+    expected = sorted(set(range(300)) - set(range(0, 300, 3)) - {1, 2, 4} | set(range(300, 340)))
+    assert live_ids(loaded, x[0]) == expected
+    loaded.snapshot(db.head)  # renamed over the mapped file
+    assert path.read_bytes() != before
+    assert live_ids(loaded, x[0]) == expected
+    for probe in x[300:305]:
+        hit = loaded.search(probe, model_id=MODEL, k=1)
+        assert hit.ids[0, 0] == np.flatnonzero((x == probe).all(axis=1))[0]
+    again = fresh(index)
+    assert again.load_or_rebuild(db.rows_since).source == "snapshot"
+    assert live_ids(again, x[0]) == expected
+    assert again.compact() == 0 and loaded.compact() == 3
+    assert live_ids(loaded, x[0]) == expected
