@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -129,6 +129,10 @@ class Runtime:
     def infer(self, fn: Callable[..., T], *args: Any) -> T:
         """Run model work on the bounded inference pool (never on the event loop)."""
         return self.inference.submit(fn, *args).result()
+
+    def infer_later(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """Start model work on the inference pool; the caller does its reads meanwhile."""
+        return self.inference.submit(fn, *args)
 
     # --- per-org index ---------------------------------------------------------------------
 

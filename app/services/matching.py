@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,11 +36,30 @@ class ProbeVector:
 
 
 def probe_vector(runtime: Runtime, probe: Probe) -> ProbeVector:
+    return start_probe(runtime, probe)()
+
+
+def start_probe(runtime: Runtime, probe: Probe) -> Callable[[], ProbeVector]:
+    """Check the probe and start its capture on the inference pool; call the result to wait.
+
+    Lets a caller read what it needs from the database while the models run on another
+    core. Errors in the image surface when waiting; errors in a vector probe right away.
+    """
     if (probe.image is None) == (probe.vector is None):
         raise InvalidProbeError("send exactly one of an image or a vector as the probe")
     if probe.image is not None:
-        capture = runtime.infer(runtime.pipeline.capture, probe.image)
-        return ProbeVector(capture.embedding, "image", capture.quality.as_dict())
+        pending = runtime.infer_later(runtime.pipeline.capture, probe.image)
+
+        def wait() -> ProbeVector:
+            capture = pending.result()
+            return ProbeVector(capture.embedding, "image", capture.quality.as_dict())
+
+        return wait
+    vector = _vector_probe(runtime, probe)
+    return lambda: vector
+
+
+def _vector_probe(runtime: Runtime, probe: Probe) -> ProbeVector:
     assert probe.vector is not None
     if probe.model_id != runtime.model_id:
         raise InvalidProbeError(
@@ -67,6 +87,8 @@ def verify_probe(
     """1:1: the best cosine between the probe and the subject's active, intact embeddings."""
     org_id = principal.org_id
     check_subject_id(subject_id)
+    # The capture runs while the subject's embeddings and the org's threshold are read.
+    pending = start_probe(runtime, probe)
     with runtime.read() as conn:
         subject = conn.execute(
             sa.select(subjects.c.id, subjects.c.status).where(
@@ -91,9 +113,9 @@ def verify_probe(
     gallery = [v for row in rows if (v := runtime.intact_vector(org_id, row)) is not None]
     if not gallery:
         raise ConflictError(f"subject {subject_id!r} has no active enrollment to verify against")
-    probe_result = probe_vector(runtime, probe)
-    score = float(np.max(np.stack(gallery) @ probe_result.vector))
     threshold, source = effective_threshold(runtime, org_settings(runtime, org_id))
+    probe_result = pending()
+    score = float(np.max(np.stack(gallery) @ probe_result.vector))
     decision = _decision(score, threshold)
     with runtime.engine.begin() as conn:
         audit_id = record(
@@ -131,8 +153,9 @@ def search_probe(
     if not 1 <= top_k <= MAX_TOP_K:
         raise InvalidProbeError(f"top_k must be 1..{MAX_TOP_K}")
     org_id = principal.org_id
-    probe_result = probe_vector(runtime, probe)
+    pending = start_probe(runtime, probe)
     threshold, source = effective_threshold(runtime, org_settings(runtime, org_id))
+    probe_result = pending()
     index = runtime.org_index(org_id)
     candidates: list[dict[str, Any]] = []
     if index.count:
