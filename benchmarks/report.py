@@ -224,20 +224,36 @@ def render(data: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("path", type=Path)
-    parser.add_argument(
-        "--peers", type=Path, help="a later standalone peers run to show instead of the run's own"
-    )
+    for name in RERUNNABLE:
+        parser.add_argument(
+            f"--{name}",
+            type=Path,
+            help=f"a later standalone {name} run to show instead of the run's own",
+        )
     args = parser.parse_args()
     data = json.loads(args.path.read_text())
-    if args.peers:
-        from benchmarks.__main__ import ratios, summary
-
-        peers = json.loads(args.peers.read_text())
-        suite = data["suites"].setdefault("peers", {"status": "ok", "seconds": "-"})
-        suite.update(results=peers, ratios=ratios("peers", peers))
-        suite["baseline"] = f"(rerun alone at {peers['when'][:16]}) " + suite.get("baseline", "")
-        data["summary"] = summary(data["suites"])
+    for name in RERUNNABLE:
+        later: Path | None = getattr(args, name)
+        if later is not None:
+            replace_suite(data, name, json.loads(later.read_text()))
     print(render(data))
+
+
+#: Suites whose standalone results file (`python -m benchmarks.<name>`) can stand in for the
+#: combined run's own.
+RERUNNABLE = ("index", "peers")
+
+
+def replace_suite(data: dict[str, Any], name: str, later: dict[str, Any]) -> None:
+    from benchmarks.__main__ import ratios, summary
+
+    suite = data["suites"].setdefault(name, {"status": "ok", "seconds": "-"})
+    baseline = str(suite.get("baseline", ""))
+    if baseline.startswith("(rerun alone"):
+        baseline = baseline.split(") ", 1)[-1]
+    suite.update(results=later, ratios=ratios(name, later))
+    suite["baseline"] = f"(rerun alone at {later['when'][:16]}) {baseline}"
+    data["summary"] = summary(data["suites"])
 
 
 if __name__ == "__main__":
