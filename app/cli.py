@@ -294,16 +294,19 @@ def rotate_keys(
 
 @retention_cli.command("run")
 def run_retention() -> None:
-    """Crypto-shred every sealed frame past its org's retention (the server does it hourly)."""
+    """Crypto-shred every sealed frame past its org's retention and delete sealed frames left
+    unreferenced by a crash (the server does both hourly)."""
     from app.runtime import Runtime
-    from app.services.retention import purge_expired_frames
+    from app.services.retention import purge_expired_frames, sweep_orphaned_frames
 
     runtime = Runtime.start(_settings(), serving=False)
     try:
         purged = purge_expired_frames(runtime)
+        swept = sweep_orphaned_frames(runtime)
     finally:
         runtime.close()
     typer.echo(f"purged {sum(purged.values())} frames in {len(purged)} orgs")
+    typer.echo(f"deleted {swept} orphaned sealed frames")
 
 
 @cli.command()

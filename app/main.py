@@ -22,7 +22,7 @@ from app.api.errors import register_error_handlers
 from app.api.idempotency import release_abandoned_reservations
 from app.api.routes import matching, ops, org, subjects, watchlists
 from app.runtime import Runtime
-from app.services.retention import purge_expired_frames
+from app.services.retention import purge_expired_frames, sweep_orphaned_frames
 from app.settings import Settings
 
 log = logging.getLogger("wajah")
@@ -129,12 +129,16 @@ class BodyLimitMiddleware:
 
 
 async def _purge_periodically(runtime: Runtime) -> None:
-    """Retention: shred expired frames at start and then hourly, off the event loop."""
+    """Retention: shred expired frames and sweep orphaned ones at start and then hourly, off
+    the event loop."""
     while True:
         try:
             purged = await run_in_threadpool(purge_expired_frames, runtime)
             if purged:
                 log.info("retention: purged frames %s", purged)
+            swept = await run_in_threadpool(sweep_orphaned_frames, runtime)
+            if swept:
+                log.info("retention: deleted %d orphaned sealed frames", swept)
         except Exception:  # keep serving; the next round retries
             log.exception("retention purge failed")
         await asyncio.sleep(RETENTION_INTERVAL_S)

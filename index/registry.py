@@ -22,8 +22,6 @@ from .errors import (
 from .vector_index import VectorIndex
 
 SNAPSHOT_SUFFIX = ".widx"
-#: FAISS sends a float32 batch to BLAS when queries x dimension reaches this (see below).
-BLAS_THRESHOLD = 2048
 
 
 class IndexRegistry:
@@ -39,14 +37,9 @@ class IndexRegistry:
 
     FAISS settings are process-wide, so the registry sets them once, explicitly:
     ``threads`` search threads (default: all cores) each running FAISS with one OpenMP
-    thread, and FAISS's ``distance_compute_blas_threshold`` set to ``blas_threshold``, default
-    :data:`BLAS_THRESHOLD`. FAISS scores a batch by sgemm once queries x dimension reaches
-    it, and by one scalar pass per query below. Its own default (128,000) keeps every batch up
-    to 250 queries of 512-d on the scalar path, which costs a full pass per query. Measured on
-    2 cores, one 64 MiB segment: 512-d, the scalar scan costs 3 ms per query, sgemm 10-13 ms
-    for 1-16 queries, so sgemm wins from 4 queries; 128-d, from 6 queries. 2,048 sends 512-d
-    batches of 4 and more and 128-d batches of 16 and more to BLAS, and single queries (and
-    so a lone search) never.
+    thread. ``blas_threshold`` overrides FAISS's ``distance_compute_blas_threshold``; leave it
+    at FAISS's default, which keeps single queries on the fast scalar scan (float32 batches
+    are scored by sgemm in the index itself, see ``index._gemm``).
     """
 
     def __init__(
@@ -54,14 +47,13 @@ class IndexRegistry:
         snapshot_dir: Path | None = None,
         *,
         threads: int | None = None,
-        blas_threshold: int = BLAS_THRESHOLD,
+        blas_threshold: int | None = None,
         micro_batch: bool = True,
     ) -> None:
         self.threads = threads or os.cpu_count() or 1
         faiss.omp_set_num_threads(self.threads)
-        if blas_threshold < 1:
-            raise ValueError("blas_threshold must be >= 1")
-        faiss.cvar.distance_compute_blas_threshold = blas_threshold
+        if blas_threshold is not None:
+            faiss.cvar.distance_compute_blas_threshold = blas_threshold
         self._pool = SearchPool(self.threads)
         self._micro_batch = micro_batch
         self._lock = threading.Lock()

@@ -19,8 +19,10 @@ On-disk format, version 1 (all integers little-endian)::
     16+H    8*N   ids: int64, unique and non-negative
     ...     N*D*s vectors: row-major float32 (s=4) or IEEE float16 (s=2)
 
-The file ends exactly after the vectors, so a truncated file is caught by its size before
-anything is read, and a flipped bit by one of the two checksums. Only live rows are written;
+The header is padded with spaces so that the vectors start at a multiple of 4096 bytes
+(``VECTOR_ALIGNMENT``; readers accept any offset). The file ends exactly after the vectors,
+so a truncated file is caught by its size before anything is read, and a flipped bit by one
+of the two checksums. Only live rows are written;
 tombstones never reach disk.
 
 Writes go to a temporary file in the same directory, which is fsynced, renamed over the old
@@ -281,8 +283,9 @@ def read_snapshot(path: Path, *, namespace: str, dimension: int, model_id: str,
     memory took 3.4-3.8 s, mostly first-touch page faults; mapping about 1.2-2 s.) A removed
     row is zeroed in the private copy of its page; the file itself is never written. wajah
     only ever replaces a snapshot by renaming a new file over it, which leaves a mapped one
-    intact; a snapshot must never be rewritten in place while an index uses it. Float16
-    snapshots are read into FAISS's own buffers.
+    intact (its disk blocks stay allocated until the index is compacted or loaded again); a
+    snapshot must never be rewritten in place while an index uses it. Float16 snapshots are
+    read into FAISS's own buffers.
     """
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed by the with block below

@@ -7,9 +7,9 @@ recall. No approximate layout (HNSW, IVF) is offered: on face-like 512-d data HN
 too many mates at a useful efSearch.
 
 Search path: a namespace's segments are split into one group per search-pool thread; each
-group is scanned by FAISS (one ``search`` call per segment for the whole batch of queries,
-which FAISS scores by sgemm from a few queries on, see :class:`IndexRegistry`);
-the per-group top-k lists are merged by score, ties by id.
+group is scanned segment by segment for the whole batch of queries: by FAISS's scalar scan
+for one or two queries, by one sgemm per segment for bigger float32 batches (see
+``index._gemm``); the per-group top-k lists are merged by score, ties by id.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from ._concurrency import MicroBatcher, RWLock, SearchPool
+from ._gemm import scorer_for, use_gemm
 from ._store import Segment, Storage, Store
 from .errors import (
     DimensionMismatchError,
@@ -230,12 +231,20 @@ class VectorIndex:
         # A tombstone is a zero vector scoring exactly 0, so it can only take the place of a
         # live hit when scores <= 0 are wanted; only then ask FAISS for extra rows.
         include_dead = floor is None or floor <= 0
+        gemm = (
+            scorer_for(self.dimension)
+            if self.storage == "float32" and use_gemm(len(q), self.dimension)
+            else None
+        )
 
         def scan(group: list[Segment]) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
             parts_i, parts_s = [], []
             for seg in group:
                 kk = min(k + (seg.dead if include_dead else 0), seg.size)
-                scores, rows = seg.search(q, kk)
+                if gemm is not None:
+                    scores, rows = gemm.search(q, seg.vectors[: seg.size], kk)
+                else:
+                    scores, rows = seg.search(q, kk)
                 ids = np.where(rows >= 0, seg.ids[rows], -1)
                 parts_i.append(ids)
                 parts_s.append(scores)

@@ -79,13 +79,15 @@ def record(
     runtime: Runtime,
     principal: Principal | None,
     *,
-    org_id: str,
+    org_id: str | None,
     action: str,
     target: str,
     details: dict[str, Any],
     actor: str | None = None,
 ) -> str:
     """Append the audit row of a change or decision, in the caller's transaction.
+
+    ``org_id`` None writes to the system log, for service-wide events of no one org.
 
     The actor is the calling key, `actor` when given (e.g. a row written into another org's
     log, which must not learn the caller's key id), or "cli" for operator commands.

@@ -3,12 +3,20 @@
 Each frame row carries `purge_after` (enrollment time + the org's `retention.frames_days`).
 Purging drops the wrapped DEK (the shred) and deletes the object; embeddings stay until their
 enrollment is retired or erased, and the audit log is never purged.
+
+Sealed frames are written to the object store before the transaction that references them
+commits, and deleted after the one that shreds or erases them. A crash in between leaves an
+object no live frame row points to: unreadable (its DEK was never stored, or is gone) but
+taking space. `sweep_orphaned_frames` deletes those once they are older than any enrollment
+could take to commit.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timedelta
+from itertools import islice
 
 import sqlalchemy as sa
 
@@ -17,6 +25,10 @@ from app.services.principal import record
 from app.storage.schema import frames, utcnow
 
 BATCH = 500
+#: Sealed frames are object keys `frm_<hex>`; nothing else in the store is swept.
+FRAME_KEY_PREFIX = "frm_"
+#: An unreferenced frame younger than this may belong to an enrollment still committing.
+ORPHAN_GRACE = timedelta(hours=1)
 
 
 def purge_expired_frames(runtime: Runtime, now: datetime | None = None) -> dict[str, int]:
@@ -54,3 +66,46 @@ def purge_expired_frames(runtime: Runtime, now: datetime | None = None) -> dict[
             runtime.objects.delete(row.object_key)
         purged.update(batch)
     return dict(purged)
+
+
+def sweep_orphaned_frames(
+    runtime: Runtime, now: datetime | None = None, grace: timedelta = ORPHAN_GRACE
+) -> int:
+    """Delete sealed frames older than ``grace`` that no unpurged frame row references.
+
+    Returns how many were deleted; one audit row in the system log records the count.
+    """
+    cutoff = (now or utcnow()) - grace
+    keys = (
+        k for k in runtime.objects.keys_written_before(cutoff) if k.startswith(FRAME_KEY_PREFIX)
+    )
+    deleted = 0
+    for batch in _batches(keys, BATCH):
+        with runtime.read() as conn:
+            live = set(
+                conn.execute(
+                    sa.select(frames.c.object_key).where(
+                        frames.c.object_key.in_(batch), frames.c.purged_at.is_(None)
+                    )
+                ).scalars()
+            )
+        deleted += sum(runtime.objects.delete(k) for k in batch if k not in live)
+    if deleted:
+        with runtime.engine.begin() as conn:
+            record(
+                conn,
+                runtime,
+                None,
+                org_id=None,
+                action="retention.sweep_orphaned_frames",
+                target="object_store",
+                details={"frames": deleted, "older_than": cutoff.isoformat()},
+                actor="retention",
+            )
+    return deleted
+
+
+def _batches(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch

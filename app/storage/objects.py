@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -49,6 +51,9 @@ class ObjectStore(Protocol):
         """Remove the object; True if it existed. Idempotent, so erasure can be retried."""
 
     def exists(self, key: str) -> bool: ...
+
+    def keys_written_before(self, cutoff: datetime) -> Iterator[str]:
+        """Keys of the objects last written before ``cutoff``, in no particular order."""
 
 
 def validate_key(key: str) -> str:
@@ -104,3 +109,20 @@ class LocalObjectStore:
 
     def exists(self, key: str) -> bool:
         return self.path_for(key).is_file()
+
+    def keys_written_before(self, cutoff: datetime) -> Iterator[str]:
+        limit = cutoff.timestamp()
+        for shard in _subdirectories(self.directory):
+            for leaf in _subdirectories(shard):
+                with os.scandir(leaf) as entries:
+                    for entry in entries:
+                        # Temp files start with a dot and are never keys.
+                        if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                            continue
+                        if entry.stat(follow_symlinks=False).st_mtime < limit:
+                            yield entry.name
+
+
+def _subdirectories(directory: Path) -> list[Path]:
+    with os.scandir(directory) as entries:
+        return sorted(Path(e.path) for e in entries if e.is_dir(follow_symlinks=False))

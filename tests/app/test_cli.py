@@ -127,3 +127,80 @@ def test_retention_purges_expired_frames_only(env: dict[str, str], single_face_p
         runtime.close()
     result = runner.invoke(cli, ["retention", "run"], env=env)
     assert result.exit_code == 0 and "purged 0 frames" in result.stdout
+
+
+def test_retention_sweeps_sealed_frames_no_row_references(
+    env: dict[str, str], single_face_path: Path
+) -> None:
+    """A kill between sealing a frame and committing its enrollment (or between shredding a
+    frame and deleting its object) leaves an unreferenced object; the sweep deletes it once
+    it is older than any enrollment could take to commit, and nothing else."""
+    import os
+    from datetime import timedelta
+
+    import sqlalchemy as sa
+
+    from app.crypto import Purpose
+    from app.services.retention import (
+        ORPHAN_GRACE,
+        purge_expired_frames,
+        sweep_orphaned_frames,
+    )
+    from app.storage.ids import new_id
+    from app.storage.schema import audit_log, frames, utcnow
+
+    runner = CliRunner()
+    created = runner.invoke(cli, ["orgs", "create", "A"], env=env)
+    org_id = created.stdout.split("org_id=")[1].split()[0]
+    runtime = Runtime.start(Settings(**{k[6:].lower(): v for k, v in env.items()}), serving=False)
+    stale = (utcnow() - ORPHAN_GRACE - timedelta(minutes=5)).timestamp()
+
+    def put_frame(key: str) -> None:
+        _, payload = runtime.cipher.seal_detached(
+            b"frame", org_id=org_id, object_id=key, purpose=Purpose.FRAME
+        )
+        runtime.objects.put(key, payload)
+
+    try:
+        principal = Principal(org_id, "t", frozenset({Scope.ADMIN}))
+        image = single_face_path.read_bytes()
+        enroll_subject(runtime, principal, "kept", [image])
+        enroll_subject(runtime, principal, "shredded", [image])
+        with runtime.engine.begin() as conn:
+            kept, shredded = conn.execute(
+                sa.select(frames.c.id, frames.c.object_key).order_by(frames.c.created_at)
+            ).all()
+            conn.execute(
+                sa.update(frames)
+                .where(frames.c.id == shredded.id)
+                .values(purge_after=utcnow() - timedelta(days=1))
+            )
+        assert purge_expired_frames(runtime) == {org_id: 1}
+        put_frame(shredded.object_key)  # the delete after the shred never happened
+        crashed, young = new_id("frm"), new_id("frm")
+        put_frame(crashed)  # sealed, then killed before the enrollment committed
+        put_frame(young)  # an enrollment that may still be committing
+        runtime.objects.put("not_a_frame", b"x")
+        for key in (kept.object_key, shredded.object_key, crashed, "not_a_frame"):
+            os.utime(runtime.objects.path_for(key), (stale, stale))
+
+        assert sweep_orphaned_frames(runtime) == 2
+        assert not runtime.objects.exists(crashed)
+        assert not runtime.objects.exists(shredded.object_key)
+        for key in (kept.object_key, young, "not_a_frame"):
+            assert runtime.objects.exists(key)
+        assert sweep_orphaned_frames(runtime) == 0
+        with runtime.read() as conn:
+            actions = (
+                conn.execute(sa.select(audit_log.c.action).where(audit_log.c.org_id.is_(None)))
+                .scalars()
+                .all()
+            )
+        assert actions.count("retention.sweep_orphaned_frames") == 1
+        os.utime(runtime.objects.path_for(young), (stale, stale))
+    finally:
+        runtime.close()
+    result = runner.invoke(cli, ["retention", "run"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "deleted 1 orphaned sealed frames" in result.stdout
+    assert runner.invoke(cli, ["audit", "verify"], env=env).exit_code == 0

@@ -106,3 +106,34 @@ def test_micro_batcher_coalesces_and_propagates_errors() -> None:
         assert str(exc) == "bad item"
     else:
         raise AssertionError("error not propagated")
+
+
+def test_micro_batcher_waits_briefly_for_the_rest_of_a_batch() -> None:
+    """After a batch of two, a lone leader waits (a tenth of that batch's run time) for a
+    second caller instead of scanning alone."""
+    sizes: list[int] = []
+    gate = threading.Event()
+
+    def run(items: list[int]) -> list[int]:
+        sizes.append(len(items))
+        if len(sizes) == 1:
+            gate.wait(5)  # the first caller's batch holds the others back
+        elif len(items) == 2:
+            threading.Event().wait(1.0)  # a slow batch: the next leader may wait ~100 ms
+        return items
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(run, max_batch=8, max_linger_s=10.0)
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(batcher.submit, 0)
+        while not sizes:
+            threading.Event().wait(0.001)
+        pair = [pool.submit(batcher.submit, i) for i in (1, 2)]
+        threading.Event().wait(0.1)  # both queue behind the first batch
+        gate.set()
+        assert [first.result(), *(f.result() for f in pair)] == [0, 1, 2]
+        assert sizes == [1, 2]
+        lone = pool.submit(batcher.submit, 3)
+        threading.Event().wait(0.02)
+        late = pool.submit(batcher.submit, 4)
+        assert (lone.result(), late.result()) == (3, 4)
+    assert sizes == [1, 2, 2]

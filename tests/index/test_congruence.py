@@ -19,11 +19,11 @@ def hits(result: SearchResult) -> list[list[tuple[int, float]]]:
 
 @pytest.mark.parametrize("storage", ["float32", "float16"])
 @pytest.mark.parametrize("min_score", [None, -1.0, 0.0, 0.15])
+@pytest.mark.parametrize("d", [32, 128])  # 25 queries of 128-d are scored by sgemm
 def test_add_remove_search_reload_matches_brute_force(
-    registry: IndexRegistry, storage: str, min_score: float | None
+    registry: IndexRegistry, storage: str, min_score: float | None, d: int
 ) -> None:
     rng = np.random.default_rng(1234)
-    d = 32
     index = registry.get_or_create("org-a", dimension=d, model_id=MODEL, storage=storage)  # type: ignore[arg-type]
     ref = BruteForce(storage)
     # 9000 rows span several growing segments (1024, 2048, 4096, ...).
@@ -64,17 +64,23 @@ def test_add_remove_search_reload_matches_brute_force(
         assert gone_id not in reloaded
 
 
-def test_single_and_batched_queries_agree(registry: IndexRegistry) -> None:
+@pytest.mark.parametrize("d", [16, 512])  # 12 queries of 512-d are scored by sgemm
+def test_single_and_batched_queries_agree(registry: IndexRegistry, d: int) -> None:
+    from index._gemm import use_gemm
+
+    assert use_gemm(12, d) == (d == 512) and not use_gemm(1, d)
     rng = np.random.default_rng(7)
-    index = registry.get_or_create("org-b", dimension=16, model_id=MODEL)
-    x = unit_vectors(rng, 3000, 16)
+    index = registry.get_or_create("org-b", dimension=d, model_id=MODEL)
+    x = unit_vectors(rng, 3000, d)
     index.add(np.arange(3000), x, model_id=MODEL)
-    q = unit_vectors(rng, 12, 16)
-    batch = index.search(q, model_id=MODEL, k=5)
-    for i in range(12):
-        one = index.search(q[i], model_id=MODEL, k=5)
-        np.testing.assert_array_equal(one.ids[0], batch.ids[i])
-        np.testing.assert_allclose(one.scores[0], batch.scores[i], atol=1e-6)
+    index.remove(np.arange(0, 3000, 7))
+    q = np.vstack([x[1:4], unit_vectors(rng, 9, d)])
+    for min_score in (None, 0.0, 0.1):
+        batch = index.search(q, model_id=MODEL, k=5, min_score=min_score)
+        for i in range(12):
+            one = index.search(q[i], model_id=MODEL, k=5, min_score=min_score)
+            np.testing.assert_array_equal(one.ids[0], batch.ids[i])
+            np.testing.assert_allclose(one.scores[0], batch.scores[i], atol=1e-6)
 
 
 def test_k_larger_than_count_pads(registry: IndexRegistry) -> None:

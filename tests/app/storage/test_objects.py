@@ -80,3 +80,21 @@ def test_overwrite_is_atomic_and_a_failed_write_keeps_the_old_object(
     monkeypatch.undo()
     assert store.get("frm_1") == b"new"
     assert [Path(f).name for f in _all_files(tmp_path / "objects")] == ["frm_1"]
+
+
+def test_keys_written_before_a_moment(store: LocalObjectStore) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    for key in ("frm_old", "frm_new", "other_old"):
+        store.put(key, b"x")
+    stale = (datetime.now(UTC) - timedelta(hours=2)).timestamp()
+    for key in ("frm_old", "other_old"):
+        os.utime(store.path_for(key), (stale, stale))
+    # A temp file left by a crashed write is never reported as a key.
+    (store.path_for("frm_old").parent / ".frm_old.tmp").write_bytes(b"partial")
+    cutoff = datetime.now(UTC) - timedelta(hours=1)
+    assert sorted(store.keys_written_before(cutoff)) == ["frm_old", "other_old"]
+    assert sorted(store.keys_written_before(datetime.now(UTC) + timedelta(seconds=5))) == [
+        "frm_new", "frm_old", "other_old",
+    ]  # fmt: skip
+    assert list(LocalObjectStore(store.directory / "empty").keys_written_before(cutoff)) == []
