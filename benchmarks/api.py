@@ -112,7 +112,9 @@ def fill_gallery(settings: Any, size: int) -> tuple[str, str, dict[str, float]]:
 class Server:
     """uvicorn with `create_app` as factory; settings come from the `WAJAH_*` environment."""
 
-    def __init__(self, env: dict[str, str], port: int, log_path: Path) -> None:
+    def __init__(
+        self, env: dict[str, str], port: int, log_path: Path, app: str = "app.main:create_app"
+    ) -> None:
         self.base_url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
         with log_path.open("wb") as log:
@@ -122,7 +124,7 @@ class Server:
                     "-m",
                     "uvicorn",
                     "--factory",
-                    "app.main:create_app",
+                    app,
                     "--host",
                     "127.0.0.1",
                     "--port",
