@@ -4,21 +4,44 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
+import pytest
 
 from index import IndexRegistry
 from index._concurrency import MicroBatcher
+from index._gemm import GemmScorer
 
 from .conftest import MODEL, unit_vectors
 
 
-def test_searches_stay_correct_while_writer_and_snapshot_run(registry: IndexRegistry) -> None:
+@pytest.mark.parametrize(
+    ("d", "loaded"),
+    # 512-d: concurrent single searches coalesce into batches scored by sgemm. Loaded: the
+    # stable rows live in a mapped snapshot, which removes and compaction then act on.
+    [(32, False), (512, False), (512, True)],
+)
+def test_searches_stay_correct_while_writer_and_snapshot_run(
+    registry: IndexRegistry, d: int, loaded: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batches: list[int] = []
+    scored = GemmScorer.search
+
+    def counted(self: GemmScorer, queries: Any, rows: Any, k: int) -> Any:
+        batches.append(len(queries))
+        return scored(self, queries, rows, k)
+
+    monkeypatch.setattr(GemmScorer, "search", counted)
     rng = np.random.default_rng(21)
-    d = 32
     index = registry.get_or_create("org", dimension=d, model_id=MODEL)
     stable = unit_vectors(rng, 2000, d)
     index.add(np.arange(2000), stable, model_id=MODEL)
+    if loaded:
+        index.snapshot(0)
+        assert index.load_or_rebuild(lambda position: []).source == "snapshot"
+        index.remove([0])
+        index.add([0], stable[:1], model_id=MODEL)  # row 0 now lives outside the mapping
     churn = unit_vectors(rng, 3000, d)
     stop = threading.Event()
     errors: list[str] = []
@@ -51,6 +74,9 @@ def test_searches_stay_correct_while_writer_and_snapshot_run(registry: IndexRegi
         pool.submit(writer).result()
         searched = sum(f.result() for f in futures)
     assert errors == []
+    top = index.search(stable[:8], model_id=MODEL, k=1)
+    np.testing.assert_array_equal(top.ids[:, 0], np.arange(8))
+    assert bool(batches) == (d == 512)  # 8 queries of 512-d go to sgemm, of 32-d never
     assert searched >= 140
     assert index.count == 2000 + 1500
     assert index.tombstones == 9 * 50  # compacted at start=2000, then 9 batches of 50
