@@ -39,6 +39,7 @@ import mmap
 import os
 import struct
 import sys
+import threading
 import zlib
 from collections import deque
 from collections.abc import Iterator
@@ -326,17 +327,18 @@ def _map_rows(
     ids = np.frombuffer(mapping, np.int64, count, offset=start).copy()
     capacities = [store.max_segment_rows] * -(-count // store.max_segment_rows)
     rows = helpers.submit(_row_map, ids, capacities)
-    payload = memoryview(mapping)[start:]
+    # Page faults are the slow part of reading a mapping, and a fault inside zlib's loop
+    # stalls the checksum; a helper runs ahead touching the pages (1M x 512 cold, four
+    # alternating runs: 1.2-1.3 s with it, 2.1-2.7 s without).
+    checked = threading.Event()
+    helpers.submit(_touch, mapping, start, checked)
+    crc = 0
     try:
-        # Page faults are the slow part of reading a mapping, and a fault inside zlib's loop
-        # stalls the checksum; a helper runs ahead touching the pages (adler32 is the
-        # cheapest full read that releases the GIL).
-        helpers.submit(_touch, payload)
-        crc = 0
-        for offset in range(0, len(payload), _CHUNK_BYTES):
-            crc = zlib.crc32(payload[offset : offset + _CHUNK_BYTES], crc)
+        with memoryview(mapping) as view:
+            for offset in range(start, len(view), _CHUNK_BYTES):
+                crc = zlib.crc32(view[offset : offset + _CHUNK_BYTES], crc)
     finally:
-        payload.release()
+        checked.set()
     row_map = rows.result()
     if crc != header.payload_crc32:
         raise SnapshotError("snapshot payload checksum mismatch")
@@ -348,9 +350,16 @@ def _map_rows(
     return ids, row_map
 
 
-def _touch(data: memoryview) -> None:
-    for offset in range(0, len(data), _CHUNK_BYTES):
-        zlib.adler32(data[offset : offset + _CHUNK_BYTES])
+def _touch(mapping: mmap.mmap, start: int, stop: threading.Event) -> None:
+    """Read every page from ``start`` on, ahead of the checksum, until ``stop`` is set.
+
+    adler32 is the cheapest full read of a buffer that releases the GIL.
+    """
+    with memoryview(mapping) as view:
+        for offset in range(start, len(view), _CHUNK_BYTES):
+            if stop.is_set():
+                return
+            zlib.adler32(view[offset : offset + _CHUNK_BYTES])
 
 
 def _read_rows(
