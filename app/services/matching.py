@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +15,7 @@ from app.services.orgs import effective_threshold, org_settings
 from app.services.principal import Principal, record
 from app.services.subjects import check_subject_id, subject_ids_for_vectors
 from app.storage.schema import enrollments, subjects
+from models.pipeline import FaceCapture
 
 MAX_TOP_K = 100
 
@@ -36,27 +37,45 @@ class ProbeVector:
 
 
 def probe_vector(runtime: Runtime, probe: Probe) -> ProbeVector:
-    return start_probe(runtime, probe)()
+    return start_probe(runtime, probe).wait()
 
 
-def start_probe(runtime: Runtime, probe: Probe) -> Callable[[], ProbeVector]:
-    """Check the probe and start its capture on the inference pool; call the result to wait.
+class PendingProbe:
+    """A probe whose capture may still be running on the inference pool."""
 
-    Lets a caller read what it needs from the database while the models run on another
-    core. Errors in the image surface when waiting; errors in a vector probe right away.
+    def __init__(
+        self, capture: Future[FaceCapture] | None = None, vector: ProbeVector | None = None
+    ) -> None:
+        self._capture = capture
+        self._vector = vector
+
+    def wait(self) -> ProbeVector:
+        if self._capture is None:
+            assert self._vector is not None
+            return self._vector
+        capture = self._capture.result()
+        return ProbeVector(capture.embedding, "image", capture.quality.as_dict())
+
+    def cancel(self) -> None:
+        """Drop the capture if it has not started: a request that fails early must not leave
+        work queued behind it (each request otherwise waits for its own capture, which is
+        what bounds the queue)."""
+        if self._capture is not None:
+            self._capture.cancel()
+
+
+def start_probe(runtime: Runtime, probe: Probe) -> PendingProbe:
+    """Check the probe and start its capture on the inference pool.
+
+    Lets a caller read what it needs from the database while the models run on another core;
+    the caller must `wait()` for it or `cancel()` it. Errors in the image surface when
+    waiting; errors in a vector probe right away.
     """
     if (probe.image is None) == (probe.vector is None):
         raise InvalidProbeError("send exactly one of an image or a vector as the probe")
     if probe.image is not None:
-        pending = runtime.infer_later(runtime.pipeline.capture, probe.image)
-
-        def wait() -> ProbeVector:
-            capture = pending.result()
-            return ProbeVector(capture.embedding, "image", capture.quality.as_dict())
-
-        return wait
-    vector = _vector_probe(runtime, probe)
-    return lambda: vector
+        return PendingProbe(capture=runtime.infer_later(runtime.pipeline.capture, probe.image))
+    return PendingProbe(vector=_vector_probe(runtime, probe))
 
 
 def _vector_probe(runtime: Runtime, probe: Probe) -> ProbeVector:
@@ -89,32 +108,12 @@ def verify_probe(
     check_subject_id(subject_id)
     # The capture runs while the subject's embeddings and the org's threshold are read.
     pending = start_probe(runtime, probe)
-    with runtime.read() as conn:
-        subject = conn.execute(
-            sa.select(subjects.c.id, subjects.c.status).where(
-                subjects.c.org_id == org_id, subjects.c.subject_id == subject_id
-            )
-        ).first()
-        if subject is None or subject.status != "active":
-            raise SubjectNotFoundError(f"no subject {subject_id!r}")
-        rows = conn.execute(
-            sa.select(
-                enrollments.c.id,
-                enrollments.c.vector,
-                enrollments.c.hashed_ref,
-                enrollments.c.model_id,
-            ).where(
-                enrollments.c.org_id == org_id,
-                enrollments.c.subject_pk == subject.id,
-                enrollments.c.status == "active",
-                enrollments.c.model_id == runtime.model_id,
-            )
-        ).all()
-    gallery = [v for row in rows if (v := runtime.intact_vector(org_id, row)) is not None]
-    if not gallery:
-        raise ConflictError(f"subject {subject_id!r} has no active enrollment to verify against")
-    threshold, source = effective_threshold(runtime, org_settings(runtime, org_id))
-    probe_result = pending()
+    try:
+        gallery, threshold, source = _verify_inputs(runtime, org_id, subject_id)
+    except BaseException:
+        pending.cancel()
+        raise
+    probe_result = pending.wait()
     score = float(np.max(np.stack(gallery) @ probe_result.vector))
     decision = _decision(score, threshold)
     with runtime.engine.begin() as conn:
@@ -146,6 +145,38 @@ def verify_probe(
     }
 
 
+def _verify_inputs(
+    runtime: Runtime, org_id: str, subject_id: str
+) -> tuple[list[np.ndarray], float, str]:
+    """The subject's active, intact embeddings and the org's threshold (and its source)."""
+    with runtime.read() as conn:
+        subject = conn.execute(
+            sa.select(subjects.c.id, subjects.c.status).where(
+                subjects.c.org_id == org_id, subjects.c.subject_id == subject_id
+            )
+        ).first()
+        if subject is None or subject.status != "active":
+            raise SubjectNotFoundError(f"no subject {subject_id!r}")
+        rows = conn.execute(
+            sa.select(
+                enrollments.c.id,
+                enrollments.c.vector,
+                enrollments.c.hashed_ref,
+                enrollments.c.model_id,
+            ).where(
+                enrollments.c.org_id == org_id,
+                enrollments.c.subject_pk == subject.id,
+                enrollments.c.status == "active",
+                enrollments.c.model_id == runtime.model_id,
+            )
+        ).all()
+    gallery = [v for row in rows if (v := runtime.intact_vector(org_id, row)) is not None]
+    if not gallery:
+        raise ConflictError(f"subject {subject_id!r} has no active enrollment to verify against")
+    threshold, source = effective_threshold(runtime, org_settings(runtime, org_id))
+    return gallery, threshold, source
+
+
 def search_probe(
     runtime: Runtime, principal: Principal, probe: Probe, top_k: int = 5
 ) -> dict[str, Any]:
@@ -154,8 +185,12 @@ def search_probe(
         raise InvalidProbeError(f"top_k must be 1..{MAX_TOP_K}")
     org_id = principal.org_id
     pending = start_probe(runtime, probe)
-    threshold, source = effective_threshold(runtime, org_settings(runtime, org_id))
-    probe_result = pending()
+    try:
+        threshold, source = effective_threshold(runtime, org_settings(runtime, org_id))
+    except BaseException:
+        pending.cancel()
+        raise
+    probe_result = pending.wait()
     index = runtime.org_index(org_id)
     candidates: list[dict[str, Any]] = []
     if index.count:

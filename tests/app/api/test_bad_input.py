@@ -633,3 +633,45 @@ def test_schemathesis_finds_no_server_error(client: TestClient, org: Org) -> Non
     assert server_errors == []
     paths = client.app.openapi()["paths"]
     assert fuzzed == {f"{m.upper()} {p}" for p, item in paths.items() for m in item}
+
+
+def test_a_verify_that_fails_early_leaves_no_capture_queued(
+    client: TestClient,
+    runtime: Runtime,
+    new_org: Callable[[], Org],
+    face_images: dict[str, bytes],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """verify starts the probe's capture before it looks the subject up; when the lookup
+    fails, the queued capture is dropped, so failing requests cannot pile work up behind
+    them on the inference pool."""
+    import threading
+
+    org = new_org()
+    captured: list[bytes] = []
+    real_capture = runtime.pipeline.capture
+
+    def counting_capture(data: bytes) -> Any:
+        captured.append(data)
+        return real_capture(data)
+
+    monkeypatch.setattr(runtime.pipeline, "capture", counting_capture)
+    release = threading.Event()
+    workers = runtime.inference._max_workers
+    blockers = [runtime.inference.submit(release.wait, 30) for _ in range(workers)]
+    try:
+        body = {"subject_id": "nobody", "probe": {"image": b64(face_images["person0"])}}
+        response = client.post("/v1/verify", json=body, headers=org.admin)
+        assert response.status_code == 404 and error_code(response) == "subject_not_found"
+    finally:
+        release.set()
+    for blocker in blockers:
+        blocker.result()
+    runtime.inference.submit(lambda: None).result()  # the queue has drained
+    assert captured == []
+    # The same request for an enrolled subject does run its capture.
+    enroll(client, org.admin, "somebody", face_images["person0"])
+    captured.clear()
+    body = {"subject_id": "somebody", "probe": {"image": b64(face_images["person0"])}}
+    assert client.post("/v1/verify", json=body, headers=org.admin).status_code == 200
+    assert len(captured) == 1
