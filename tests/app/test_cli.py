@@ -91,6 +91,19 @@ def test_keys_rotate_rewraps_every_frame(env: dict[str, str], single_face_path: 
     assert unknown.exit_code == 1
 
 
+def _org_with_subjects(
+    runner: CliRunner, env: dict[str, str], face: Path, *subject_ids: str
+) -> tuple[str, Runtime]:
+    """An org made by `wajah orgs create`, a runtime on its home, one enrollment per subject."""
+    created = runner.invoke(cli, ["orgs", "create", "A"], env=env)
+    org_id = created.stdout.split("org_id=")[1].split()[0]
+    runtime = Runtime.start(Settings(**{k[6:].lower(): v for k, v in env.items()}), serving=False)
+    principal = Principal(org_id, "t", frozenset({Scope.ADMIN}))
+    for subject_id in subject_ids:
+        enroll_subject(runtime, principal, subject_id, [face.read_bytes()])
+    return org_id, runtime
+
+
 def test_retention_purges_expired_frames_only(env: dict[str, str], single_face_path: Path) -> None:
     from datetime import timedelta
 
@@ -100,14 +113,8 @@ def test_retention_purges_expired_frames_only(env: dict[str, str], single_face_p
     from app.storage.schema import frames, utcnow
 
     runner = CliRunner()
-    created = runner.invoke(cli, ["orgs", "create", "A"], env=env)
-    org_id = created.stdout.split("org_id=")[1].split()[0]
-    runtime = Runtime.start(Settings(**{k[6:].lower(): v for k, v in env.items()}), serving=False)
+    org_id, runtime = _org_with_subjects(runner, env, single_face_path, "old", "new")
     try:
-        principal = Principal(org_id, "t", frozenset({Scope.ADMIN}))
-        image = single_face_path.read_bytes()
-        enroll_subject(runtime, principal, "old", [image])
-        enroll_subject(runtime, principal, "new", [image])
         with runtime.engine.begin() as conn:
             keys = conn.execute(sa.select(frames.c.id, frames.c.object_key)).all()
             conn.execute(
@@ -150,9 +157,7 @@ def test_retention_sweeps_sealed_frames_no_row_references(
     from app.storage.schema import audit_log, frames, utcnow
 
     runner = CliRunner()
-    created = runner.invoke(cli, ["orgs", "create", "A"], env=env)
-    org_id = created.stdout.split("org_id=")[1].split()[0]
-    runtime = Runtime.start(Settings(**{k[6:].lower(): v for k, v in env.items()}), serving=False)
+    org_id, runtime = _org_with_subjects(runner, env, single_face_path, "kept", "shredded")
     stale = (utcnow() - ORPHAN_GRACE - timedelta(minutes=5)).timestamp()
 
     def put_frame(key: str) -> None:
@@ -162,10 +167,6 @@ def test_retention_sweeps_sealed_frames_no_row_references(
         runtime.objects.put(key, payload)
 
     try:
-        principal = Principal(org_id, "t", frozenset({Scope.ADMIN}))
-        image = single_face_path.read_bytes()
-        enroll_subject(runtime, principal, "kept", [image])
-        enroll_subject(runtime, principal, "shredded", [image])
         with runtime.engine.begin() as conn:
             kept, shredded = conn.execute(
                 sa.select(frames.c.id, frames.c.object_key).order_by(frames.c.created_at)
