@@ -109,6 +109,20 @@ def fill_gallery(settings: Any, size: int) -> tuple[str, str, dict[str, float]]:
     )
 
 
+def server_env(
+    home: Path, root_key: str, models_dir: Path, workers: int = 2, threads: int = 1
+) -> dict[str, str]:
+    """This process's environment plus the `WAJAH_*` settings a benchmark server runs with."""
+    return {
+        **os.environ,
+        "WAJAH_HOME": str(home),
+        "WAJAH_ROOT_KEY": root_key,
+        "WAJAH_MODEL_CACHE_DIR": str(models_dir),
+        "WAJAH_INFERENCE_WORKERS": str(workers),
+        "WAJAH_INFERENCE_THREADS": str(threads),
+    }
+
+
 class Server:
     """uvicorn with `create_app` as factory; settings come from the `WAJAH_*` environment."""
 
@@ -238,14 +252,7 @@ def main() -> None:
     models_dir = work / "models"
     pack = prepare_default_pack(models_dir)
     root_key = base64.b64encode(os.urandom(32)).decode()
-    env = {
-        **os.environ,
-        "WAJAH_HOME": str(work / "home"),
-        "WAJAH_ROOT_KEY": root_key,
-        "WAJAH_MODEL_CACHE_DIR": str(models_dir),
-        "WAJAH_INFERENCE_WORKERS": str(args.workers),
-        "WAJAH_INFERENCE_THREADS": str(args.threads),
-    }
+    env = server_env(work / "home", root_key, models_dir, args.workers, args.threads)
     settings = Settings(
         home=work / "home",
         root_key=root_key,  # type: ignore[arg-type]

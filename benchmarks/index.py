@@ -107,6 +107,18 @@ class PeakRss:
         self.peak = max(self.peak, self.proc.memory_info().rss - self.base)
 
 
+def bandwidth_limits(n: int, d: int, bandwidth: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Milliseconds one query needs to read n x d vectors at the measured read bandwidth."""
+    out = {}
+    for storage, itemsize in (("float32", 4), ("float16", 2)):
+        scanned = n * d * itemsize
+        out[f"bandwidth_limit_ms_{storage}"] = {
+            "one_core": round(scanned / (bandwidth["one_core_gb_s"] * 1e9) * 1000, 3),
+            "all_cores": round(scanned / (bandwidth["all_cores_gb_s"] * 1e9) * 1000, 3),
+        }
+    return out
+
+
 def latencies(fn: Callable[[int], object], samples: int, warmup: int = 3) -> list[float]:
     for i in range(warmup):
         fn(i)
@@ -253,12 +265,7 @@ def bench_one(
         top[np.argsort(-scores[top])]
 
     out["numpy_brute_force"] = stats(latencies(numpy_search, max(10, q_samples // 3)))
-    for storage, itemsize in (("float32", 4), ("float16", 2)):
-        scanned = n * d * itemsize
-        out[f"bandwidth_limit_ms_{storage}"] = {
-            "one_core": round(scanned / (bandwidth["one_core_gb_s"] * 1e9) * 1000, 3),
-            "all_cores": round(scanned / (bandwidth["all_cores_gb_s"] * 1e9) * 1000, 3),
-        }
+    out.update(bandwidth_limits(n, d, bandwidth))
     return out
 
 

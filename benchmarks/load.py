@@ -50,7 +50,7 @@ from typing import Any
 import httpx
 import psutil
 
-from benchmarks.api import Server, free_port
+from benchmarks.api import Server, free_port, server_env
 from benchmarks.common import percentile, print_table, write_results
 from benchmarks.faces import measure_scores
 from benchmarks.gallery import SynthesisParams, check, gallery_chunks, insert_gallery
@@ -389,14 +389,7 @@ def main() -> None:
     pack = prepare_default_pack(models_dir)
     root_key = base64.b64encode(os.urandom(32)).decode()
     settings = settings_for(work, models_dir, root_key, args.workers, args.threads)
-    env = {
-        **os.environ,
-        "WAJAH_HOME": str(work / "home"),
-        "WAJAH_ROOT_KEY": root_key,
-        "WAJAH_MODEL_CACHE_DIR": str(models_dir),
-        "WAJAH_INFERENCE_WORKERS": str(args.workers),
-        "WAJAH_INFERENCE_THREADS": str(args.threads),
-    }
+    env = server_env(work / "home", root_key, models_dir, args.workers, args.threads)
     print(f"setting up an org and a watchlist of {watchlist_size} entries ...", flush=True)
     setup = setup_org(settings, WATCHLIST_SEED, watchlist_size)
     params: SynthesisParams = setup["params"]

