@@ -76,7 +76,11 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> NDArray[np.u
                     f"the image is {width}×{height} pixels; the limit is {limits.max_pixels}"
                 )
             image.load()
-            rgb = (ImageOps.exif_transpose(image) or image).convert("RGB")
+            upright = ImageOps.exif_transpose(image) or image
+            rgb = upright if upright.mode == "RGB" else upright.convert("RGB")
+            # One pass from Pillow's buffer to BGR bytes: half the cost of an RGB array
+            # followed by a channel-reversing copy. The array is read-only (it views the bytes).
+            bgr = rgb.tobytes("raw", "BGR")
     except (ImageDimensionsError, CorruptImageError):
         raise
     except Image.DecompressionBombError as exc:  # Pillow's own header check fired first
@@ -85,8 +89,7 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> NDArray[np.u
         ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise CorruptImageError(f"the {kind.upper()} data does not decode: {exc}") from exc
-    array = np.asarray(rgb, dtype=np.uint8)
-    return np.ascontiguousarray(array[:, :, ::-1])
+    return np.frombuffer(bgr, dtype=np.uint8).reshape(rgb.height, rgb.width, 3)
 
 
 def encode_jpeg(image_bgr: NDArray[np.uint8], quality: int = 90) -> bytes:

@@ -53,6 +53,14 @@ def test_decodes_jpeg_to_bgr(group_photo_path: Path) -> None:
     assert image.dtype == np.uint8
 
 
+def test_pixels_are_pillows_rgb_reversed(group_photo_path: Path) -> None:
+    data = group_photo_path.read_bytes()
+    expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))[:, :, ::-1]
+    decoded = decode_image(data)
+    assert decoded.flags.c_contiguous
+    np.testing.assert_array_equal(decoded, expected)
+
+
 def test_channel_order_is_bgr() -> None:
     red = Image.new("RGB", (8, 8), (255, 0, 0))
     image = decode_image(_encode(red, "PNG"))
