@@ -152,6 +152,22 @@ def max_body_bytes(settings: Settings) -> int:
     return settings.max_frames_per_request * settings.max_image_bytes * 4 // 3 + 64 * 1024
 
 
+class InFlightMiddleware:
+    """Count requests in flight for the inference pool, which runs a capture on every core
+    only while its request is the only one (see `app.inference`)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        runtime = scope["app"].state.runtime if scope["type"] == "http" else None
+        if runtime is None:
+            await self.app(scope, receive, send)
+            return
+        with runtime.inference.request():
+            await self.app(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
     """The application. Pass `runtime` to share an already-started one (tests, tools)."""
     settings = settings or Settings()
@@ -191,6 +207,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     for module in (subjects, matching, watchlists, org, ops):
         app.include_router(module.router)
     # Added last = outermost: the request id exists before the body limit can refuse.
+    app.add_middleware(InFlightMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes(settings))
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 from sqlalchemy.engine import Engine
 
 from app.crypto import EnvelopeCipher, KeyManager, ReferenceHasher, build_kms
+from app.inference import InferencePool, usable_cores
 from app.settings import Settings
 from app.storage import LocalObjectStore, create_engine_for, read_only, repo, upgrade_database
 from app.storage.audit import SYSTEM_CHAIN
@@ -69,7 +70,7 @@ class Runtime:
     objects: LocalObjectStore
     pipeline: FacePipeline
     indexes: IndexRegistry
-    inference: ThreadPoolExecutor
+    inference: InferencePool
     health: IndexHealth = field(default_factory=IndexHealth)
     ready: bool = False
     serving: bool = True
@@ -87,11 +88,16 @@ class Runtime:
         if not kms.has_org(SYSTEM_CHAIN):
             kms.create_org(SYSTEM_CHAIN)
         pack = resolve_pack(settings.model_pack, settings.models_dir, settings.model_dir)
+        policy = quality_policy(settings)
+        limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
         pipeline = FacePipeline.load(
-            pack,
-            threads=settings.inference_threads,
-            policy=quality_policy(settings),
-            limits=ImageLimits(settings.max_image_bytes, settings.max_image_pixels),
+            pack, threads=settings.inference_threads, policy=policy, limits=limits
+        )
+        solo_threads = settings.solo_inference_threads or usable_cores()
+        solo = (
+            FacePipeline.load(pack, threads=solo_threads, policy=policy, limits=limits)
+            if solo_threads > settings.inference_threads
+            else None
         )
         settings.resolved_index_dir.mkdir(parents=True, exist_ok=True)
         runtime = cls(
@@ -105,9 +111,7 @@ class Runtime:
             indexes=IndexRegistry(
                 settings.resolved_index_dir if serving else None, threads=settings.faiss_threads
             ),
-            inference=ThreadPoolExecutor(
-                settings.inference_workers, thread_name_prefix="wajah-inference"
-            ),
+            inference=InferencePool(pipeline, solo, settings.inference_workers),
         )
         runtime.serving = serving
         if serving:
@@ -126,13 +130,13 @@ class Runtime:
 
     # --- inference -------------------------------------------------------------------------
 
-    def infer(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run model work on the bounded inference pool (never on the event loop)."""
-        return self.inference.submit(fn, *args).result()
+    def infer(self, work: Callable[[FacePipeline], T]) -> T:
+        """Run `work(pipeline)` on the bounded inference pool (never on the event loop)."""
+        return self.inference.run(work)
 
-    def infer_later(self, fn: Callable[..., T], *args: Any) -> Future[T]:
-        """Start model work on the inference pool; the caller does its reads meanwhile."""
-        return self.inference.submit(fn, *args)
+    def infer_later(self, work: Callable[[FacePipeline], T]) -> Future[T]:
+        """Start `work(pipeline)` on the inference pool; the caller does its reads meanwhile."""
+        return self.inference.submit(work)
 
     # --- per-org index ---------------------------------------------------------------------
 
@@ -263,7 +267,7 @@ class Runtime:
             if self.serving:
                 self.snapshot_indexes()
         finally:
-            self.inference.shutdown(wait=True)
+            self.inference.shutdown()
             self.indexes.close()
             self.kms.close()
             self.engine.dispose()

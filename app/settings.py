@@ -76,6 +76,15 @@ class Settings(BaseSettings):
     inference_workers: int = Field(
         default=2, ge=1, description="Size of the thread pool running inference."
     )
+    solo_inference_threads: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "onnxruntime intra-op threads for a capture that finds no other capture running "
+            "or waiting (0: every usable core; 1, or no more than `inference_threads`: off). "
+            "Lowers latency when the service is quiet; under load captures run one per core."
+        ),
+    )
 
     # --- image limits ----------------------------------------------------------------------
     max_image_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)

@@ -74,7 +74,8 @@ def start_probe(runtime: Runtime, probe: Probe) -> PendingProbe:
     if (probe.image is None) == (probe.vector is None):
         raise InvalidProbeError("send exactly one of an image or a vector as the probe")
     if probe.image is not None:
-        return PendingProbe(capture=runtime.infer_later(runtime.pipeline.capture, probe.image))
+        image = probe.image
+        return PendingProbe(capture=runtime.infer_later(lambda pipeline: pipeline.capture(image)))
     return PendingProbe(vector=_vector_probe(runtime, probe))
 
 

@@ -253,7 +253,7 @@ def enroll_subject(
     if existing is not None and existing.status == "erased":
         raise SubjectErasedError(f"subject {subject_id!r} was erased; use a new subject_id")
 
-    outcomes = runtime.infer(runtime.pipeline.capture_bundle, frame_bytes)
+    outcomes = runtime.infer(lambda pipeline: pipeline.capture_bundle(frame_bytes))
     reports = _frame_reports(outcomes)
     accepted = [(i, o.capture) for i, o in enumerate(outcomes) if o.capture is not None]
     if not accepted:

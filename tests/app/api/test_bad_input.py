@@ -19,6 +19,7 @@ from PIL import Image
 from app.main import max_body_bytes
 from app.runtime import Runtime
 from models.imaging import encode_jpeg
+from models.pipeline import FacePipeline
 from tests.app.api.conftest import Org
 from tests.app.api.helpers import b64, enroll, error_code, org_state
 from tests.models.test_imaging import png_bomb
@@ -649,16 +650,18 @@ def test_a_verify_that_fails_early_leaves_no_capture_queued(
 
     org = new_org()
     captured: list[bytes] = []
-    real_capture = runtime.pipeline.capture
+    real_capture = FacePipeline.capture
 
-    def counting_capture(data: bytes) -> Any:
+    def counting_capture(pipeline: FacePipeline, data: bytes) -> Any:
         captured.append(data)
-        return real_capture(data)
+        return real_capture(pipeline, data)
 
-    monkeypatch.setattr(runtime.pipeline, "capture", counting_capture)
+    monkeypatch.setattr(FacePipeline, "capture", counting_capture)
     release = threading.Event()
-    workers = runtime.inference._max_workers
-    blockers = [runtime.inference.submit(release.wait, 30) for _ in range(workers)]
+    blockers = [
+        runtime.inference.submit(lambda _: release.wait(30))
+        for _ in range(runtime.inference.workers)
+    ]
     try:
         body = {"subject_id": "nobody", "probe": {"image": b64(face_images["person0"])}}
         response = client.post("/v1/verify", json=body, headers=org.admin)
@@ -667,7 +670,7 @@ def test_a_verify_that_fails_early_leaves_no_capture_queued(
         release.set()
     for blocker in blockers:
         blocker.result()
-    runtime.inference.submit(lambda: None).result()  # the queue has drained
+    runtime.inference.run(lambda _: None)  # the queue has drained
     assert captured == []
     # The same request for an enrolled subject does run its capture.
     enroll(client, org.admin, "somebody", face_images["person0"])

@@ -1,0 +1,112 @@
+"""The inference pool: a lone capture runs on every core, concurrent ones one core each."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from app.inference import InferencePool, usable_cores
+from models.pipeline import FacePipeline
+
+
+@pytest.fixture(scope="module")
+def pipelines(default_pack: Any) -> tuple[FacePipeline, FacePipeline]:
+    return FacePipeline.load(default_pack, threads=1), FacePipeline.load(default_pack, threads=2)
+
+
+@pytest.fixture()
+def pool(pipelines: tuple[FacePipeline, FacePipeline]) -> Any:
+    pool = InferencePool(pipelines[0], pipelines[1], workers=2)
+    yield pool
+    pool.shutdown()
+
+
+def test_a_lone_capture_runs_solo_and_embeds_like_one_thread(
+    pool: InferencePool, single_face_path: Path
+) -> None:
+    data = single_face_path.read_bytes()
+    alone = pool.run(lambda pipeline: (pipeline, pipeline.capture(data)))
+    assert alone[0] is pool.solo and pool.solo_runs == 1
+    one_thread = pool.pipeline.capture(data)
+    # Splitting a graph over threads reorders float sums: the same face to the last bits.
+    np.testing.assert_allclose(alone[1].embedding, one_thread.embedding, atol=1e-5)
+    assert alone[1].quality == one_thread.quality
+
+
+def test_a_capture_that_starts_while_another_runs_gets_one_core(pool: InferencePool) -> None:
+    started, release = threading.Event(), threading.Event()
+    seen: list[FacePipeline] = []
+
+    def first(pipeline: FacePipeline) -> None:
+        seen.append(pipeline)
+        started.set()
+        release.wait(10)
+
+    running = pool.submit(first)
+    assert started.wait(10)
+    second = pool.submit(lambda pipeline: seen.append(pipeline))
+    second.result(10)
+    release.set()
+    running.result(10)
+    assert seen == [pool.solo, pool.pipeline]
+    # Quiet again: the next capture is alone.
+    assert pool.run(lambda pipeline: pipeline) is pool.solo
+
+
+def test_a_capture_beside_another_request_gets_one_core(pool: InferencePool) -> None:
+    """Another request in flight will submit a capture soon: neither runs solo."""
+    with pool.request():
+        assert pool.run(lambda pipeline: pipeline) is pool.solo
+        with pool.request():
+            assert pool.run(lambda pipeline: pipeline) is pool.pipeline
+        assert pool.run(lambda pipeline: pipeline) is pool.solo
+
+
+def test_waiting_captures_keep_everyone_on_one_core(pool: InferencePool) -> None:
+    """Two captures submitted together: neither is alone when it starts."""
+    release = threading.Event()
+    blockers = [pool.submit(lambda _: release.wait(10)) for _ in range(pool.workers)]
+    queued = [pool.submit(lambda pipeline: pipeline) for _ in range(2)]
+    release.set()
+    assert all(f.result(10) is pool.pipeline for f in queued)
+    for blocker in blockers:
+        blocker.result(10)
+
+
+def test_a_cancelled_capture_is_not_counted_as_waiting(pool: InferencePool) -> None:
+    release = threading.Event()
+    blockers = [pool.submit(lambda _: release.wait(10)) for _ in range(pool.workers)]
+    dropped = pool.submit(lambda pipeline: pipeline)
+    assert dropped.cancel()
+    release.set()
+    for blocker in blockers:
+        blocker.result(10)
+    assert pool.run(lambda pipeline: pipeline) is pool.solo
+
+
+def test_errors_reach_the_caller_and_free_the_solo_pipeline(pool: InferencePool) -> None:
+    def fails(_: FacePipeline) -> None:
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        pool.run(fails)
+    assert pool.run(lambda pipeline: pipeline) is pool.solo
+
+
+def test_without_a_solo_pipeline_everything_runs_on_the_shared_one(
+    pipelines: tuple[FacePipeline, FacePipeline],
+) -> None:
+    pool = InferencePool(pipelines[0], None, workers=1)
+    try:
+        assert pool.run(lambda pipeline: pipeline) is pipelines[0]
+        assert pool.solo_runs == 0
+    finally:
+        pool.shutdown()
+
+
+def test_usable_cores_is_at_least_one() -> None:
+    assert usable_cores() >= 1
