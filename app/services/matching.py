@@ -146,30 +146,32 @@ def verify_probe(
     }
 
 
+# Built once: every verify runs both (see `_verify_inputs`).
+_SUBJECT = sa.select(subjects.c.id, subjects.c.status).where(
+    subjects.c.org_id == sa.bindparam("org_id"),
+    subjects.c.subject_id == sa.bindparam("subject_id"),
+)
+_ACTIVE_ENROLLMENTS = sa.select(
+    enrollments.c.id, enrollments.c.vector, enrollments.c.hashed_ref, enrollments.c.model_id
+).where(
+    enrollments.c.org_id == sa.bindparam("org_id"),
+    enrollments.c.subject_pk == sa.bindparam("subject_pk"),
+    enrollments.c.status == "active",
+    enrollments.c.model_id == sa.bindparam("model_id"),
+)
+
+
 def _verify_inputs(
     runtime: Runtime, org_id: str, subject_id: str
 ) -> tuple[list[np.ndarray], float, str]:
     """The subject's active, intact embeddings and the org's threshold (and its source)."""
     with runtime.read() as conn:
-        subject = conn.execute(
-            sa.select(subjects.c.id, subjects.c.status).where(
-                subjects.c.org_id == org_id, subjects.c.subject_id == subject_id
-            )
-        ).first()
+        subject = conn.execute(_SUBJECT, {"org_id": org_id, "subject_id": subject_id}).first()
         if subject is None or subject.status != "active":
             raise SubjectNotFoundError(f"no subject {subject_id!r}")
         rows = conn.execute(
-            sa.select(
-                enrollments.c.id,
-                enrollments.c.vector,
-                enrollments.c.hashed_ref,
-                enrollments.c.model_id,
-            ).where(
-                enrollments.c.org_id == org_id,
-                enrollments.c.subject_pk == subject.id,
-                enrollments.c.status == "active",
-                enrollments.c.model_id == runtime.model_id,
-            )
+            _ACTIVE_ENROLLMENTS,
+            {"org_id": org_id, "subject_pk": subject.id, "model_id": runtime.model_id},
         ).all()
     gallery = [v for row in rows if (v := runtime.intact_vector(org_id, row)) is not None]
     if not gallery:

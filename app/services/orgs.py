@@ -163,9 +163,12 @@ def revoke_api_key(runtime: Runtime, principal: Principal, key_id: str) -> None:
 # --- settings -------------------------------------------------------------------------------
 
 
+_ORG_SETTINGS = sa.select(orgs.c.settings).where(orgs.c.id == sa.bindparam("org_id"))
+
+
 def org_settings(runtime: Runtime, org_id: str) -> dict[str, Any]:
     with runtime.read() as conn:
-        value = conn.execute(sa.select(orgs.c.settings).where(orgs.c.id == org_id)).scalar_one()
+        value = conn.execute(_ORG_SETTINGS, {"org_id": org_id}).scalar_one()
     merged = copy.deepcopy(repo.DEFAULT_ORG_SETTINGS)
     merged.update(value or {})
     return merged

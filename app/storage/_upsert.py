@@ -15,6 +15,27 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 
+def upsert_statement(
+    dialect: str,
+    table: sa.Table,
+    *,
+    values: Mapping[str, Any],
+    key: str,
+    on_conflict_set: Mapping[str, Any],
+    returning: tuple[sa.Column[Any], ...],
+) -> sa.Insert:
+    """The statement alone, for callers that build it once (``values`` may hold bindparams)."""
+    if dialect == "postgresql":
+        pg = postgresql.insert(table).values(**values)
+        stmt: sa.Insert = pg.on_conflict_do_update(index_elements=[key], set_=on_conflict_set)
+    elif dialect == "sqlite":
+        lite = sqlite.insert(table).values(**values)
+        stmt = lite.on_conflict_do_update(index_elements=[key], set_=on_conflict_set)
+    else:  # pragma: no cover - create_engine_for refuses other backends
+        raise RuntimeError(f"unsupported dialect {dialect}")
+    return stmt.returning(*returning)
+
+
 def upsert_returning(
     conn: Connection,
     table: sa.Table,
@@ -24,13 +45,12 @@ def upsert_returning(
     on_conflict_set: Mapping[str, Any],
     returning: tuple[sa.Column[Any], ...],
 ) -> sa.Row[Any]:
-    name = conn.dialect.name
-    if name == "postgresql":
-        pg = postgresql.insert(table).values(**values)
-        stmt: sa.Insert = pg.on_conflict_do_update(index_elements=[key], set_=on_conflict_set)
-    elif name == "sqlite":
-        lite = sqlite.insert(table).values(**values)
-        stmt = lite.on_conflict_do_update(index_elements=[key], set_=on_conflict_set)
-    else:  # pragma: no cover - create_engine_for refuses other backends
-        raise RuntimeError(f"unsupported dialect {name}")
-    return conn.execute(stmt.returning(*returning)).one()
+    stmt = upsert_statement(
+        conn.dialect.name,
+        table,
+        values=values,
+        key=key,
+        on_conflict_set=on_conflict_set,
+        returning=returning,
+    )
+    return conn.execute(stmt).one()

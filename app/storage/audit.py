@@ -42,12 +42,13 @@ import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from app.storage._upsert import upsert_returning
+from app.storage._upsert import upsert_statement
 from app.storage.ids import new_id
 from app.storage.schema import audit_heads, audit_log
 
@@ -162,6 +163,28 @@ def chain_hash(prev_hash: bytes, canonical: bytes) -> bytes:
     return hashlib.sha256(prev_hash + canonical).digest()
 
 
+# Every append runs the same three statements, built once: building them per call (and
+# SQLAlchemy deriving each one's cache key) was most of an append's Python time.
+_INSERT_ROW = sa.insert(audit_log)
+_SET_HEAD_HASH = (
+    sa.update(audit_heads)
+    .where(audit_heads.c.chain == sa.bindparam("head_chain"))
+    .values(hash=sa.bindparam("head_hash"))
+)
+
+
+@cache
+def _bump_head(dialect: str) -> sa.Insert:
+    return upsert_statement(
+        dialect,
+        audit_heads,
+        values={"chain": sa.bindparam("chain"), "seq": 1, "hash": GENESIS_HASH},
+        key="chain",
+        on_conflict_set={"seq": audit_heads.c.seq + 1},
+        returning=(audit_heads.c.seq, audit_heads.c.hash),
+    )
+
+
 def append(
     conn: Connection,
     *,
@@ -194,14 +217,7 @@ def append(
     )
 
     # Lock the chain head (or create it) and learn this row's seq and predecessor's hash.
-    head = upsert_returning(
-        conn,
-        audit_heads,
-        values={"chain": chain, "seq": 1, "hash": GENESIS_HASH},
-        key="chain",
-        on_conflict_set={"seq": audit_heads.c.seq + 1},
-        returning=(audit_heads.c.seq, audit_heads.c.hash),
-    )
+    head = conn.execute(_bump_head(conn.dialect.name), {"chain": chain}).one()
     chain_seq, prev_hash = int(head.seq), bytes(head.hash)
     fields = {
         "id": row_id,
@@ -215,8 +231,8 @@ def append(
         "details_sealed": sealed,
     }
     digest = chain_hash(prev_hash, canonical_row(**fields))  # type: ignore[arg-type]
-    conn.execute(sa.insert(audit_log).values(**fields, prev_hash=prev_hash, hash=digest))
-    conn.execute(sa.update(audit_heads).where(audit_heads.c.chain == chain).values(hash=digest))
+    conn.execute(_INSERT_ROW, {**fields, "prev_hash": prev_hash, "hash": digest})
+    conn.execute(_SET_HEAD_HASH, {"head_chain": chain, "head_hash": digest})
     return AuditRecord(
         id=row_id,
         chain=chain,
