@@ -10,7 +10,8 @@ inserted through the storage layer with valid hashed references before the serve
 so the server's start-up replay keeps every row (bulk path:
 `repo.insert_enrollments_bulk`); how long the insert and the replay took is
 reported. Each figure is shown beside `FacePipeline.capture` on the same JPEG, timed
-in-process in alternation with the requests (so both see the same machine load), and beside
+in-process in alternation with the requests (so both see the same machine load) on the
+threads the server gives a lone request's capture (`solo_capture_threads`), and beside
 a trivial authenticated request (`GET /v1/org/settings`): the framework's own overhead.
 """
 
@@ -32,6 +33,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from app.inference import usable_cores
 from benchmarks.common import percentile, print_table, summarise, write_results
 from benchmarks.pipeline import single_face_jpeg
 
@@ -107,6 +109,12 @@ def fill_gallery(settings: Any, size: int) -> tuple[str, str, dict[str, float]]:
             "gallery_setup_s": round(time.perf_counter() - started, 2),
         },
     )
+
+
+def solo_capture_threads(inference_threads: int) -> int:
+    """The threads a server on its defaults gives a lone request's capture (`app.inference`):
+    what an in-process reference for concurrency 1 should run with."""
+    return max(inference_threads, usable_cores())
 
 
 def server_env(
@@ -265,7 +273,8 @@ def main() -> None:
     print(f"  {setup['gallery_insert_s']} s to insert ({setup['gallery_setup_s']} s in all)")
 
     jpeg = single_face_jpeg()
-    pipeline = FacePipeline.load(pack, threads=args.threads)
+    # The reference capture runs like the server's at concurrency 1: on the solo pipeline.
+    pipeline = FacePipeline.load(pack, threads=solo_capture_threads(args.threads))
     probe_vector = [float(x) for x in pipeline.capture(jpeg).embedding]
 
     started = time.perf_counter()

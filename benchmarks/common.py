@@ -31,6 +31,16 @@ def time_calls(fn: Callable[[], object], samples: int, warmup: int) -> list[floa
     return timings
 
 
+def warm_for(fn: Callable[[], object], seconds: float) -> None:
+    """Call `fn` for `seconds` before timing it. A multi-threaded onnxruntime session created
+    right after seconds of single-threaded work ran 1.2-1.5× slow for about 1.5 s here, until
+    the kernel spread its pool threads over the cores; a count of warm-up calls does not cover
+    that, time does."""
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        fn()
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))

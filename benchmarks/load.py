@@ -23,7 +23,8 @@ starts. Every non-2xx answer or transport error counts as an error (expected: 0)
 CPU share at concurrency 1, per operation, from figures measured in the same cell:
 
 * pipeline: `FacePipeline.capture` on the same JPEG, run in-process right after each request
-  (alternating, so both see the same machine load);
+  (alternating, so both see the same machine load), on as many threads as the server gives a
+  lone request's capture (its solo pipeline: every usable core);
 * search: the same request with a vector probe (no pipeline) minus the framework figure;
 * framework: an authenticated trivial request (GET /v1/org/settings) — auth, routing,
   validation, JSON;
@@ -50,7 +51,7 @@ from typing import Any
 import httpx
 import psutil
 
-from benchmarks.api import Server, free_port, server_env
+from benchmarks.api import Server, free_port, server_env, solo_capture_threads
 from benchmarks.common import percentile, print_table, write_results
 from benchmarks.faces import measure_scores
 from benchmarks.gallery import SynthesisParams, check, gallery_chunks, insert_gallery
@@ -397,7 +398,8 @@ def main() -> None:
     synthetic = check(params)
     print(f"  real model on augmented t1.jpg captures: {measured}")
     print(f"  synthesis {params.describe()} gives {synthetic}")
-    pipeline = FacePipeline.load(pack, threads=args.threads)
+    # The paired capture runs like the server's at concurrency 1: on the solo pipeline.
+    pipeline = FacePipeline.load(pack, threads=solo_capture_threads(args.threads))
 
     runs: dict[str, Any] = {}
     inserted = 0

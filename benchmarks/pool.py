@@ -28,7 +28,7 @@ import httpx
 import psutil
 
 from benchmarks.api import Server, free_port, server_env
-from benchmarks.common import print_table, summarise, time_calls, write_results
+from benchmarks.common import print_table, summarise, time_calls, warm_for, write_results
 from benchmarks.faces import augmented_captures
 from benchmarks.load import run_cell
 from benchmarks.pipeline import single_face_jpeg, stage_calls
@@ -41,6 +41,7 @@ CLIENTS = (1, 2, 4, 8)
 
 def in_process(pack: Any, data: bytes, threads: int, samples: int, warmup: int) -> dict[str, Any]:
     pipeline = FacePipeline.load(pack, threads=threads)
+    warm_for(lambda: pipeline.capture(data), 3.0)
     stages = {
         name: summarise(time_calls(call, samples, warmup), warmup)
         for name, call in stage_calls(pipeline, data).items()
