@@ -8,7 +8,7 @@ its request is the only one in flight, and no other capture is running or waitin
 `solo` pipeline, whose sessions split each graph over all the cores; every other capture gets
 the shared single-threaded one. Requests count, not only captures: a request still parsing
 its body or reading the database will submit a capture in a moment, and a solo capture that
-it lands beside runs three threads on two cores for the rest of its graph.
+it lands beside would share its cores with that one for the rest of its graph.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class InferencePool:
         self._outstanding = 0  # submitted and not finished: waiting or running
         self._requests = 0  # requests in flight (see `request`)
         self._solo_running = False
-        self.solo_runs = 0  # how many captures took the solo pipeline (for /metrics and tests)
+        self.solo_runs = 0  # how many captures took the solo pipeline
 
     @contextmanager
     def request(self) -> Iterator[None]:

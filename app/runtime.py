@@ -80,7 +80,8 @@ class Runtime:
     @classmethod
     def start(cls, settings: Settings, serving: bool = True) -> Runtime:
         """Open everything. `serving=False` is for CLI tools next to a running server: no
-        index snapshots (the server holds their directory lock) and no index replay."""
+        index snapshots (the server holds their directory lock), no index replay and no solo
+        pipeline."""
         settings.home.mkdir(parents=True, exist_ok=True)
         engine = create_engine_for(settings.resolved_database_url)
         upgrade_database(engine)
@@ -93,10 +94,11 @@ class Runtime:
         pipeline = FacePipeline.load(
             pack, threads=settings.inference_threads, policy=policy, limits=limits
         )
+        # The solo pipeline (see `app.inference`) only pays off for a server's lone requests.
         solo_threads = settings.solo_inference_threads or usable_cores()
         solo = (
             FacePipeline.load(pack, threads=solo_threads, policy=policy, limits=limits)
-            if solo_threads > settings.inference_threads
+            if serving and solo_threads > settings.inference_threads
             else None
         )
         settings.resolved_index_dir.mkdir(parents=True, exist_ok=True)

@@ -80,8 +80,8 @@ class Settings(BaseSettings):
         default=0,
         ge=0,
         description=(
-            "onnxruntime intra-op threads for a capture that finds no other capture running "
-            "or waiting (0: every usable core; 1, or no more than `inference_threads`: off). "
+            "onnxruntime intra-op threads for a capture whose request is the only one in "
+            "flight (0: every usable core; 1, or no more than `inference_threads`: off). "
             "Lowers latency when the service is quiet; under load captures run one per core."
         ),
     )

@@ -110,3 +110,29 @@ def test_without_a_solo_pipeline_everything_runs_on_the_shared_one(
 
 def test_usable_cores_is_at_least_one() -> None:
     assert usable_cores() >= 1
+
+
+@pytest.mark.parametrize(
+    ("serving", "solo_threads", "has_solo"),
+    [(True, 2, True), (True, 1, False), (False, 2, False)],
+)
+def test_the_runtime_builds_a_solo_pipeline_only_to_serve_with_more_threads(
+    tmp_path: Path, default_pack: Any, serving: bool, solo_threads: int, has_solo: bool
+) -> None:
+    import base64
+    import os
+
+    from app.runtime import Runtime
+    from app.settings import Settings
+
+    settings = Settings(
+        home=tmp_path,
+        root_key=base64.b64encode(os.urandom(32)).decode(),  # type: ignore[arg-type]
+        model_cache_dir=default_pack.directory.parent,
+        solo_inference_threads=solo_threads,
+    )
+    runtime = Runtime.start(settings, serving=serving)
+    try:
+        assert (runtime.inference.solo is not None) is has_solo
+    finally:
+        runtime.close()
