@@ -2,12 +2,13 @@
 
     python -m benchmarks.pool [--quick]
 
-A capture that finds no other capture running or waiting runs on every core (the solo
-pipeline, `WAJAH_SOLO_INFERENCE_THREADS`, default 0 = all usable cores); the others on one
-core each. This runs the same verify load twice against uvicorn on loopback, once with the
-solo pipeline off (`WAJAH_SOLO_INFERENCE_THREADS=1`: the baseline, every capture on one
-core) and once with the default, at 1, 2, 4 and 8 clients, and prints throughput, latency
-percentiles, errors and the server's CPU per request for both, with the ratio on / off.
+A capture whose request is the only one in flight, with no other capture running or
+waiting, runs on every core (the solo pipeline, `WAJAH_SOLO_INFERENCE_THREADS`, default 0 =
+all usable cores); the others on one core each. This runs the same verify load twice
+against uvicorn on loopback, once with the solo pipeline off (`WAJAH_SOLO_INFERENCE_THREADS=1`:
+the baseline, every capture on one core) and once with the default, at 1, 2, 4 and 8
+clients, and prints throughput, latency percentiles, errors and the server's CPU per request
+for both, with the ratio on / off.
 The claim it checks: lower latency when quiet, no loss under load.
 
 Before that, the capture in-process on one thread and on the solo pipeline's threads, each
