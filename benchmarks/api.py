@@ -184,6 +184,33 @@ class Server:
             self.process.wait()
 
 
+def home_with_org(home: Path, models_dir: Path, name: str) -> tuple[str, str]:
+    """A new service home holding one org: its root key and the org's admin API key."""
+    from app.runtime import Runtime
+    from app.services.orgs import create_org
+    from app.settings import Settings
+
+    root_key = base64.b64encode(os.urandom(32)).decode()
+    settings = Settings(home=home, root_key=root_key, model_cache_dir=models_dir)  # type: ignore[arg-type]
+    runtime = Runtime.start(settings, serving=False)
+    try:
+        _, key = create_org(runtime, name)
+    finally:
+        runtime.close()
+    return root_key, key.plaintext
+
+
+def enroll_capture(client: httpx.Client, subject_id: str, jpeg: bytes) -> None:
+    """Enroll one frame for `subject_id` over HTTP; anything but 201 ends the benchmark."""
+    expect(
+        client.post(
+            f"/v1/subjects/{subject_id}/enrollments",
+            files=[("frames", ("capture.jpg", jpeg, "image/jpeg"))],
+        ),
+        201,
+    )
+
+
 def expect(response: httpx.Response, status: int) -> httpx.Response:
     if response.status_code != status:
         raise SystemExit(f"{response.request.url}: {response.status_code} {response.text[:300]}")

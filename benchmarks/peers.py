@@ -50,7 +50,7 @@ import httpx
 import numpy as np
 
 from app.inference import usable_cores
-from benchmarks.api import Server, free_port, server_env
+from benchmarks.api import Server, enroll_capture, free_port, server_env
 from benchmarks.common import print_table, summarise, time_calls, warm_for, write_results
 from benchmarks.faces import augmented_captures, measure_scores
 from benchmarks.gallery import SynthesisParams, gallery_chunks, insert_gallery
@@ -202,15 +202,12 @@ def wajah_http(
         with httpx.Client(base_url=server.base_url, headers=headers, timeout=60.0) as client:
             subjects = (f"peer-{n:05d}" for n in range(10**6))
 
-            def enroll() -> None:
-                response = client.post(
-                    f"/v1/subjects/{next(subjects)}/enrollments",
-                    files=[("frames", ("capture.jpg", enroll_jpeg, "image/jpeg"))],
-                )
-                if response.status_code != 201:
-                    raise SystemExit(f"enroll: {response.status_code} {response.text[:300]}")
-
-            enroll_stats = summarise(time_calls(enroll, samples, warmup), warmup)
+            enroll_stats = summarise(
+                time_calls(
+                    lambda: enroll_capture(client, next(subjects), enroll_jpeg), samples, warmup
+                ),
+                warmup,
+            )
             body = {"subject_id": "peer-00000", "probe": {"image": image}}
             checked = client.post("/v1/verify", json=body).json()
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 import httpx
 import psutil
 
-from benchmarks.api import Server, free_port, server_env
+from benchmarks.api import Server, enroll_capture, free_port, home_with_org, server_env
 from benchmarks.common import print_table, summarise, time_calls, warm_for, write_results
 from benchmarks.faces import augmented_captures
 from benchmarks.load import run_cell
@@ -63,35 +62,20 @@ def verify_load(
     verify_jpeg: bytes,
     per: int,
 ) -> list[dict[str, Any]]:
-    from app.runtime import Runtime
-    from app.services.orgs import create_org
-    from app.settings import Settings
-
     home = work / f"home-solo-{solo_threads}"
-    root_key = base64.b64encode(os.urandom(32)).decode()
-    settings = Settings(home=home, root_key=root_key, model_cache_dir=models_dir)  # type: ignore[arg-type]
-    runtime = Runtime.start(settings, serving=False)
-    try:
-        _, key = create_org(runtime, "Pool Benchmark Bank")
-    finally:
-        runtime.close()
+    root_key, key = home_with_org(home, models_dir, "Pool Benchmark Bank")
     env = {
         **server_env(home, root_key, models_dir),
         "WAJAH_SOLO_INFERENCE_THREADS": str(solo_threads),
     }
     server = Server(env, free_port(), work / f"server-solo-{solo_threads}.log")
-    headers = {"Authorization": f"Bearer {key.plaintext}"}
+    headers = {"Authorization": f"Bearer {key}"}
     body = {"subject_id": "pool", "probe": {"image": base64.b64encode(verify_jpeg).decode()}}
     cells = []
     try:
         server.wait_ready(timeout_s=600)
         with httpx.Client(base_url=server.base_url, headers=headers, timeout=60.0) as client:
-            enrolled = client.post(
-                "/v1/subjects/pool/enrollments",
-                files=[("frames", ("capture.jpg", enroll_jpeg, "image/jpeg"))],
-            )
-            if enrolled.status_code != 201:
-                raise SystemExit(f"enroll: {enrolled.status_code} {enrolled.text[:300]}")
+            enroll_capture(client, "pool", enroll_jpeg)
             for _ in range(10):  # warm-up
                 client.post("/v1/verify", json=body)
         process = psutil.Process(server.process.pid)

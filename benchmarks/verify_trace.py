@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.api import Server, free_port, server_env
+from benchmarks.api import Server, enroll_capture, free_port, home_with_org, server_env
 from benchmarks.faces import augmented_captures
 from benchmarks.pipeline import single_face_jpeg
 
@@ -107,25 +107,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=200)
     args = parser.parse_args()
-    from app.runtime import Runtime
-    from app.services.orgs import create_org
-    from app.settings import Settings
     from models.imaging import decode_image
     from models.prepare import prepare_default_pack
 
     work = Path(tempfile.mkdtemp(prefix="wajah-verify-trace-"))
     pack = prepare_default_pack(work / "models")
-    root_key = base64.b64encode(os.urandom(32)).decode()
-    settings = Settings(
-        home=work / "home",
-        root_key=root_key,  # type: ignore[arg-type]
-        model_cache_dir=pack.directory.parent,
-    )
-    runtime = Runtime.start(settings, serving=False)
-    try:
-        _, key = create_org(runtime, "Trace Bank")
-    finally:
-        runtime.close()
+    root_key, key = home_with_org(work / "home", pack.directory.parent, "Trace Bank")
     trace = work / "trace.json"
     env = {
         **server_env(work / "home", root_key, pack.directory.parent),
@@ -138,14 +125,9 @@ def main() -> None:
     client_ms: list[float] = []
     try:
         server.wait_ready(timeout_s=600)
-        headers = {"Authorization": f"Bearer {key.plaintext}"}
+        headers = {"Authorization": f"Bearer {key}"}
         with httpx.Client(base_url=server.base_url, headers=headers, timeout=60.0) as client:
-            enrolled = client.post(
-                "/v1/subjects/trace/enrollments",
-                files=[("frames", ("capture.jpg", enroll, "image/jpeg"))],
-            )
-            if enrolled.status_code != 201:
-                raise SystemExit(f"enroll: {enrolled.status_code} {enrolled.text[:300]}")
+            enroll_capture(client, "trace", enroll)
             body = {"subject_id": "trace", "probe": {"image": base64.b64encode(jpeg).decode()}}
             for _ in range(args.requests):
                 started = time.perf_counter()

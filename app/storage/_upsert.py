@@ -12,7 +12,6 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
 
 
 def upsert_statement(
@@ -24,7 +23,7 @@ def upsert_statement(
     on_conflict_set: Mapping[str, Any],
     returning: tuple[sa.Column[Any], ...],
 ) -> sa.Insert:
-    """The statement alone, for callers that build it once (``values`` may hold bindparams)."""
+    """The statement for ``dialect``; callers build it once, with bindparams in ``values``."""
     if dialect == "postgresql":
         pg = postgresql.insert(table).values(**values)
         stmt: sa.Insert = pg.on_conflict_do_update(index_elements=[key], set_=on_conflict_set)
@@ -34,23 +33,3 @@ def upsert_statement(
     else:  # pragma: no cover - create_engine_for refuses other backends
         raise RuntimeError(f"unsupported dialect {dialect}")
     return stmt.returning(*returning)
-
-
-def upsert_returning(
-    conn: Connection,
-    table: sa.Table,
-    *,
-    values: Mapping[str, Any],
-    key: str,
-    on_conflict_set: Mapping[str, Any],
-    returning: tuple[sa.Column[Any], ...],
-) -> sa.Row[Any]:
-    stmt = upsert_statement(
-        conn.dialect.name,
-        table,
-        values=values,
-        key=key,
-        on_conflict_set=on_conflict_set,
-        returning=returning,
-    )
-    return conn.execute(stmt).one()

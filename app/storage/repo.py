@@ -21,12 +21,13 @@ import copy
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from app.storage._upsert import upsert_returning
+from app.storage._upsert import upsert_statement
 from app.storage.ids import new_id
 from app.storage.schema import enrollments, frames, org_counters, orgs, subjects, utcnow
 
@@ -109,15 +110,7 @@ def insert_subject(
 
 def allocate_seq(conn: Connection, org_id: str) -> int:
     """Next position in ``org_id``'s enrollment change stream (locks it until commit)."""
-    row = upsert_returning(
-        conn,
-        org_counters,
-        values={"org_id": org_id, "enrollment_seq": 1},
-        key="org_id",
-        on_conflict_set={"enrollment_seq": org_counters.c.enrollment_seq + 1},
-        returning=(org_counters.c.enrollment_seq,),
-    )
-    return int(row.enrollment_seq)
+    return allocate_seq_range(conn, org_id, 1)
 
 
 def current_seq(conn: Connection, org_id: str) -> int:
@@ -178,15 +171,23 @@ def allocate_seq_range(conn: Connection, org_id: str, count: int) -> int:
     """Reserve ``count`` consecutive positions at once; returns the first (locks until commit)."""
     if count <= 0:
         raise ValueError("count must be positive")
-    row = upsert_returning(
-        conn,
+    row = conn.execute(_bump_seq(conn.dialect.name), {"org_id": org_id, "count": count}).one()
+    return int(row.enrollment_seq) - count + 1
+
+
+@cache
+def _bump_seq(dialect: str) -> sa.Insert:
+    """Add ``count`` to an org's counter, creating it the first time; built once per dialect
+    (every enrollment runs it)."""
+    count = sa.bindparam("count", type_=sa.Integer)
+    return upsert_statement(
+        dialect,
         org_counters,
-        values={"org_id": org_id, "enrollment_seq": count},
+        values={"org_id": sa.bindparam("org_id"), "enrollment_seq": count},
         key="org_id",
         on_conflict_set={"enrollment_seq": org_counters.c.enrollment_seq + count},
         returning=(org_counters.c.enrollment_seq,),
     )
-    return int(row.enrollment_seq) - count + 1
 
 
 def insert_subjects_bulk(
