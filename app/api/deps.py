@@ -1,22 +1,28 @@
-"""Dependencies: the runtime, and the authenticated principal for a scope."""
+"""Dependencies: the runtime, and the caller whose API key a route's work authenticates."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Concatenate, ParamSpec, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from app.crypto import Scope
-from app.errors import ServiceNotReadyError
+from app.errors import ServiceNotReadyError, UnauthorizedError
 from app.runtime import Runtime
 from app.services.principal import Principal, authenticate
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer wjh_live_<id>_<secret>`")
 
 
-def get_runtime(request: Request) -> Runtime:
+# Async, though it blocks on nothing: FastAPI runs a plain `def` dependency on a worker thread.
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime | None = getattr(request.app.state, "runtime", None)
     if runtime is None or not runtime.ready:
         raise ServiceNotReadyError("the service is starting; retry shortly")
@@ -27,16 +33,56 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
-def _principal_for(scope: Scope):  # type: ignore[no-untyped-def]
-    async def dependency(runtime: RuntimeDep, credentials: Credentials) -> Principal:
-        presented = credentials.credentials if credentials else None
-        # Key lookup is a database read: keep it off the event loop.
-        return await run_in_threadpool(authenticate, runtime, presented, scope)
+@dataclass(frozen=True)
+class Caller:
+    """The API key a request presents, checked on the worker thread that runs its work.
+
+    The key lookup is a database read, so it cannot run on the event loop; running it on the
+    same worker thread as the route's own reads and writes makes one thread hop per request
+    instead of two (each hop costs a few tenths of a millisecond at one client).
+    """
+
+    runtime: Runtime
+    presented: str
+    scope: Scope
+
+    def authenticate(self) -> Principal:
+        """The org and key behind the presented key (401/403 otherwise). Blocks: call it on a
+        worker thread."""
+        return authenticate(self.runtime, self.presented, self.scope)
+
+    async def run(
+        self,
+        work: Callable[Concatenate[Runtime, Principal, P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """`work(runtime, principal, *args, **kwargs)` on a worker thread, after the key."""
+
+        def call() -> T:
+            return work(self.runtime, self.authenticate(), *args, **kwargs)
+
+        return await run_in_threadpool(call)
+
+    async def principal(self) -> Principal:
+        """Authenticate alone, for a route that must know the caller before it reads its
+        body (an upload)."""
+        return await run_in_threadpool(self.authenticate)
+
+
+def _caller_for(scope: Scope):  # type: ignore[no-untyped-def]
+    async def dependency(request: Request, runtime: RuntimeDep, credentials: Credentials) -> Caller:
+        if credentials is None or not credentials.credentials:
+            raise UnauthorizedError("missing API key: send `Authorization: Bearer <key>`")
+        caller = Caller(runtime, credentials.credentials, scope)
+        # For the 422 handler: a body is judged only after its key (see `app.api.errors`).
+        request.state.caller = caller
+        return caller
 
     return dependency
 
 
-EnrollerDep = Annotated[Principal, Depends(_principal_for(Scope.ENROLL))]
-MatcherDep = Annotated[Principal, Depends(_principal_for(Scope.MATCH))]
-WatchlistDep = Annotated[Principal, Depends(_principal_for(Scope.WATCHLIST))]
-AdminDep = Annotated[Principal, Depends(_principal_for(Scope.ADMIN))]
+EnrollerDep = Annotated[Caller, Depends(_caller_for(Scope.ENROLL))]
+MatcherDep = Annotated[Caller, Depends(_caller_for(Scope.MATCH))]
+WatchlistDep = Annotated[Caller, Depends(_caller_for(Scope.WATCHLIST))]
+AdminDep = Annotated[Caller, Depends(_caller_for(Scope.ADMIN))]

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import errors as domain
+from app.api.deps import Caller
 from index import ModelMismatchError, VectorIndexError
 from models import errors as pipeline
 
@@ -89,6 +90,15 @@ def register_error_handlers(app: FastAPI) -> None:
 
     async def handle_validation(request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, RequestValidationError)
+        # FastAPI validates the body before the route runs, and routes check the key on
+        # their worker thread (`Caller.run`): check it here first, so that a caller without a
+        # valid key learns nothing about its request but 401 (or 403).
+        caller: Caller | None = getattr(request.state, "caller", None)
+        if caller is not None:
+            try:
+                await caller.principal()
+            except (domain.UnauthorizedError, domain.ForbiddenError) as refused:
+                return await handle_known(request, refused)
         # Echo where and what, never the offending input (it may be megabytes, or PII).
         problems = [
             {

@@ -38,10 +38,8 @@ class Principal:
 _KEY_BY_ID = sa.select(api_keys).where(api_keys.c.key_id == sa.bindparam("key_id"))
 
 
-def authenticate(runtime: Runtime, presented: str | None, scope: Scope) -> Principal:
+def authenticate(runtime: Runtime, presented: str, scope: Scope) -> Principal:
     """Resolve a bearer key to a `Principal` holding `scope`; 401/403 errors otherwise."""
-    if not presented:
-        raise UnauthorizedError("missing API key: send `Authorization: Bearer <key>`")
     now = utcnow()
     last_used: dict[str, Any] = {}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import MatcherDep, RuntimeDep
+from app.api.deps import MatcherDep
 from app.api.schemas import (
     ERRORS,
     ErrorBody,
@@ -33,9 +33,9 @@ def probe_from(body: ProbeBody) -> service.Probe:
     responses={**ERRORS, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
     summary="1:1 — does the probe match this subject?",
 )
-def verify(body: VerifyRequest, runtime: RuntimeDep, principal: MatcherDep) -> VerifyResponse:
+async def verify(body: VerifyRequest, caller: MatcherDep) -> VerifyResponse:
     return VerifyResponse.model_validate(
-        service.verify_probe(runtime, principal, body.subject_id, probe_from(body.probe))
+        await caller.run(service.verify_probe, body.subject_id, probe_from(body.probe))
     )
 
 
@@ -45,7 +45,7 @@ def verify(body: VerifyRequest, runtime: RuntimeDep, principal: MatcherDep) -> V
     responses=ERRORS,
     summary="1:N — which of this org's subjects match the probe?",
 )
-def search(body: SearchRequest, runtime: RuntimeDep, principal: MatcherDep) -> SearchResponse:
+async def search(body: SearchRequest, caller: MatcherDep) -> SearchResponse:
     return SearchResponse.model_validate(
-        service.search_probe(runtime, principal, probe_from(body.probe), body.top_k)
+        await caller.run(service.search_probe, probe_from(body.probe), body.top_k)
     )

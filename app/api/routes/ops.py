@@ -13,7 +13,7 @@ router = APIRouter(tags=["ops"])
 
 
 @router.get("/healthz", summary="Alive")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
@@ -43,7 +43,7 @@ def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/.well-known/security.txt", response_class=PlainTextResponse, include_in_schema=False)
-def security_txt(request: Request) -> str:
+async def security_txt(request: Request) -> str:
     """RFC 9116. The contact is the deployment's (`WAJAH_SECURITY_CONTACT`); Expires is kept a
     year ahead so the file never goes stale on a long-running server."""
     contact = request.app.state.settings.security_contact

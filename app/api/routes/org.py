@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 
-from app.api.deps import AdminDep, RuntimeDep
+from app.api.deps import AdminDep
 from app.api.schemas import (
     ERRORS,
     ApiKeyCreate,
@@ -20,6 +20,7 @@ from app.api.schemas import (
 )
 from app.runtime import Runtime
 from app.services import orgs as service
+from app.services.principal import Principal
 from app.storage import audit
 
 router = APIRouter(tags=["org"])
@@ -32,8 +33,8 @@ router = APIRouter(tags=["org"])
     responses=ERRORS,
     summary="Create an API key (the key is shown once)",
 )
-def create_key(body: ApiKeyCreate, runtime: RuntimeDep, principal: AdminDep) -> ApiKeyCreated:
-    issued = service.issue_api_key(runtime, principal, body.name, body.scopes, body.expires_at)
+async def create_key(body: ApiKeyCreate, caller: AdminDep) -> ApiKeyCreated:
+    issued = await caller.run(service.issue_api_key, body.name, body.scopes, body.expires_at)
     return ApiKeyCreated(
         key_id=issued.key_id,
         api_key=issued.plaintext,
@@ -49,8 +50,8 @@ def create_key(body: ApiKeyCreate, runtime: RuntimeDep, principal: AdminDep) -> 
     responses=ERRORS,
     summary="List the org's API keys (never their secrets)",
 )
-def list_keys(runtime: RuntimeDep, principal: AdminDep) -> list[ApiKeyInfo]:
-    return [ApiKeyInfo.model_validate(k) for k in service.list_api_keys(runtime, principal)]
+async def list_keys(caller: AdminDep) -> list[ApiKeyInfo]:
+    return [ApiKeyInfo.model_validate(k) for k in await caller.run(service.list_api_keys)]
 
 
 @router.delete(
@@ -59,8 +60,8 @@ def list_keys(runtime: RuntimeDep, principal: AdminDep) -> list[ApiKeyInfo]:
     responses={**ERRORS, 404: {"model": ErrorBody}},
     summary="Revoke an API key",
 )
-def revoke_key(key_id: str, runtime: RuntimeDep, principal: AdminDep) -> Response:
-    service.revoke_api_key(runtime, principal, key_id)
+async def revoke_key(key_id: str, caller: AdminDep) -> Response:
+    await caller.run(service.revoke_api_key, key_id)
     return Response(status_code=204)
 
 
@@ -86,8 +87,11 @@ def _settings_view(runtime: Runtime, settings: dict[str, Any]) -> OrgSettings:
     responses=ERRORS,
     summary="The org's settings and the threshold its decisions use",
 )
-def get_settings(runtime: RuntimeDep, principal: AdminDep) -> OrgSettings:
-    return _settings_view(runtime, service.org_settings(runtime, principal.org_id))
+async def get_settings(caller: AdminDep) -> OrgSettings:
+    def read(runtime: Runtime, principal: Principal) -> OrgSettings:
+        return _settings_view(runtime, service.org_settings(runtime, principal.org_id))
+
+    return await caller.run(read)
 
 
 @router.patch(
@@ -96,11 +100,15 @@ def get_settings(runtime: RuntimeDep, principal: AdminDep) -> OrgSettings:
     responses=ERRORS,
     summary="Change settings (threshold within safe bounds, policies, retention)",
 )
-def patch_settings(body: OrgSettingsPatch, runtime: RuntimeDep, principal: AdminDep) -> OrgSettings:
+async def patch_settings(body: OrgSettingsPatch, caller: AdminDep) -> OrgSettings:
     changes = body.model_dump(exclude_unset=True)
     if "retention" in changes and changes["retention"] is not None:
         changes["retention"] = {k: v for k, v in changes["retention"].items() if v is not None}
-    return _settings_view(runtime, service.update_org_settings(runtime, principal, changes))
+
+    def update(runtime: Runtime, principal: Principal) -> OrgSettings:
+        return _settings_view(runtime, service.update_org_settings(runtime, principal, changes))
+
+    return await caller.run(update)
 
 
 @router.get(
@@ -109,17 +117,20 @@ def patch_settings(body: OrgSettingsPatch, runtime: RuntimeDep, principal: Admin
     responses=ERRORS,
     summary="The org's own audit rows, newest first, details opened",
 )
-def list_audit(
-    runtime: RuntimeDep,
-    principal: AdminDep,
+async def list_audit(
+    caller: AdminDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     # Bounded so that a huge number is a 422, not an overflow in the database driver.
     cursor: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
 ) -> AuditPage:
-    with runtime.read() as conn:
-        page = audit.list_audit(
-            conn, sealer=runtime.cipher, org_id=principal.org_id, cursor=cursor, limit=limit
-        )
+
+    def read(runtime: Runtime, principal: Principal) -> audit.AuditPage:
+        with runtime.read() as conn:
+            return audit.list_audit(
+                conn, sealer=runtime.cipher, org_id=principal.org_id, cursor=cursor, limit=limit
+            )
+
+    page = await caller.run(read)
     return AuditPage.model_validate(
         {"items": [dataclasses.asdict(e) for e in page.entries], "next_cursor": page.next_cursor}
     )

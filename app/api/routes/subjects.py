@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from app.api.deps import EnrollerDep, RuntimeDep
+from app.api.deps import EnrollerDep
 from app.api.idempotency import idempotent, store_response
 from app.api.schemas import (
     ERRORS,
@@ -120,14 +120,14 @@ async def _read_bundle(request: Request, max_frames: int) -> Bundle:
     openapi_extra={"requestBody": _ENROLL_BODY},
     summary="Enroll a capture bundle for a subject",
 )
-async def enroll(
-    subject_id: str, request: Request, runtime: RuntimeDep, principal: EnrollerDep
-) -> Response:
+async def enroll(subject_id: str, request: Request, caller: EnrollerDep) -> Response:
     """Detect, gate, align and embed each frame; store one embedding per accepted frame.
 
     Frames are sealed with AES-256-GCM and never returned. Honours `Idempotency-Key`.
     Creates the subject on its first enrollment.
     """
+    # The key first: an upload is read only for a caller who may enroll.
+    runtime, principal = caller.runtime, await caller.principal()
     bundle = await _read_bundle(request, runtime.settings.max_frames_per_request)
     fingerprint = hashlib.sha256(
         b"".join(hashlib.sha256(f).digest() for f in bundle.frames)
@@ -170,13 +170,12 @@ async def enroll(
 
 
 @router.get("/v1/subjects", response_model=SubjectPage, responses=ERRORS, summary="List subjects")
-def list_subjects(
-    runtime: RuntimeDep,
-    principal: EnrollerDep,
+async def list_subjects(
+    caller: EnrollerDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> SubjectPage:
-    items, next_cursor = service.list_subjects(runtime, principal, limit, cursor)
+    items, next_cursor = await caller.run(service.list_subjects, limit, cursor)
     return SubjectPage.model_validate({"items": items, "next_cursor": next_cursor})
 
 
@@ -186,8 +185,8 @@ def list_subjects(
     responses={**ERRORS, 404: {"model": ErrorBody}},
     summary="Read a subject (PII opened for the owning org; never frames)",
 )
-def get_subject(subject_id: str, runtime: RuntimeDep, principal: EnrollerDep) -> SubjectResponse:
-    return SubjectResponse.model_validate(service.get_subject(runtime, principal, subject_id))
+async def get_subject(subject_id: str, caller: EnrollerDep) -> SubjectResponse:
+    return SubjectResponse.model_validate(await caller.run(service.get_subject, subject_id))
 
 
 @router.delete(
@@ -196,8 +195,8 @@ def get_subject(subject_id: str, runtime: RuntimeDep, principal: EnrollerDep) ->
     responses={**ERRORS, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
     summary="Erase a subject: out of the index at once, frames and PII crypto-shredded",
 )
-def erase_subject(subject_id: str, runtime: RuntimeDep, principal: EnrollerDep) -> ErasureReceipt:
-    return ErasureReceipt.model_validate(service.erase_subject(runtime, principal, subject_id))
+async def erase_subject(subject_id: str, caller: EnrollerDep) -> ErasureReceipt:
+    return ErasureReceipt.model_validate(await caller.run(service.erase_subject, subject_id))
 
 
 @router.post(
@@ -206,7 +205,5 @@ def erase_subject(subject_id: str, runtime: RuntimeDep, principal: EnrollerDep) 
     responses={**ERRORS, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
     summary="Retire an enrollment (its embeddings leave the index)",
 )
-def retire(enrollment_id: str, runtime: RuntimeDep, principal: EnrollerDep) -> RetireResponse:
-    return RetireResponse.model_validate(
-        service.retire_enrollment(runtime, principal, enrollment_id)
-    )
+async def retire(enrollment_id: str, caller: EnrollerDep) -> RetireResponse:
+    return RetireResponse.model_validate(await caller.run(service.retire_enrollment, enrollment_id))

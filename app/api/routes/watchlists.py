@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import RuntimeDep, WatchlistDep
+from app.api.deps import WatchlistDep
 from app.api.routes.matching import probe_from
 from app.api.schemas import (
     ERRORS,
@@ -38,9 +38,9 @@ NOT_VISIBLE = {
     responses=ERRORS,
     summary="Create a watchlist (you own it and are its first member)",
 )
-def create(body: WatchlistCreate, runtime: RuntimeDep, principal: WatchlistDep) -> Watchlist:
+async def create(body: WatchlistCreate, caller: WatchlistDep) -> Watchlist:
     return Watchlist.model_validate(
-        service.create_watchlist(runtime, principal, body.name, body.region)
+        await caller.run(service.create_watchlist, body.name, body.region)
     )
 
 
@@ -50,8 +50,8 @@ def create(body: WatchlistCreate, runtime: RuntimeDep, principal: WatchlistDep) 
     responses=ERRORS,
     summary="Watchlists you own, are invited to, or belong to",
 )
-def list_all(runtime: RuntimeDep, principal: WatchlistDep) -> list[Watchlist]:
-    return [Watchlist.model_validate(w) for w in service.list_watchlists(runtime, principal)]
+async def list_all(caller: WatchlistDep) -> list[Watchlist]:
+    return [Watchlist.model_validate(w) for w in await caller.run(service.list_watchlists)]
 
 
 @router.post(
@@ -61,10 +61,8 @@ def list_all(runtime: RuntimeDep, principal: WatchlistDep) -> list[Watchlist]:
     responses=NOT_VISIBLE,
     summary="Invite an org (owner)",
 )
-def invite(
-    watchlist_id: str, body: Invitation, runtime: RuntimeDep, principal: WatchlistDep
-) -> Membership:
-    return Membership.model_validate(service.invite(runtime, principal, watchlist_id, body.org_id))
+async def invite(watchlist_id: str, body: Invitation, caller: WatchlistDep) -> Membership:
+    return Membership.model_validate(await caller.run(service.invite, watchlist_id, body.org_id))
 
 
 @router.post(
@@ -73,8 +71,8 @@ def invite(
     responses=NOT_VISIBLE,
     summary="Opt in to a watchlist you were invited to",
 )
-def opt_in(watchlist_id: str, runtime: RuntimeDep, principal: WatchlistDep) -> Membership:
-    return Membership.model_validate(service.join(runtime, principal, watchlist_id))
+async def opt_in(watchlist_id: str, caller: WatchlistDep) -> Membership:
+    return Membership.model_validate(await caller.run(service.join, watchlist_id))
 
 
 @router.delete(
@@ -83,8 +81,8 @@ def opt_in(watchlist_id: str, runtime: RuntimeDep, principal: WatchlistDep) -> M
     responses=NOT_VISIBLE,
     summary="Leave: your entries leave screening at once",
 )
-def leave(watchlist_id: str, runtime: RuntimeDep, principal: WatchlistDep) -> Membership:
-    return Membership.model_validate(service.leave(runtime, principal, watchlist_id))
+async def leave(watchlist_id: str, caller: WatchlistDep) -> Membership:
+    return Membership.model_validate(await caller.run(service.leave, watchlist_id))
 
 
 @router.delete(
@@ -93,12 +91,8 @@ def leave(watchlist_id: str, runtime: RuntimeDep, principal: WatchlistDep) -> Me
     responses=NOT_VISIBLE,
     summary="Remove a member (owner)",
 )
-def remove_member(
-    watchlist_id: str, org_id: str, runtime: RuntimeDep, principal: WatchlistDep
-) -> Membership:
-    return Membership.model_validate(
-        service.remove_member(runtime, principal, watchlist_id, org_id)
-    )
+async def remove_member(watchlist_id: str, org_id: str, caller: WatchlistDep) -> Membership:
+    return Membership.model_validate(await caller.run(service.remove_member, watchlist_id, org_id))
 
 
 @router.delete(
@@ -107,8 +101,8 @@ def remove_member(
     responses=NOT_VISIBLE,
     summary="Close the watchlist (owner): no more screening or contributions",
 )
-def close(watchlist_id: str, runtime: RuntimeDep, principal: WatchlistDep) -> Watchlist:
-    return Watchlist.model_validate(service.close(runtime, principal, watchlist_id))
+async def close(watchlist_id: str, caller: WatchlistDep) -> Watchlist:
+    return Watchlist.model_validate(await caller.run(service.close, watchlist_id))
 
 
 @router.post(
@@ -118,16 +112,14 @@ def close(watchlist_id: str, runtime: RuntimeDep, principal: WatchlistDep) -> Wa
     responses=NOT_VISIBLE,
     summary="Contribute entries from your subject or a fresh capture",
 )
-def contribute(
-    watchlist_id: str, body: EntryCreate, runtime: RuntimeDep, principal: WatchlistDep
-) -> EntriesCreated:
+async def contribute(watchlist_id: str, body: EntryCreate, caller: WatchlistDep) -> EntriesCreated:
     contribution = service.Contribution(
         reason_code=body.reason_code,
         subject_id=body.subject_id,
         probe=probe_from(body.probe) if body.probe is not None else None,
     )
     return EntriesCreated.model_validate(
-        service.contribute(runtime, principal, watchlist_id, contribution)
+        await caller.run(service.contribute, watchlist_id, contribution)
     )
 
 
@@ -137,14 +129,13 @@ def contribute(
     responses=NOT_VISIBLE,
     summary="Withdraw your own entries",
 )
-def withdraw(
+async def withdraw(
     watchlist_id: str,
-    runtime: RuntimeDep,
-    principal: WatchlistDep,
+    caller: WatchlistDep,
     entry_id: Annotated[list[str], Query(min_length=1, max_length=100)],
 ) -> EntriesWithdrawn:
     return EntriesWithdrawn.model_validate(
-        service.withdraw(runtime, principal, watchlist_id, entry_id)
+        await caller.run(service.withdraw, watchlist_id, entry_id)
     )
 
 
@@ -154,9 +145,7 @@ def withdraw(
     responses=NOT_VISIBLE,
     summary="Screen a probe against opted-in members' entries",
 )
-def screen(
-    watchlist_id: str, body: ScreenRequest, runtime: RuntimeDep, principal: WatchlistDep
-) -> ScreenResponse:
+async def screen(watchlist_id: str, body: ScreenRequest, caller: WatchlistDep) -> ScreenResponse:
     return ScreenResponse.model_validate(
-        service.screen(runtime, principal, watchlist_id, probe_from(body.probe), body.top_k)
+        await caller.run(service.screen, watchlist_id, probe_from(body.probe), body.top_k)
     )

@@ -184,6 +184,27 @@ def test_a_valid_key_without_the_scope_is_403(
     )
 
 
+def test_a_key_is_judged_before_the_body(client: TestClient, new_org: Callable[[], Org]) -> None:
+    """Routes check the key on their worker thread, after FastAPI has validated the body: the
+    422 handler checks it first, so a bad body from a key without the scope is still 403."""
+    org = new_org()
+    enroller, matcher = org.key(Scope.ENROLL), org.key(Scope.MATCH)
+    bad_bodies = [
+        ("POST", "/v1/verify", enroller, {"subject_id": 7}),
+        ("POST", "/v1/search", enroller, {"top_k": "many"}),
+        ("PATCH", "/v1/org/settings", matcher, {"threshold": "high"}),
+        ("POST", "/v1/watchlists", matcher, {}),
+    ]
+    for method, path, headers, body in bad_bodies:
+        refused = client.request(method, path, headers=headers, json=body)
+        assert (refused.status_code, error_code(refused)) == (403, "forbidden"), path
+    # With the scope, the same bodies are what is wrong.
+    for method, path, _, body in bad_bodies:
+        headers = matcher if path in ("/v1/verify", "/v1/search") else org.admin
+        invalid = client.request(method, path, headers=headers, json=body)
+        assert (invalid.status_code, error_code(invalid)) == (422, "invalid_request"), path
+
+
 def test_revoked_and_expired_keys_are_401(
     client: TestClient, new_org: Callable[[], Org], runtime: Runtime
 ) -> None:
