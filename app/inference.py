@@ -3,7 +3,7 @@
 Two ways to spend the cores on captures: one capture per core, each on single-threaded
 sessions (the most captures per second), or one capture split across every core (the lowest
 latency for that capture). A service wants the second when it is quiet and the first when it
-is busy, so the pool holds both pipelines and picks per capture: a capture that starts while
+is busy, so the pool holds both pipelines and picks per capture: a capture submitted while
 its request is the only one in flight, and no other capture is running or waiting, gets the
 `solo` pipeline, whose sessions split each graph over all the cores; every other capture gets
 the shared single-threaded one. Requests count, not only captures: a request still parsing
@@ -38,10 +38,16 @@ class InferencePool:
         self.solo = solo
         self.workers = workers
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="wajah-inference")
+        # Solo captures run on one thread of their own. A multi-threaded onnxruntime session
+        # called from a different thread each time (as the shared pool's workers take turns)
+        # ran YuNet at the frame's own aspect 20-30% slower than from one thread, and the
+        # same thread is also the one whose caches hold the last capture's working set.
+        self._solo_executor = (
+            ThreadPoolExecutor(1, thread_name_prefix="wajah-inference-solo") if solo else None
+        )
         self._lock = threading.Lock()
         self._outstanding = 0  # submitted and not finished: waiting or running
         self._requests = 0  # requests in flight (see `request`)
-        self._solo_running = False
         self.solo_runs = 0  # how many captures took the solo pipeline
 
     @contextmanager
@@ -57,36 +63,25 @@ class InferencePool:
                 self._requests -= 1
 
     def submit(self, work: Callable[[FacePipeline], T]) -> Future[T]:
-        """Run `work(pipeline)` on the pool; the pipeline is chosen when it starts."""
+        """Run `work(pipeline)` on the pool: on the solo pipeline if nothing else is running
+        or waiting and no other request is in flight, else on the shared one."""
         with self._lock:
+            alone = self._solo_executor is not None and self._outstanding == 0
+            alone = alone and self._requests <= 1
             self._outstanding += 1
-        future = self._executor.submit(self._run, work)
-        # A cancelled future never runs `_run`, so the count is settled here, not there.
+            if alone:
+                self.solo_runs += 1
+        if alone:
+            assert self._solo_executor is not None and self.solo is not None
+            future = self._solo_executor.submit(work, self.solo)
+        else:
+            future = self._executor.submit(work, self.pipeline)
+        # A cancelled future never runs, so the count is settled when it is done, not by it.
         future.add_done_callback(self._finished)
         return future
 
     def run(self, work: Callable[[FacePipeline], T]) -> T:
         return self.submit(work).result()
-
-    def _run(self, work: Callable[[FacePipeline], T]) -> T:
-        with self._lock:
-            alone = (
-                self.solo is not None
-                and self._outstanding == 1
-                and self._requests <= 1
-                and not self._solo_running
-            )
-            if alone:
-                self._solo_running = True
-                self.solo_runs += 1
-        if not alone:
-            return work(self.pipeline)
-        assert self.solo is not None
-        try:
-            return work(self.solo)
-        finally:
-            with self._lock:
-                self._solo_running = False
 
     def _finished(self, _: Future[T]) -> None:
         with self._lock:
@@ -94,3 +89,5 @@ class InferencePool:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True)
+        if self._solo_executor is not None:
+            self._solo_executor.shutdown(wait=True)

@@ -66,20 +66,48 @@ def test_a_capture_beside_another_request_gets_one_core(pool: InferencePool) -> 
         assert pool.run(lambda pipeline: pipeline) is pool.solo
 
 
+def occupy(pool: InferencePool, release: threading.Event) -> list[Any]:
+    """Hold every thread of the pool: the first capture lands on the solo thread, the others
+    on each shared worker."""
+    started = threading.Semaphore(0)
+
+    def hold(pipeline: FacePipeline) -> FacePipeline:
+        started.release()
+        release.wait(10)
+        return pipeline
+
+    blockers = [pool.submit(hold) for _ in range(pool.workers + 1)]
+    for _ in blockers:
+        assert started.acquire(timeout=10)
+    return blockers
+
+
 def test_waiting_captures_keep_everyone_on_one_core(pool: InferencePool) -> None:
-    """Two captures submitted together: neither is alone when it starts."""
+    """Captures submitted while others run wait for a shared worker, even if they start
+    when everything else has finished."""
     release = threading.Event()
-    blockers = [pool.submit(lambda _: release.wait(10)) for _ in range(pool.workers)]
+    blockers = occupy(pool, release)
     queued = [pool.submit(lambda pipeline: pipeline) for _ in range(2)]
     release.set()
     assert all(f.result(10) is pool.pipeline for f in queued)
+    assert [b.result(10) for b in blockers] == [pool.solo] + [pool.pipeline] * pool.workers
+
+
+def test_solo_captures_run_on_one_thread_of_their_own(pool: InferencePool) -> None:
+    threads = {pool.run(lambda _: threading.get_ident()) for _ in range(5)}
+    assert len(threads) == 1 and pool.solo_runs == 5
+    release = threading.Event()
+    blockers = occupy(pool, release)
+    shared = pool.submit(lambda _: threading.get_ident())
+    release.set()
+    assert shared.result(10) not in threads
     for blocker in blockers:
         blocker.result(10)
 
 
 def test_a_cancelled_capture_is_not_counted_as_waiting(pool: InferencePool) -> None:
     release = threading.Event()
-    blockers = [pool.submit(lambda _: release.wait(10)) for _ in range(pool.workers)]
+    blockers = occupy(pool, release)
     dropped = pool.submit(lambda pipeline: pipeline)
     assert dropped.cancel()
     release.set()
