@@ -7,11 +7,13 @@ Landmark order everywhere: right eye, left eye, nose tip, right mouth corner, le
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
 import cv2
 import numpy as np
+import onnx
 from numpy.typing import NDArray
 
 from models.packs import DetectorSpec
@@ -75,12 +77,27 @@ def nms(boxes: FloatArray, scores: FloatArray, threshold: float) -> list[int]:
     return keep
 
 
+def any_input_size(model: bytes) -> bytes:
+    """The graph with its input's height and width (and so its outputs' anchor counts) left
+    free. YuNet is fully convolutional: its reshapes use -1 and its upsampling a scale of 2,
+    so any size that is a multiple of 32 runs; only the declared shapes pin it to 640×640."""
+    graph = onnx.load_model_from_string(model)
+    dims = graph.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "height", "width"
+    for output in graph.graph.output:
+        anchors = output.type.tensor_type.shape.dim[1]
+        anchors.dim_param = f"anchors_{output.name}"
+    return bytes(graph.SerializeToString())
+
+
 class YuNetDetector:
     """OpenCV Zoo's YuNet (2023mar) run through onnxruntime.
 
-    The graph takes a fixed 640×640 BGR float input (no normalisation) and returns, per stride
-    8/16/32, sigmoid class and objectness scores, box offsets and landmark offsets on an anchor
-    grid; decoding follows OpenCV's `FaceDetectorYN`.
+    The graph takes a BGR float input (no normalisation) and returns, per stride 8/16/32,
+    sigmoid class and objectness scores, box offsets and landmark offsets on an anchor grid;
+    decoding follows OpenCV's `FaceDetectorYN`. The image is scaled so that it fits the pack's
+    input size (640×640) and padded only up to the next multiple of 32, as `FaceDetectorYN`
+    runs at the size it is given: a 640×480 frame costs three quarters of a 640×640 one.
     """
 
     STRIDES = (8, 16, 32)
@@ -90,22 +107,36 @@ class YuNetDetector:
         self._spec = spec
         self._input_name = session.get_inputs()[0].name
         self._output_names = [o.name for o in session.get_outputs()]
-        width, height = spec.input_size
-        self._grids = {s: self._grid(width // s, height // s) for s in self.STRIDES}
+        # A graph whose input size is fixed (declared as numbers) gets exactly that size.
+        shape = session.get_inputs()[0].shape
+        self._fixed_size = all(isinstance(d, int) for d in shape[2:])
 
     @classmethod
     def from_file(cls, path: Path, spec: DetectorSpec, threads: int = 1) -> YuNetDetector:
-        return cls(create_session(path, threads), spec)
+        return cls(create_session(any_input_size(path.read_bytes()), threads), spec)
 
     @staticmethod
+    @lru_cache(maxsize=32)
     def _grid(cols: int, rows: int) -> FloatArray:
         ys, xs = np.mgrid[0:rows, 0:cols]
-        return np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float32)
+        grid = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float32)
+        grid.setflags(write=False)  # shared between calls
+        return grid
+
+    def input_size(self, width: int, height: int) -> tuple[Letterbox, int, int]:
+        """How an image of this size is scaled, and the graph input it is padded to."""
+        limit_w, limit_h = self._spec.input_size
+        box = Letterbox.fit(width, height, limit_w, limit_h)
+        if self._fixed_size:
+            return box, limit_w, limit_h
+        stride = self.STRIDES[-1]
+        target_w = min(limit_w, -(-max(1, round(width * box.scale)) // stride) * stride)
+        target_h = min(limit_h, -(-max(1, round(height * box.scale)) // stride) * stride)
+        return box, target_w, target_h
 
     def detect(self, image_bgr: NDArray[np.uint8]) -> list[Detection]:
         height, width = image_bgr.shape[:2]
-        target_w, target_h = self._spec.input_size
-        box = Letterbox.fit(width, height, target_w, target_h)
+        box, target_w, target_h = self.input_size(width, height)
         canvas = box.apply(image_bgr, target_w, target_h)
         if self._spec.color_order == "RGB":
             canvas = canvas[:, :, ::-1]
@@ -126,7 +157,7 @@ class YuNetDetector:
             hit = score >= self._spec.score_threshold
             if not hit.any():
                 continue
-            grid = self._grids[stride][hit]
+            grid = self._grid(target_w // stride, target_h // stride)[hit]
             bbox = outputs[f"bbox_{stride}"][0][hit]
             kps = outputs[f"kps_{stride}"][0][hit].reshape(-1, 5, 2)
             centre = (grid + bbox[:, :2]) * stride

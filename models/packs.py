@@ -47,7 +47,8 @@ class DetectorSpec:
     file: str
     sha256: str
     kind: DetectorKind
-    input_size: tuple[int, int]  # (width, height) the graph expects; images are letterboxed
+    # (width, height) images are scaled to fit; SCRFD pads to it, YuNet to a multiple of 32
+    input_size: tuple[int, int]
     color_order: ColorOrder = "BGR"
     mean: float = 0.0
     std: float = 1.0

