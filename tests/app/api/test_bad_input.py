@@ -658,10 +658,9 @@ def test_a_verify_that_fails_early_leaves_no_capture_queued(
 
     monkeypatch.setattr(FacePipeline, "capture", counting_capture)
     release = threading.Event()
-    blockers = [
-        runtime.inference.submit(lambda _: release.wait(30))
-        for _ in range(runtime.inference.workers)
-    ]
+    # Hold every inference thread: the shared workers and the solo one.
+    threads = runtime.inference.workers + (runtime.inference.solo is not None)
+    blockers = [runtime.inference.submit(lambda _: release.wait(30)) for _ in range(threads)]
     try:
         body = {"subject_id": "nobody", "probe": {"image": b64(face_images["person0"])}}
         response = client.post("/v1/verify", json=body, headers=org.admin)
