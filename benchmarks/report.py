@@ -150,7 +150,7 @@ def render(data: dict[str, Any]) -> str:
         one_core = peers.get("wajah_http_solo_off") or {}
         for label, stats in (
             (
-                "wajah verify, HTTP, defaults (lone capture on every core)",
+                "wajah verify, HTTP, defaults (lone capture on every core), alternating",
                 peers["wajah_http"]["verify"],
             ),
             ("wajah verify, HTTP, solo off (one core per capture)", one_core.get("verify")),
@@ -161,8 +161,12 @@ def render(data: dict[str, Any]) -> str:
             ),
             ("verifyface verify (OpenCV 1 thread)", peers["verifyface"]["verify"]),
             (
-                "verifyface verify (OpenCV default threads)",
+                "verifyface verify (OpenCV default threads), alone",
                 peers.get("verifyface_verify_default_threads"),
+            ),
+            (
+                "verifyface verify (OpenCV default threads), alternating with wajah's HTTP verify",
+                peers["wajah_http"].get("rival_verify_alternating"),
             ),
             (
                 "wajah enroll, HTTP, defaults (1 frame, sealed, audited)",
