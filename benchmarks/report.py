@@ -150,10 +150,12 @@ def render(data: dict[str, Any]) -> str:
         one_core = peers.get("wajah_http_solo_off") or {}
         for label, stats in (
             (
-                "wajah verify, HTTP, defaults (lone capture on every core), alternating",
+                "wajah verify, HTTP, defaults (lone capture on every core), http.client",
                 peers["wajah_http"]["verify"],
             ),
+            ("wajah verify, HTTP, defaults, httpx", peers["wajah_http"].get("verify_httpx")),
             ("wajah verify, HTTP, solo off (one core per capture)", one_core.get("verify")),
+            ("wajah verify, HTTP, solo off, httpx", one_core.get("verify_httpx")),
             ("wajah verify, in-process, 1 thread", peers["wajah_in_process"]["verify"]),
             (
                 f"wajah verify, in-process, {solo} threads",
