@@ -38,10 +38,9 @@ class InferencePool:
         self.solo = solo
         self.workers = workers
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="wajah-inference")
-        # Solo captures run on one thread of their own. A multi-threaded onnxruntime session
-        # called from a different thread each time (as the shared pool's workers take turns)
-        # ran YuNet at the frame's own aspect 20-30% slower than from one thread, and the
-        # same thread is also the one whose caches hold the last capture's working set.
+        # Solo captures run on one thread of their own: it is always free when one is chosen
+        # (nothing else is outstanding then), and the solo sessions are only ever called
+        # from it, so whatever onnxruntime and malloc keep per calling thread is set up once.
         self._solo_executor = (
             ThreadPoolExecutor(1, thread_name_prefix="wajah-inference-solo") if solo else None
         )
