@@ -47,15 +47,38 @@ class Letterbox:
     def fit(cls, width: int, height: int, target_w: int, target_h: int) -> Letterbox:
         return cls(scale=min(target_w / width, target_h / height))
 
-    def apply(self, image: NDArray[np.uint8], target_w: int, target_h: int) -> NDArray[np.uint8]:
+    def blob(
+        self,
+        image: NDArray[np.uint8],
+        target_w: int,
+        target_h: int,
+        channels: tuple[int, int, int],
+        mean: float,
+        std: float,
+    ) -> FloatArray:
+        """The 1×3×H×W float32 graph input: `image` scaled, top-left on a black canvas, its
+        `channels` (indices into the image's BGR) as the three planes, then normalised.
+
+        Each plane is written straight from the image: drawing an HWC canvas first, then
+        converting, normalising and transposing it made four more passes over a 640×480
+        frame's 3.7 MB (1.5-2 ms of its detection).
+        """
         height, width = image.shape[:2]
         new_w = max(1, min(target_w, round(width * self.scale)))
         new_h = max(1, min(target_h, round(height * self.scale)))
-        interpolation = cv2.INTER_AREA if self.scale < 1 else cv2.INTER_LINEAR
-        resized = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
-        canvas = np.zeros((target_h, target_w, 3), dtype=np.uint8)
-        canvas[:new_h, :new_w] = resized
-        return canvas
+        source: NDArray[Any] = image
+        if (new_w, new_h) != (width, height):
+            interpolation = cv2.INTER_AREA if self.scale < 1 else cv2.INTER_LINEAR
+            source = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+        blob = np.empty((1, 3, target_h, target_w), np.float32)
+        blob[0, :, new_h:, :] = 0
+        blob[0, :, :new_h, new_w:] = 0
+        for plane, channel in zip(blob[0], channels, strict=True):
+            plane[:new_h, :new_w] = source[:, :, channel]
+        if mean != 0 or std != 1:
+            blob -= mean
+            blob /= std
+        return blob
 
 
 def nms(boxes: FloatArray, scores: FloatArray, threshold: float) -> list[int]:
@@ -137,11 +160,8 @@ class YuNetDetector:
     def detect(self, image_bgr: NDArray[np.uint8]) -> list[Detection]:
         height, width = image_bgr.shape[:2]
         box, target_w, target_h = self.input_size(width, height)
-        canvas = box.apply(image_bgr, target_w, target_h)
-        if self._spec.color_order == "RGB":
-            canvas = canvas[:, :, ::-1]
-        blob = (canvas.astype(np.float32) - self._spec.mean) / self._spec.std
-        blob = np.ascontiguousarray(blob.transpose(2, 0, 1)[None])
+        channels = (2, 1, 0) if self._spec.color_order == "RGB" else (0, 1, 2)
+        blob = box.blob(image_bgr, target_w, target_h, channels, self._spec.mean, self._spec.std)
         outputs = dict(
             zip(
                 self._output_names,

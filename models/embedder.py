@@ -49,11 +49,15 @@ class FaceEmbedder:
         """Embed a batch of crops in one graph run; returns an (N, dim) array of unit vectors."""
         if not crops:
             return np.zeros((0, self.dimension), np.float32)
-        batch = np.stack(crops).astype(np.float32)
+        batch = np.stack(crops)
         if self._spec.color_order == "RGB":
             batch = batch[..., ::-1]
-        batch = (batch - self._spec.mean) / self._spec.std
-        blob = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+        # One pass: reorder to NCHW and convert to float32 together; normalise in place, and
+        # only where the model asks for it.
+        blob = np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)
+        if self._spec.mean != 0 or self._spec.std != 1:
+            blob -= self._spec.mean
+            blob /= self._spec.std
         return self._finish(self._session.run(None, {self._input_name: blob})[0])
 
     def _finish(self, raw: Any) -> FloatArray:

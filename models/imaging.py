@@ -76,8 +76,9 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> NDArray[np.u
                     f"the image is {width}×{height} pixels; the limit is {limits.max_pixels}"
                 )
             image.load()
-            upright = ImageOps.exif_transpose(image) or image
-            rgb = upright if upright.mode == "RGB" else upright.convert("RGB")
+            # In place: otherwise an upright image (most are) comes back as a copy.
+            ImageOps.exif_transpose(image, in_place=True)
+            rgb = image if image.mode == "RGB" else image.convert("RGB")
             # One pass from Pillow's buffer to BGR bytes: half the cost of an RGB array
             # followed by a channel-reversing copy. The array is read-only (it views the bytes).
             bgr = rgb.tobytes("raw", "BGR")
