@@ -102,29 +102,57 @@ def fold_constant_weights(model: onnx.ModelProto) -> int:
 def expand_prelu(model: onnx.ModelProto) -> int:
     """Rewrite each ``PRelu(x, slope)`` as ``Relu(x) - slope * Relu(-x)``, in place.
 
-    The same function, exactly (it is computed without rounding differences). onnxruntime's
-    CPU PRelu kernel broadcasts a per-channel slope slowly and forces layout reorders around
-    every convolution; in SFace it took half the inference time. Relu, Neg, Mul and Sub run
-    vectorised. Returns the number of nodes rewritten.
+    The same function: each output is x or one rounded product slope·x, as before. How it is
+    spelled decides its speed on onnxruntime's CPU provider, which runs convolutions in a
+    blocked channel layout (NCHWc) and converts every tensor an operator outside that layout
+    reads back to plain NCHW first. A per-channel slope (SFace's) is therefore written as two
+    1×1 depthwise convolutions, weights -1 and -slope: with the Relus and the Add they stay in
+    the blocked layout, the Relu and the Add fuse into the convolutions, and no reorders are
+    left. The ``Neg``/``Mul``/``Sub`` spelling (still used for a slope of any other shape) left
+    a reorder out and back around each PRelu: 6 of SFace's 38 ms on one thread, and the
+    elementwise ops another 9 (26 ms now). Returns the number of nodes rewritten.
     """
+    constants = {init.name: init for init in model.graph.initializer}
     rewritten: list[onnx.NodeProto] = []
+    weights: list[onnx.TensorProto] = []
     count = 0
     for node in model.graph.node:
         if node.op_type != "PRelu":
             rewritten.append(node)
             continue
         count += 1
-        x, slope = node.input
+        x, slope_name = node.input
         y = node.output[0]
+        slope = constants.get(slope_name)
+        shape = tuple(slope.dims) if slope is not None else ()
+        if slope is None or len(shape) != 3 or shape[1:] != (1, 1):
+            rewritten += [
+                onnx.helper.make_node("Relu", [x], [f"{y}/positive"]),
+                onnx.helper.make_node("Neg", [x], [f"{y}/negated"]),
+                onnx.helper.make_node("Relu", [f"{y}/negated"], [f"{y}/negative"]),
+                onnx.helper.make_node("Mul", [f"{y}/negative", slope_name], [f"{y}/scaled"]),
+                onnx.helper.make_node("Sub", [f"{y}/positive", f"{y}/scaled"], [y]),
+            ]
+            continue
+        channels = shape[0]
+        values = numpy_helper.to_array(slope).astype(np.float32).reshape(channels, 1, 1, 1)
+        weights += [
+            numpy_helper.from_array(np.full_like(values, -1.0), f"{y}/minus_one"),
+            numpy_helper.from_array(-values, f"{y}/minus_slope"),
+        ]
+        depthwise = {"group": channels, "kernel_shape": [1, 1]}
         rewritten += [
             onnx.helper.make_node("Relu", [x], [f"{y}/positive"]),
-            onnx.helper.make_node("Neg", [x], [f"{y}/negated"]),
+            onnx.helper.make_node("Conv", [x, f"{y}/minus_one"], [f"{y}/negated"], **depthwise),
             onnx.helper.make_node("Relu", [f"{y}/negated"], [f"{y}/negative"]),
-            onnx.helper.make_node("Mul", [f"{y}/negative", slope], [f"{y}/scaled"]),
-            onnx.helper.make_node("Sub", [f"{y}/positive", f"{y}/scaled"], [y]),
+            onnx.helper.make_node(
+                "Conv", [f"{y}/negative", f"{y}/minus_slope"], [f"{y}/scaled"], **depthwise
+            ),
+            onnx.helper.make_node("Add", [f"{y}/scaled", f"{y}/positive"], [y]),
         ]
     del model.graph.node[:]
     model.graph.node.extend(rewritten)
+    model.graph.initializer.extend(weights)
     return count
 
 

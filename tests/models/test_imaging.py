@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from models.errors import (
     CorruptImageError,
@@ -88,6 +88,43 @@ def test_exif_orientation_is_applied() -> None:
     exif[0x0112] = 6  # rotate 90° clockwise to display
     image = decode_image(_encode(source, "JPEG", exif=exif.tobytes()))
     assert image.shape == (60, 20, 3)
+
+
+def _pillows_bgr(data: bytes) -> np.ndarray:
+    """What Pillow alone makes of a frame: EXIF orientation applied, RGB, channels reversed."""
+    image = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+    return np.asarray(image)[:, :, ::-1]
+
+
+def _textured(mode: str, size: tuple[int, int] = (64, 48)) -> Image.Image:
+    rng = np.random.default_rng(11)
+    pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    pixels[:, : size[0] // 2] //= 3  # a left half darker: flips and turns are told apart
+    return Image.fromarray(pixels).convert(mode)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_jpeg_pixels_and_every_orientation_match_pillow(orientation: int) -> None:
+    # JPEGs decode through OpenCV (faster); the pixels must be the ones Pillow gives.
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = _encode(_textured("RGB"), "JPEG", quality=90, exif=exif.tobytes())
+    np.testing.assert_array_equal(decode_image(data), _pillows_bgr(data))
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK"])
+def test_grey_and_cmyk_jpegs_match_pillow(mode: str) -> None:
+    data = _encode(_textured(mode), "JPEG", quality=90)
+    decoded = decode_image(data)
+    assert decoded.shape == (48, 64, 3)
+    np.testing.assert_array_equal(decoded, _pillows_bgr(data))
+
+
+def test_a_jpeg_cut_anywhere_is_corrupt(group_photo_path: Path) -> None:
+    data = group_photo_path.read_bytes()
+    for fraction in (0.05, 0.3, 0.9, 0.999):
+        with pytest.raises(CorruptImageError):
+            decode_image(data[: int(len(data) * fraction)])
 
 
 def test_empty_file() -> None:

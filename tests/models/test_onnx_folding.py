@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from models.onnx_folding import expand_prelu, fold_constant_weights
@@ -14,23 +15,47 @@ def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     return np.asarray(create_session(model.SerializeToString()).run(None, {"x": x})[0])
 
 
-def test_expand_prelu_is_exact() -> None:
-    slope = np.array([-0.8, 0.0, 0.25, 1.12], np.float32).reshape(4, 1, 1)  # SFace's range
+def _prelu_model(slope: np.ndarray, shape: list[int]) -> onnx.ModelProto:
     graph = helper.make_graph(
         [helper.make_node("PRelu", ["x", "slope"], ["y"])],
         "prelu",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 3, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 3, 3])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
         [numpy_helper.from_array(slope, "slope")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
-    x = np.random.default_rng(3).standard_normal((2, 4, 3, 3)).astype(np.float32)
+    return model
+
+
+@pytest.mark.parametrize("channels", [4, 64])  # 64: wide enough for the blocked (NCHWc) layout
+def test_expand_prelu_computes_prelu(channels: int) -> None:
+    rng = np.random.default_rng(3)
+    # SFace's slopes run from below 0 to above 1.
+    slope = rng.uniform(-0.8, 1.12, channels).astype(np.float32).reshape(channels, 1, 1)
+    slope[:2] = [[[0.0]], [[0.25]]]
+    shape = [2, channels, 7, 9]
+    model = _prelu_model(slope, shape)
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[0, 0, 0, :3] = [0.0, -0.0, 1e-30]
+    before = _run(model, x)
+    assert expand_prelu(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["Relu", "Conv", "Relu", "Conv", "Add"]
+    onnx.checker.check_model(model)
+    after = _run(model, x)
+    # Each output is x itself or one rounded product slope·x, as in PRelu.
+    np.testing.assert_array_equal(after, np.where(x > 0, x, slope * x))
+    np.testing.assert_array_equal(after, before)
+
+
+def test_expand_prelu_with_a_shared_slope_uses_elementwise_ops() -> None:
+    slope = np.array([0.25], np.float32)
+    model = _prelu_model(slope, [1, 3, 4, 4])
+    x = np.random.default_rng(4).standard_normal((1, 3, 4, 4)).astype(np.float32)
     before = _run(model, x)
     assert expand_prelu(model) == 1
     assert [n.op_type for n in model.graph.node] == ["Relu", "Neg", "Relu", "Mul", "Sub"]
     np.testing.assert_array_equal(_run(model, x), before)
-    np.testing.assert_allclose(before, np.where(x > 0, x, slope * x), rtol=0, atol=1e-7)
 
 
 def test_fold_blocked_dequantize_linear() -> None:

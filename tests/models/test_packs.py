@@ -80,6 +80,23 @@ def test_tampered_pack_is_rebuilt_by_prepare(default_pack: ModelPack, tmp_path: 
     assert rebuilt.detector.sha256 == default_pack.detector.sha256
 
 
+def test_a_pack_from_an_earlier_recipe_is_rebuilt(default_pack: ModelPack, tmp_path: Path) -> None:
+    """A pack prepared by an older wajah verifies (its files match its own manifest) but was
+    folded another way: prepare rebuilds it under the same model id."""
+    models_dir = tmp_path / "models"
+    directory = _copy_pack(default_pack, models_dir / DEFAULT_PACK_ID)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["provenance"]["transform"] = "an earlier recipe"
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    load_pack(directory).verify()
+    messages: list[str] = []
+    rebuilt = prepare_default_pack(models_dir, progress=messages.append)
+    assert any("earlier recipe" in m for m in messages)
+    assert rebuilt.model_id == default_pack.model_id
+    assert rebuilt.provenance == default_pack.provenance
+    assert rebuilt.recognizer.sha256 == default_pack.recognizer.sha256
+
+
 def test_bad_manifests(tmp_path: Path) -> None:
     with pytest.raises(ModelPackNotFoundError):
         load_pack(tmp_path)
