@@ -137,7 +137,12 @@ class Server:
     """uvicorn with `create_app` as factory; settings come from the `WAJAH_*` environment."""
 
     def __init__(
-        self, env: dict[str, str], port: int, log_path: Path, app: str = "app.main:create_app"
+        self,
+        env: dict[str, str],
+        port: int,
+        log_path: Path,
+        app: str = "app.main:create_app",
+        cwd: Path | None = None,
     ) -> None:
         self.base_url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
@@ -158,6 +163,7 @@ class Server:
                     "--no-access-log",
                 ],
                 env=env,
+                cwd=cwd,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
