@@ -73,11 +73,13 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="wajah-bench-ab-"))
     other = work / "other-tree"
-    subprocess.run(
+    added = subprocess.run(
         ["git", "-C", str(REPO), "worktree", "add", "--detach", str(other), args.against],
-        check=True,
         capture_output=True,
+        text=True,
     )
+    if added.returncode != 0:
+        raise SystemExit(f"cannot check out {args.against!r}: {added.stderr.strip()}")
     verify_jpeg = single_face_jpeg()
     enroll_jpeg = augmented_captures(decode_image(verify_jpeg))[1]
     body = {"subject_id": "ab-subject", "probe": {"image": base64.b64encode(verify_jpeg).decode()}}

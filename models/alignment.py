@@ -9,7 +9,8 @@ from numpy.typing import NDArray
 CROP_SIZE = 112
 
 # Where ArcFace's five landmarks sit in its 112×112 crop: eyes, nose tip, mouth corners. The
-# values are insightface's `face_align.arcface_dst`, which holds them as float32.
+# values are insightface's `face_align.arcface_dst` (float32), copied rather than imported:
+# that module pulls in scikit-image, a second of start-up. A test keeps the two equal.
 ARCFACE_TEMPLATE = np.array(
     [
         [38.2946, 51.6963],
