@@ -83,8 +83,18 @@ def test_golden_embedding(pipeline: FacePipeline, group_photo_path: Path) -> Non
     found = pipeline.embed_all_faces(decode_image(group_photo_path.read_bytes()))
     detection, vector = max(found, key=lambda f: f[0].area)
     np.testing.assert_allclose(detection.box, golden["box"], atol=0.05)
-    # onnxruntime's float32 kernels differ in the last bits between CPU instruction sets.
-    np.testing.assert_allclose(vector, np.array(golden["embedding"], np.float32), atol=1e-4)
+    # Compared by direction, not element by element: float32 kernels differ between CPU
+    # instruction sets and onnxruntime/OpenCV/numpy versions, which moves single elements by
+    # about 1e-4 (1.02e-4 seen on a fresh install) and leaves the direction where it was
+    # (cosine 0.9999999). Uniform noise of ±1e-3 on every element, ten times that drift,
+    # still gives 0.99998. What this test is for drops far lower (measured on this face):
+    # landmarks shifted by half a pixel before alignment 0.9977, by one pixel 0.991-0.995,
+    # the crop fed as RGB instead of BGR 0.935, another face of t1.jpg 0.03-0.18.
+    golden_vector = np.array(golden["embedding"], np.float64)
+    cosine = float(vector @ golden_vector) / float(
+        np.linalg.norm(vector) * np.linalg.norm(golden_vector)
+    )
+    assert cosine >= 0.9999, cosine
     assert vector.dtype == np.float32
     assert abs(float(np.linalg.norm(vector)) - 1.0) < 1e-5
 
