@@ -9,11 +9,12 @@ FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/wajah
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY app ./app
 COPY models ./models
 COPY index ./index
-RUN /opt/wajah/bin/pip install .
+# The versions the tests passed with (requirements.lock), not whatever is newest today.
+RUN /opt/wajah/bin/pip install -c requirements.lock .
 # Fold the default pack once, into the image; `serve` then only verifies it.
 RUN WAJAH_HOME=/opt/wajah-home WAJAH_MODEL_CACHE_DIR=/opt/wajah-models \
     /opt/wajah/bin/wajah models prepare

@@ -38,3 +38,11 @@ def test_settings_it_sets_are_real_settings() -> None:
     names = set(re.findall(r"\b(WAJAH_[A-Z_]+)=", DOCKERFILE))
     fields = {f"WAJAH_{name.upper()}" for name in Settings.model_fields}
     assert names <= fields, names - fields
+
+
+def test_it_installs_the_locked_versions() -> None:
+    # The image gets the versions the tests passed with, as the README's commands do.
+    root = Path(__file__).parent.parent
+    assert (root / "requirements.lock").is_file()
+    assert re.search(r"^COPY [^\n]*\brequirements\.lock\b", DOCKERFILE, re.M)
+    assert re.search(r"^RUN /opt/wajah/bin/pip install -c requirements\.lock \.$", DOCKERFILE, re.M)
