@@ -13,6 +13,7 @@ COPY pyproject.toml README.md requirements.lock ./
 COPY app ./app
 COPY models ./models
 COPY index ./index
+COPY crashsafe ./crashsafe
 # The versions the tests passed with (requirements.lock), not whatever is newest today.
 RUN /opt/wajah/bin/pip install -c requirements.lock .
 # Fold the default pack once, into the image; `serve` then only verifies it.

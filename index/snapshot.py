@@ -25,10 +25,11 @@ so a truncated file is caught by its size before anything is read, and a flipped
 of the two checksums. Only live rows are written;
 tombstones never reach disk.
 
-Writes go to a temporary file in the same directory, which is fsynced, renamed over the old
-snapshot with ``os.replace`` and followed by an fsync of the directory, so a crash or a full
-disk leaves either the old or the new snapshot, never a mixture. FAISS's ``write_index`` is
-not used: it does not fsync and can leave a truncated file behind on a full disk.
+Writes go through ``crashsafe.replacing``: a temporary file in the same directory, which is
+fsynced, renamed over the old snapshot with ``os.replace`` and followed by an fsync of the
+directory, so a crash or a full disk leaves either the old or the new snapshot, never a
+mixture. FAISS's ``write_index`` is not used: it does not fsync and can leave a truncated file
+behind on a full disk.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ from typing import Any, BinaryIO, Literal
 
 import numpy as np
 from numpy.typing import NDArray
+
+import crashsafe
 
 from ._store import ROW_BITS, Segment, Storage, Store, dtype_of
 from .errors import SnapshotError, SnapshotWriteError
@@ -165,9 +168,9 @@ def write_snapshot(path: Path, header: SnapshotHeader, store: Store) -> Snapshot
     header_len += -(_PREFIX.size + header_len + 8 * count) % VECTOR_ALIGNMENT
     if header_len > MAX_HEADER_BYTES:
         raise SnapshotWriteError("snapshot header too large (model id or namespace too long)")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        # mode=None: snapshots keep the permissions they have always had (the umask's).
+        with crashsafe.replacing(path, mode=None) as f:
             f.seek(_PREFIX.size + header_len)
             crc = _Crc32()
             written = 0
@@ -200,25 +203,9 @@ def write_snapshot(path: Path, header: SnapshotHeader, store: Store) -> Snapshot
             f.seek(0)
             f.write(_PREFIX.pack(MAGIC, header_len, zlib.crc32(head)))
             f.write(head)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise SnapshotWriteError(f"could not write snapshot {path.name}: {exc.strerror}") from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return final
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_header(f: BinaryIO, file_size: int) -> SnapshotHeader:

@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import crashsafe
 from models.errors import ModelIntegrityError, ModelPackError, ModelPackNotFoundError
 
 MANIFEST_NAME = "manifest.json"
@@ -161,27 +160,18 @@ def load_pack(directory: Path) -> ModelPack:
 
 
 def write_manifest(pack: ModelPack) -> None:
-    """Write the manifest atomically (temp file, fsync, rename, fsync the directory)."""
-    write_atomic(
+    """Write the manifest crash-safely (see `crashsafe`), creating the pack directory."""
+    pack.directory.mkdir(parents=True, exist_ok=True)
+    crashsafe.write_bytes(
         pack.directory / MANIFEST_NAME,
         json.dumps(pack.to_manifest(), indent=2, sort_keys=True).encode(),
     )
 
 
 def write_atomic(path: Path, data: bytes) -> None:
+    """`crashsafe.write_bytes`, creating ``path``'s directory first.
+
+    Only `models.calibration` still calls this; once it calls `crashsafe` directly, delete it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    crashsafe.write_bytes(path, data)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import onnx
 
+import crashsafe
 from models.errors import ModelIntegrityError, ModelPackError, ModelPackNotFoundError
 from models.onnx_folding import expand_prelu, fold_constant_weights, make_batch_dynamic
 from models.packs import (
@@ -35,7 +36,6 @@ from models.packs import (
     load_pack,
     sha256_file,
     verify_file,
-    write_atomic,
     write_manifest,
 )
 
@@ -128,6 +128,7 @@ def prepare_default_pack(models_dir: Path, progress: Progress = _quiet) -> Model
         template.recognizer.file: ("face_recognition_sface_2021dec_int8bq.onnx", True),
     }
     digests: dict[str, str] = {}
+    directory.mkdir(parents=True, exist_ok=True)
     for target, (source, batched) in outputs.items():
         progress(f"folding {source} into float32 → {directory / target}")
         model = onnx.load(str(source_dir / source))
@@ -136,7 +137,7 @@ def prepare_default_pack(models_dir: Path, progress: Progress = _quiet) -> Model
         if batched:
             make_batch_dynamic(model)
         onnx.checker.check_model(model)
-        write_atomic(directory / target, model.SerializeToString())
+        crashsafe.write_bytes(directory / target, model.SerializeToString())
         digests[target] = sha256_file(directory / target)
 
     pack = replace(

@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from app.atomic import atomic_write_bytes
+import crashsafe
 from app.crypto.errors import (
     DecryptionError,
     KeyringError,
@@ -207,7 +207,7 @@ class StatefulKeyManager(ABC):
 
     def _write(self, state: Record) -> None:
         data = json.dumps(state, indent=1, sort_keys=True).encode("utf-8")
-        atomic_write_bytes(self._path, data)
+        crashsafe.write_bytes(self._path, data)
 
     @contextmanager
     def _mutate(self) -> Iterator[Record]:

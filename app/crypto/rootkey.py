@@ -15,7 +15,7 @@ import secrets
 import stat
 from pathlib import Path
 
-from app.atomic import atomic_write_bytes
+import crashsafe
 from app.crypto.errors import RootKeyError
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def load_root_key(
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         content = f"{DEV_KEY_MARKER}\n{generate_root_key_b64()}\n"
-        atomic_write_bytes(path, content.encode("ascii"), mode=0o600)
+        crashsafe.write_bytes(path, content.encode("ascii"), mode=0o600)
         log.warning(
             "!!! DEVELOPMENT MODE: generated a local root key at %s. Everything sealed under "
             "it is lost if this file is lost, and it is refused in production. !!!",

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from app.atomic import atomic_write_bytes, fsync_dir
+import crashsafe
 
 # Letters, digits, '.', '_', '-'; no separators, no leading dot (temp files start with one,
 # so a key can never name a half-written file), at most 200 characters.
@@ -88,9 +88,9 @@ class LocalObjectStore:
         if not parent.is_dir():
             parent.mkdir(parents=True, exist_ok=True)
             # New shard directories must themselves survive a crash.
-            fsync_dir(parent.parent)
-            fsync_dir(parent.parent.parent)
-        atomic_write_bytes(target, data)
+            crashsafe.fsync_dir(parent.parent)
+            crashsafe.fsync_dir(parent.parent.parent)
+        crashsafe.write_bytes(target, data)
 
     def get(self, key: str) -> bytes:
         try:
@@ -104,7 +104,7 @@ class LocalObjectStore:
             path.unlink()
         except FileNotFoundError:
             return False
-        fsync_dir(path.parent)
+        crashsafe.fsync_dir(path.parent)
         return True
 
     def exists(self, key: str) -> bool:
