@@ -1,8 +1,13 @@
-"""Per-namespace vector indexes over FAISS: a library that knows nothing of HTTP, orgs or crypto.
+"""Per-namespace vector indexes: a library that knows nothing of HTTP, orgs or crypto.
+
+The service depends on two protocols (``index.backend``): an :class:`IndexBackend` hands out
+one :class:`NamespaceIndex` per namespace. The embedded exact index over FAISS,
+:class:`IndexRegistry` of :class:`VectorIndex`, implements them; a second backend (Milvus) is
+to keep the same contract and pass the same tests (``tests/index/backends.py``).
 
 Typical use by the service::
 
-    registry = IndexRegistry(Path("/var/lib/wajah/index"))
+    registry: IndexBackend = IndexRegistry(Path("/var/lib/wajah/index"))
     index = registry.get_or_create("org-42", dimension=128, model_id="sface-2021dec")
     index.load_or_rebuild(lambda position: db.embedding_changes_since(position))
     index.add([1001], [vector], model_id="sface-2021dec")
@@ -10,6 +15,16 @@ Typical use by the service::
     index.snapshot(position=db.head_position())
 """
 
+from .backend import (
+    BEGINNING,
+    Hit,
+    IndexBackend,
+    LoadReport,
+    NamespaceIndex,
+    RowsSince,
+    SearchResult,
+    SnapshotInfo,
+)
 from .errors import (
     DimensionMismatchError,
     DuplicateIdError,
@@ -26,15 +41,7 @@ from .errors import (
 )
 from .registry import IndexRegistry
 from .snapshot import FORMAT_VERSION, SnapshotHeader
-from .vector_index import (
-    BEGINNING,
-    Hit,
-    LoadReport,
-    RowsSince,
-    SearchResult,
-    SnapshotInfo,
-    VectorIndex,
-)
+from .vector_index import VectorIndex
 
 __all__ = [
     "BEGINNING",
@@ -42,12 +49,14 @@ __all__ = [
     "DimensionMismatchError",
     "DuplicateIdError",
     "Hit",
+    "IndexBackend",
     "IndexRegistry",
     "InvalidIdError",
     "InvalidQueryError",
     "InvalidVectorError",
     "LoadReport",
     "ModelMismatchError",
+    "NamespaceIndex",
     "NamespaceNotFoundError",
     "RegistryLockedError",
     "RowsSince",

@@ -12,6 +12,7 @@ import faiss
 
 from ._concurrency import SearchPool
 from ._store import Storage
+from .backend import IndexBackend, NamespaceIndex
 from .errors import (
     DimensionMismatchError,
     ModelMismatchError,
@@ -25,7 +26,8 @@ SNAPSHOT_SUFFIX = ".widx"
 
 
 class IndexRegistry:
-    """One index per namespace, each pinned to a dimension, a model id and a storage layout.
+    """One index per namespace, each pinned to a dimension, a model id and a storage layout:
+    the embedded :class:`~index.backend.IndexBackend`.
 
     Namespaces share nothing but the search threads: each has its own vectors, ids, locks and
     snapshot file, and every operation is a method of exactly one namespace's index, so no
@@ -161,3 +163,9 @@ class IndexRegistry:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# The embedded index is one implementation of the backend contract; mypy fails here, not in
+# the service, if either class drifts from its protocol.
+_EMBEDDED_BACKEND: type[IndexBackend] = IndexRegistry
+_EMBEDDED_NAMESPACE_INDEX: type[NamespaceIndex] = VectorIndex

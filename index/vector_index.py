@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -27,6 +27,16 @@ from numpy.typing import ArrayLike, NDArray
 from ._concurrency import MicroBatcher, RWLock, SearchPool
 from ._gemm import scorer_for, use_gemm
 from ._store import Segment, Storage, Store
+from .backend import (
+    BEGINNING,
+    MAX_K,
+    NORM_TOLERANCE,
+    LoadReport,
+    Row,
+    RowsSince,
+    SearchResult,
+    SnapshotInfo,
+)
 from .errors import (
     DimensionMismatchError,
     DuplicateIdError,
@@ -38,66 +48,7 @@ from .errors import (
 )
 from .snapshot import SnapshotHeader, read_snapshot, write_snapshot
 
-# A row from the source of truth: (id, vector) adds or replaces, (id, None) removes.
-Row = tuple[int, ArrayLike | None]
-RowsSince = Callable[[int], Iterable[Row]]
-
-#: ``rows_since(BEGINNING)`` must yield every live row: the position of an empty index.
-BEGINNING = 0
-# Float32 rounding leaves |norm - 1| around 1e-7; anything beyond this was not normalised.
-NORM_TOLERANCE = 1e-3
 _REPLAY_BATCH = 4096
-#: Largest ``k`` a search accepts; FAISS allocates k results per query and segment.
-MAX_K = 10_000
-
-
-class Hit(NamedTuple):
-    id: int
-    score: float
-
-
-@dataclass(frozen=True, slots=True)
-class SearchResult:
-    """Top-k ids and scores, one row per query, best first.
-
-    ``ids`` is int64 of shape (queries, k) padded with -1; ``scores`` is float32 of the same
-    shape padded with -inf. Ties in score are ordered by ascending id.
-    """
-
-    ids: NDArray[np.int64]
-    scores: NDArray[np.float32]
-
-    def hits(self, query: int = 0) -> list[Hit]:
-        row_ids, row_scores = self.ids[query], self.scores[query]
-        keep = row_ids >= 0
-        return [Hit(int(i), float(s)) for i, s in zip(row_ids[keep], row_scores[keep], strict=True)]
-
-
-@dataclass(frozen=True, slots=True)
-class SnapshotInfo:
-    path: Path
-    count: int
-    position: int
-    bytes: int
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class LoadReport:
-    """What :meth:`VectorIndex.load_or_rebuild` did.
-
-    ``source`` is ``"snapshot"`` when a verified snapshot was loaded and newer rows replayed on
-    top, ``"rebuild"`` when the index was rebuilt from ``BEGINNING``; ``reason`` says why the
-    snapshot was not used.
-    """
-
-    source: str
-    position: int
-    loaded: int
-    replayed: int
-    count: int
-    seconds: float
-    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +59,8 @@ class _Query:
 
 
 class VectorIndex:
-    """Ids and vectors of one namespace, pinned to a dimension and a model id.
+    """Ids and vectors of one namespace, pinned to a dimension and a model id: the embedded
+    :class:`~index.backend.NamespaceIndex`.
 
     Thread-safety: searches run concurrently with each other and with snapshots; adds,
     removes, compaction, snapshots and loads are serialised, and an add or remove waits only
