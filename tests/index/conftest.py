@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from index import IndexRegistry
+from index import IndexBackend, IndexRegistry
+
+from .backends import BACKENDS, OpenBackend
 
 MODEL = "test-model-v1"
 
@@ -63,3 +65,20 @@ def assert_same(got: list[list[tuple[int, float]]], want: list[list[tuple[int, f
 def registry(tmp_path: Path) -> Iterator[IndexRegistry]:
     with IndexRegistry(tmp_path / "snapshots", threads=2) as reg:
         yield reg
+
+
+@pytest.fixture(params=BACKENDS, scope="session")
+def open_backend(request: pytest.FixtureRequest) -> OpenBackend:
+    """Each backend in turn (session-scoped: a factory holds no state, and hypothesis tests
+    may take it)."""
+    opener: OpenBackend = request.param
+    return opener
+
+
+@pytest.fixture
+def backend(open_backend: OpenBackend, tmp_path: Path) -> Iterator[IndexBackend]:
+    opened = open_backend(tmp_path)
+    try:
+        yield opened
+    finally:
+        opened.close()

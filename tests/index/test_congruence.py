@@ -1,15 +1,32 @@
-"""FAISS results equal a numpy brute-force reference: ids exactly, scores to 1e-5."""
+"""Every backend's results equal a numpy brute-force reference: ids exactly, scores to 1e-5.
+
+The tests that take ``backend`` or ``open_backend`` run on every backend through the
+protocol surface alone; the last section checks what only the embedded index has (storage
+layouts, tombstones, compaction, its sgemm path).
+"""
 
 from __future__ import annotations
+
+import tempfile
+from contextlib import closing
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
+from numpy.typing import NDArray
 
-from index import IndexRegistry, SearchResult, VectorIndex
+from index import IndexBackend, IndexRegistry, NamespaceIndex, SearchResult, VectorIndex
 
+from .backends import OpenBackend, embedded
 from .conftest import MODEL, BruteForce, assert_same, unit_vectors
 
 
@@ -17,16 +34,11 @@ def hits(result: SearchResult) -> list[list[tuple[int, float]]]:
     return [[(h.id, h.score) for h in result.hits(i)] for i in range(len(result.ids))]
 
 
-@pytest.mark.parametrize("storage", ["float32", "float16"])
-@pytest.mark.parametrize("min_score", [None, -1.0, 0.0, 0.15])
-@pytest.mark.parametrize("d", [32, 128])  # 25 queries of 128-d are scored by sgemm
-def test_add_remove_search_reload_matches_brute_force(
-    registry: IndexRegistry, storage: str, min_score: float | None, d: int
-) -> None:
-    rng = np.random.default_rng(1234)
-    index = registry.get_or_create("org-a", dimension=d, model_id=MODEL, storage=storage)  # type: ignore[arg-type]
-    ref = BruteForce(storage)
-    # 9000 rows span several growing segments (1024, 2048, 4096, ...).
+def add_then_remove(
+    index: NamespaceIndex, ref: BruteForce, rng: np.random.Generator, d: int
+) -> tuple[NDArray[np.float32], list[int]]:
+    """Add 9000 rows in batches, remove 2500 of them; return the vectors and removed ids."""
+    # 9000 rows span several growing segments (1024, 2048, 4096, ...) in the embedded index.
     x = unit_vectors(rng, 9000, d)
     ids = rng.choice(10**12, size=9000, replace=False)
     for start in range(0, 9000, 1500):
@@ -35,42 +47,45 @@ def test_add_remove_search_reload_matches_brute_force(
     gone = ids[rng.choice(9000, size=2500, replace=False)].tolist()
     assert index.remove(gone) == 2500
     ref.remove(gone)
-    q = np.vstack([x[:5], unit_vectors(rng, 20, d)])
-    for k in (1, 7, 40):
-        got = hits(index.search(q, model_id=MODEL, k=k, min_score=min_score))
-        assert_same(got, ref.search(q, k, min_score))
-    assert index.count == 6500
-    assert index.tombstones == 2500
-
-    index.snapshot(position=99)
-    reloaded = VectorIndex(
-        "org-a",
-        dimension=d,
-        model_id=MODEL,
-        storage=storage,
-        snapshot_path=index.snapshot_path,  # type: ignore[arg-type]
-    )
-    report = reloaded.load_or_rebuild(lambda position: [])
-    assert (report.source, report.position, report.count) == ("snapshot", 99, 6500)
-    assert_same(hits(reloaded.search(q, model_id=MODEL, k=10, min_score=min_score)),
-                ref.search(q, 10, min_score))  # fmt: skip
-
-    assert index.compact() == 2500
-    assert index.tombstones == 0
-    assert_same(hits(index.search(q, model_id=MODEL, k=10, min_score=min_score)),
-                ref.search(q, 10, min_score))  # fmt: skip
-    for gone_id in gone[:50]:
-        assert gone_id not in index
-        assert gone_id not in reloaded
+    return x, gone
 
 
-@pytest.mark.parametrize("d", [16, 512])  # 12 queries of 512-d are scored by sgemm
-def test_single_and_batched_queries_agree(registry: IndexRegistry, d: int) -> None:
-    from index._gemm import use_gemm
+@pytest.mark.parametrize("min_score", [None, -1.0, 0.0, 0.15])
+@pytest.mark.parametrize("d", [32, 128])  # the embedded index scores 25 128-d queries by sgemm
+def test_add_remove_search_reload_matches_brute_force(
+    open_backend: OpenBackend, tmp_path: Path, min_score: float | None, d: int
+) -> None:
+    rng = np.random.default_rng(1234)
+    ref = BruteForce()
+    with closing(open_backend(tmp_path)) as backend:
+        index = backend.get_or_create("org-a", dimension=d, model_id=MODEL)
+        x, gone = add_then_remove(index, ref, rng, d)
+        q = np.vstack([x[:5], unit_vectors(rng, 20, d)])
+        for k in (1, 7, 40):
+            got = hits(index.search(q, model_id=MODEL, k=k, min_score=min_score))
+            assert_same(got, ref.search(q, k, min_score))
+        assert index.count == 6500
+        info = index.snapshot(position=99)
+        assert (info.count, info.position) == (6500, 99)
+        for gone_id in gone[:50]:
+            assert not index.contains(gone_id)
 
-    assert use_gemm(12, d) == (d == 512) and not use_gemm(1, d)
+    with closing(open_backend(tmp_path)) as backend:  # a restart: the snapshot comes back
+        reloaded = backend.get_or_create("org-a", dimension=d, model_id=MODEL)
+        report = reloaded.load_or_rebuild(lambda position: [])
+        assert (report.source, report.position, report.count) == ("snapshot", 99, 6500)
+        assert_same(hits(reloaded.search(q, model_id=MODEL, k=10, min_score=min_score)),
+                    ref.search(q, 10, min_score))  # fmt: skip
+        for gone_id in gone[:50]:
+            assert not reloaded.contains(gone_id)
+        for live_id in sorted(ref.vectors)[:50]:
+            assert reloaded.contains(live_id)
+
+
+@pytest.mark.parametrize("d", [16, 512])  # see test_only_512d_batches_take_the_sgemm_path
+def test_single_and_batched_queries_agree(backend: IndexBackend, d: int) -> None:
     rng = np.random.default_rng(7)
-    index = registry.get_or_create("org-b", dimension=d, model_id=MODEL)
+    index = backend.get_or_create("org-b", dimension=d, model_id=MODEL)
     x = unit_vectors(rng, 3000, d)
     index.add(np.arange(3000), x, model_id=MODEL)
     index.remove(np.arange(0, 3000, 7))
@@ -83,9 +98,9 @@ def test_single_and_batched_queries_agree(registry: IndexRegistry, d: int) -> No
             np.testing.assert_allclose(one.scores[0], batch.scores[i], atol=1e-6)
 
 
-def test_k_larger_than_count_pads(registry: IndexRegistry) -> None:
+def test_k_larger_than_count_pads(backend: IndexBackend) -> None:
     rng = np.random.default_rng(3)
-    index = registry.get_or_create("org-c", dimension=8, model_id=MODEL)
+    index = backend.get_or_create("org-c", dimension=8, model_id=MODEL)
     x = unit_vectors(rng, 3, 8)
     index.add([5, 6, 7], x, model_id=MODEL)
     index.remove([6])
@@ -97,31 +112,26 @@ def test_k_larger_than_count_pads(registry: IndexRegistry) -> None:
 
 
 class IndexMachine(RuleBasedStateMachine):
-    """Random add / remove / compact / snapshot+reload / search against the reference."""
+    """Random add / remove / snapshot+reload / search against the reference."""
 
-    def __init__(self) -> None:
+    def __init__(self, open_backend: OpenBackend) -> None:
         super().__init__()
-        self.rng = np.random.default_rng(0)
         self.d = 8
         self.ref = BruteForce()
         self.next_id = 0
         self.position = 0
-
-    @initialize(storage=st.sampled_from(["float32", "float16"]))
-    def setup(self, storage: str) -> None:
-        import tempfile
-        from pathlib import Path
-
         self.tmp = tempfile.TemporaryDirectory()
-        self.ref.storage = storage
-        self.index = VectorIndex(
-            "ns", dimension=self.d, model_id=MODEL, storage=storage,  # type: ignore[arg-type]
-            snapshot_path=Path(self.tmp.name) / "ns.widx",
-        )  # fmt: skip
+        self.backend = open_backend(Path(self.tmp.name))
+
+    @initialize()
+    def setup(self) -> None:
+        self.index: NamespaceIndex = self.backend.get_or_create(
+            "ns", dimension=self.d, model_id=MODEL
+        )
 
     def teardown(self) -> None:
-        if hasattr(self, "tmp"):
-            self.tmp.cleanup()
+        self.backend.close()
+        self.tmp.cleanup()
 
     @rule(n=st.integers(1, 300), seed=st.integers(0, 2**32 - 1))
     def add(self, n: int, seed: int) -> None:
@@ -144,10 +154,6 @@ class IndexMachine(RuleBasedStateMachine):
         self.position += 1
 
     @rule()
-    def compact(self) -> None:
-        self.index.compact()
-
-    @rule()
     def snapshot_and_reload(self) -> None:
         self.index.snapshot(self.position)
         report = self.index.load_or_rebuild(lambda position: [])
@@ -164,15 +170,94 @@ class IndexMachine(RuleBasedStateMachine):
 
     @invariant()
     def counts_agree(self) -> None:
-        if hasattr(self, "index"):
-            assert self.index.count == len(self.ref.vectors)
+        assert self.index.count == len(self.ref.vectors)
 
 
-TestIndexMachine = IndexMachine.TestCase
-TestIndexMachine.settings = settings(
+MACHINE_SETTINGS = settings(
     max_examples=25,
     stateful_step_count=20,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+def test_random_operations_match_brute_force(open_backend: OpenBackend) -> None:
+    run_state_machine_as_test(lambda: IndexMachine(open_backend), settings=MACHINE_SETTINGS)
+
+
+# -- the embedded index only ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("storage", ["float32", "float16"])
+@pytest.mark.parametrize("min_score", [None, -1.0, 0.0, 0.15])
+@pytest.mark.parametrize("d", [32, 128])  # 25 queries of 128-d are scored by sgemm
+def test_storage_layouts_and_compaction_match_brute_force(
+    registry: IndexRegistry, storage: str, min_score: float | None, d: int
+) -> None:
+    rng = np.random.default_rng(1234)
+    index = registry.get_or_create("org-a", dimension=d, model_id=MODEL, storage=storage)  # type: ignore[arg-type]
+    ref = BruteForce(storage)
+    x, gone = add_then_remove(index, ref, rng, d)
+    q = np.vstack([x[:5], unit_vectors(rng, 20, d)])
+    for k in (1, 7, 40):
+        got = hits(index.search(q, model_id=MODEL, k=k, min_score=min_score))
+        assert_same(got, ref.search(q, k, min_score))
+    assert index.count == 6500
+    assert index.tombstones == 2500
+
+    index.snapshot(position=99)
+    reloaded = VectorIndex(
+        "org-a",
+        dimension=d,
+        model_id=MODEL,
+        storage=storage,  # type: ignore[arg-type]
+        snapshot_path=index.snapshot_path,
+    )
+    report = reloaded.load_or_rebuild(lambda position: [])
+    assert (report.source, report.position, report.count) == ("snapshot", 99, 6500)
+    assert_same(hits(reloaded.search(q, model_id=MODEL, k=10, min_score=min_score)),
+                ref.search(q, 10, min_score))  # fmt: skip
+
+    assert index.compact() == 2500
+    assert index.tombstones == 0
+    assert_same(hits(index.search(q, model_id=MODEL, k=10, min_score=min_score)),
+                ref.search(q, 10, min_score))  # fmt: skip
+    for gone_id in gone[:50]:
+        assert gone_id not in index
+        assert gone_id not in reloaded
+
+
+def test_only_512d_batches_take_the_sgemm_path() -> None:
+    """test_single_and_batched_queries_agree compares FAISS's scan with sgemm at 512-d."""
+    from index._gemm import use_gemm
+
+    for d in (16, 512):
+        assert use_gemm(12, d) == (d == 512) and not use_gemm(1, d)
+
+
+class EmbeddedIndexMachine(IndexMachine):
+    """The same operations over either storage layout, with compaction between them."""
+
+    def __init__(self) -> None:
+        super().__init__(embedded)
+
+    @initialize(storage=st.sampled_from(["float32", "float16"]))
+    def setup(self, storage: str) -> None:  # type: ignore[override]
+        assert isinstance(self.backend, IndexRegistry)
+        self.ref.storage = storage
+        self.embedded = self.backend.get_or_create(
+            "ns",
+            dimension=self.d,
+            model_id=MODEL,
+            storage=storage,  # type: ignore[arg-type]
+        )
+        self.index = self.embedded
+
+    @rule()
+    def compact(self) -> None:
+        self.embedded.compact()
+
+
+def test_random_operations_over_storage_layouts_and_compaction() -> None:
+    run_state_machine_as_test(EmbeddedIndexMachine, settings=MACHINE_SETTINGS)

@@ -1,4 +1,7 @@
-"""Bad input is a clear domain error and changes nothing."""
+"""Bad input is a clear domain error and changes nothing.
+
+Tests taking ``backend`` run on every backend; the last section is the embedded index's own.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import pytest
 from index import (
     DimensionMismatchError,
     DuplicateIdError,
+    IndexBackend,
     IndexRegistry,
     InvalidIdError,
     InvalidQueryError,
@@ -25,8 +29,8 @@ from .conftest import MODEL, unit_vectors
 
 
 @pytest.fixture
-def index(registry: IndexRegistry):  # type: ignore[no-untyped-def]
-    ix = registry.get_or_create("org", dimension=4, model_id=MODEL)
+def index(backend: IndexBackend):  # type: ignore[no-untyped-def]
+    ix = backend.get_or_create("org", dimension=4, model_id=MODEL)
     ix.add([1, 2], unit_vectors(np.random.default_rng(0), 2, 4), model_id=MODEL)
     return ix
 
@@ -58,7 +62,7 @@ def test_bad_add_changes_nothing(index, ids, vectors, error) -> None:  # type: i
     with pytest.raises(error):
         index.add(ids, vectors, model_id=MODEL)
     assert index.count == 2
-    assert 3 not in index
+    assert not index.contains(3)
 
 
 def test_wrong_model_is_refused(index) -> None:  # type: ignore[no-untyped-def]
@@ -83,24 +87,38 @@ def test_bad_search(index, query, k, min_score, error) -> None:  # type: ignore[
         index.search(query, model_id=MODEL, k=k, min_score=min_score)
 
 
-def test_namespace_is_pinned(registry: IndexRegistry) -> None:
-    registry.get_or_create("org", dimension=4, model_id=MODEL)
+def test_namespace_is_pinned(backend: IndexBackend) -> None:
+    backend.get_or_create("org", dimension=4, model_id=MODEL)
     with pytest.raises(DimensionMismatchError):
-        registry.get_or_create("org", dimension=8, model_id=MODEL)
+        backend.get_or_create("org", dimension=8, model_id=MODEL)
     with pytest.raises(ModelMismatchError):
-        registry.get_or_create("org", dimension=4, model_id="other")
-    with pytest.raises(StorageMismatchError):
-        registry.get_or_create("org", dimension=4, model_id=MODEL, storage="float16")
+        backend.get_or_create("org", dimension=4, model_id="other")
     with pytest.raises(NamespaceNotFoundError):
-        registry.get("nobody")
-    registry.drop("org")
-    assert "org" not in registry
+        backend.get("nobody")
+    with pytest.raises(ValueError, match="namespace"):
+        backend.get_or_create("", dimension=4, model_id=MODEL)
+    assert "org" in backend
+    backend.drop("org")
+    assert "org" not in backend
+    assert backend.namespaces() == []
+    with pytest.raises(NamespaceNotFoundError):
+        backend.drop("org")
 
 
 def test_remove_unknown_ids_is_a_no_op(index) -> None:  # type: ignore[no-untyped-def]
     assert index.remove([99, 100]) == 0
     assert index.remove([1, 1]) == 1
+    assert index.remove([1]) == 0  # already gone: removing is idempotent
     assert index.count == 1
+
+
+# -- the embedded index only ---------------------------------------------------------------
+
+
+def test_namespace_storage_is_pinned(registry: IndexRegistry) -> None:
+    registry.get_or_create("org", dimension=4, model_id=MODEL)
+    with pytest.raises(StorageMismatchError):
+        registry.get_or_create("org", dimension=4, model_id=MODEL, storage="float16")
 
 
 def test_snapshot_dir_is_locked(tmp_path: Path) -> None:

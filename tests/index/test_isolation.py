@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import tempfile
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from index import IndexRegistry
+from index import IndexBackend, IndexRegistry
 
+from .backends import OpenBackend
 from .conftest import MODEL, unit_vectors
 
 
@@ -22,16 +24,16 @@ from .conftest import MODEL, unit_vectors
     seed=st.integers(0, 2**32 - 1),
 )
 def test_search_never_returns_foreign_ids(
-    namespaces: int, per_namespace: int, shared: int, seed: int
+    open_backend: OpenBackend, namespaces: int, per_namespace: int, shared: int, seed: int
 ) -> None:
     rng = np.random.default_rng(seed)
     d = 8
     common = unit_vectors(rng, shared, d)  # exact duplicates present in every namespace
-    with tempfile.TemporaryDirectory() as tmp, IndexRegistry(Path(tmp), threads=2) as registry:
+    with tempfile.TemporaryDirectory() as tmp, closing(open_backend(Path(tmp))) as backend:
         held: dict[str, set[int]] = {}
         for n in range(namespaces):
             name = f"org-{n}"
-            index = registry.get_or_create(name, dimension=d, model_id=MODEL)
+            index = backend.get_or_create(name, dimension=d, model_id=MODEL)
             own = unit_vectors(rng, per_namespace, d)
             # Ids overlap in value across namespaces on purpose: id spaces are separate.
             ids = rng.choice(1000, size=per_namespace + shared, replace=False)
@@ -39,17 +41,17 @@ def test_search_never_returns_foreign_ids(
             held[name] = set(ids.tolist())
         probes = np.vstack([common, unit_vectors(rng, 5, d)])
         for name, ids_held in held.items():
-            result = registry.get(name).search(probes, model_id=MODEL, k=per_namespace + shared)
+            result = backend.get(name).search(probes, model_id=MODEL, k=per_namespace + shared)
             returned = set(result.ids[result.ids >= 0].tolist())
             assert returned == ids_held  # k covers every row, so all and only its own come back
-        assert sorted(registry.memory_bytes()) == sorted(held)
+        assert backend.namespaces() == sorted(held)
 
 
-def test_same_vector_in_two_namespaces_scores_only_locally(registry: IndexRegistry) -> None:
+def test_same_vector_in_two_namespaces_scores_only_locally(backend: IndexBackend) -> None:
     rng = np.random.default_rng(5)
     v = unit_vectors(rng, 1, 16)
-    a = registry.get_or_create("a", dimension=16, model_id=MODEL)
-    b = registry.get_or_create("b", dimension=16, model_id=MODEL)
+    a = backend.get_or_create("a", dimension=16, model_id=MODEL)
+    b = backend.get_or_create("b", dimension=16, model_id=MODEL)
     a.add([1], v, model_id=MODEL)
     b.add([2], v, model_id=MODEL)
     b.remove([2])
@@ -58,3 +60,18 @@ def test_same_vector_in_two_namespaces_scores_only_locally(registry: IndexRegist
     ]
     assert b.search(v, model_id=MODEL, k=3).hits() == []
     assert b.search(v, model_id=MODEL, k=3, min_score=0.5).hits() == []
+
+
+# -- the embedded index only ---------------------------------------------------------------
+
+
+def test_memory_is_reported_per_namespace(registry: IndexRegistry) -> None:
+    rng = np.random.default_rng(6)
+    for n, name in enumerate(["org-b", "org-a", "org-c"]):
+        index = registry.get_or_create(name, dimension=8, model_id=MODEL)
+        if n:  # org-b stays empty
+            index.add(np.arange(10 * n), unit_vectors(rng, 10 * n, 8), model_id=MODEL)
+    report = registry.memory_bytes()
+    assert sorted(report) == ["org-a", "org-b", "org-c"]
+    for name, held in report.items():
+        assert held == registry.get(name).memory_bytes()

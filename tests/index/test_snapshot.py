@@ -1,4 +1,8 @@
-"""Snapshots: atomic, verified on load, rebuilt from the source of truth when bad."""
+"""Snapshots: atomic, verified on load, rebuilt from the source of truth when bad.
+
+Tests taking ``backend`` or ``open_backend`` run on every backend; the last section checks the
+embedded index's snapshot files (format, damage, disk full, alignment, memory mapping).
+"""
 
 from __future__ import annotations
 
@@ -9,15 +13,24 @@ import signal
 import struct
 import zlib
 from collections.abc import Callable, Iterable
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from index import BEGINNING, IndexRegistry, SnapshotWriteError, VectorIndex
+from index import (
+    BEGINNING,
+    IndexBackend,
+    IndexRegistry,
+    NamespaceIndex,
+    SnapshotWriteError,
+    VectorIndex,
+)
 from index.snapshot import MAGIC
 
+from .backends import OpenBackend
 from .conftest import MODEL, unit_vectors
 
 D = 16
@@ -30,11 +43,11 @@ class SourceOfTruth:
         self.log: list[tuple[int, NDArray[np.float32] | None]] = []
         self.calls: list[int] = []
 
-    def add(self, index: VectorIndex, ids: list[int], x: NDArray[np.float32]) -> None:
+    def add(self, index: NamespaceIndex, ids: list[int], x: NDArray[np.float32]) -> None:
         index.add(ids, x, model_id=MODEL)
         self.log.extend(zip(ids, x, strict=True))
 
-    def remove(self, index: VectorIndex, ids: list[int]) -> None:
+    def remove(self, index: NamespaceIndex, ids: list[int]) -> None:
         index.remove(ids)
         self.log.extend((i, None) for i in ids)
 
@@ -47,14 +60,109 @@ class SourceOfTruth:
         return list(self.log[position:])
 
 
-@pytest.fixture
-def populated(registry: IndexRegistry) -> tuple[VectorIndex, SourceOfTruth, NDArray[np.float32]]:
-    rng = np.random.default_rng(11)
-    x = unit_vectors(rng, 400, D)
-    index = registry.get_or_create("org", dimension=D, model_id=MODEL)
+def populate(index: NamespaceIndex) -> tuple[SourceOfTruth, NDArray[np.float32]]:
+    """Ids 0..299 added, every third removed: 200 live. Returns the log and 400 vectors."""
+    x = unit_vectors(np.random.default_rng(11), 400, D)
     db = SourceOfTruth()
     db.add(index, list(range(300)), x[:300])
     db.remove(index, list(range(0, 300, 3)))
+    return db, x
+
+
+def live_ids(index: NamespaceIndex, probe: NDArray[np.float32]) -> list[int]:
+    result = index.search(probe, model_id=MODEL, k=1000)
+    return sorted(result.ids[0][result.ids[0] >= 0].tolist())
+
+
+def test_snapshot_then_replay_of_newer_rows(open_backend: OpenBackend, tmp_path: Path) -> None:
+    expected = sorted(set(range(400)) - set(range(0, 300, 3)) - {1, 301})
+    with closing(open_backend(tmp_path)) as backend:
+        index = backend.get_or_create("org", dimension=D, model_id=MODEL)
+        db, x = populate(index)
+        snap_at = db.head
+        index.snapshot(snap_at)
+        db.add(index, list(range(300, 400)), x[300:])
+        db.remove(index, [1, 301])
+        assert live_ids(index, x[0]) == expected
+    with closing(open_backend(tmp_path)) as backend:  # a restart
+        loaded = backend.get_or_create("org", dimension=D, model_id=MODEL)
+        report = loaded.load_or_rebuild(db.rows_since)
+        assert (report.source, report.position, report.loaded, report.replayed) == (
+            "snapshot", snap_at, 200, 102,
+        )  # fmt: skip
+        assert db.calls == [snap_at]
+        assert live_ids(loaded, x[0]) == expected
+        assert loaded.count == 298
+        for gone in (0, 1, 3, 301):  # removed before and after the snapshot never come back
+            assert not loaded.contains(gone)
+
+
+def test_the_newest_snapshot_is_loaded(open_backend: OpenBackend, tmp_path: Path) -> None:
+    x = unit_vectors(np.random.default_rng(12), 3, D)
+    db = SourceOfTruth()
+    with closing(open_backend(tmp_path)) as backend:
+        index = backend.get_or_create("org", dimension=D, model_id=MODEL)
+        db.add(index, [10, 11], x[:2])
+        index.snapshot(db.head)
+        db.add(index, [12], x[2:])
+        index.snapshot(db.head)
+    with closing(open_backend(tmp_path)) as backend:
+        report = backend.get_or_create("org", dimension=D, model_id=MODEL).load_or_rebuild(
+            db.rows_since
+        )
+    assert (report.source, report.position, report.loaded, report.replayed, report.count) == (
+        "snapshot", 3, 3, 0, 3,
+    )  # fmt: skip
+    assert db.calls == [3]
+
+
+def test_without_a_snapshot_the_rows_rebuild_the_index(backend: IndexBackend) -> None:
+    x = unit_vectors(np.random.default_rng(13), 4, D)
+    # Id 2 is removed by an (id, None) row; id 1 is replaced by its later row.
+    db = SourceOfTruth()
+    db.log = [(1, x[0]), (2, x[1]), (3, x[2]), (2, None), (1, x[3])]
+    index = backend.get_or_create("org", dimension=D, model_id=MODEL)
+    report = index.load_or_rebuild(db.rows_since)
+    assert (report.source, report.position, report.loaded, report.replayed, report.count) == (
+        "rebuild", BEGINNING, 0, 5, 2,
+    )  # fmt: skip
+    assert db.calls == [BEGINNING]
+    assert not index.contains(2)
+    assert index.search(x[3], model_id=MODEL, k=1).hits()[0].id == 1
+    np.testing.assert_allclose(index.search(x[3], model_id=MODEL, k=1).scores[0, 0], 1.0, atol=1e-5)
+    assert live_ids(index, x[0]) == [1, 3]
+
+
+def test_failing_source_leaves_index_untouched(backend: IndexBackend) -> None:
+    index = backend.get_or_create("org", dimension=D, model_id=MODEL)
+    _db, x = populate(index)
+
+    def broken(position: int) -> Iterable[tuple[int, NDArray[np.float32] | None]]:
+        yield 1000, x[0]
+        raise ConnectionError("database went away")
+
+    before = live_ids(index, x[0])
+    with pytest.raises(ConnectionError):
+        index.load_or_rebuild(broken)
+    assert live_ids(index, x[0]) == before
+    assert not index.contains(1000)
+    assert index.count == 200
+
+
+def test_empty_index_round_trips(backend: IndexBackend) -> None:
+    index = backend.get_or_create("ns", dimension=4, model_id="m")
+    index.snapshot(0)
+    report = index.load_or_rebuild(lambda p: [])
+    assert (report.source, report.count) == ("snapshot", 0)
+
+
+# -- the embedded index's snapshot files ---------------------------------------------------
+
+
+@pytest.fixture
+def populated(registry: IndexRegistry) -> tuple[VectorIndex, SourceOfTruth, NDArray[np.float32]]:
+    index = registry.get_or_create("org", dimension=D, model_id=MODEL)
+    db, x = populate(index)
     return index, db, x
 
 
@@ -67,29 +175,6 @@ def fresh(index: VectorIndex, **overrides: object) -> VectorIndex:
     }
     kwargs.update(overrides)
     return VectorIndex(index.namespace, **kwargs)  # type: ignore[arg-type]
-
-
-def live_ids(index: VectorIndex, probe: NDArray[np.float32]) -> list[int]:
-    result = index.search(probe, model_id=index.model_id, k=1000)
-    return sorted(result.ids[0][result.ids[0] >= 0].tolist())
-
-
-def test_snapshot_then_replay_of_newer_rows(populated) -> None:  # type: ignore[no-untyped-def]
-    index, db, x = populated
-    snap_at = db.head
-    index.snapshot(snap_at)
-    db.add(index, list(range(300, 400)), x[300:])
-    db.remove(index, [1, 301])
-    loaded = fresh(index)
-    report = loaded.load_or_rebuild(db.rows_since)
-    assert (report.source, report.position, report.loaded, report.replayed) == (
-        "snapshot", snap_at, 200, 102,
-    )  # fmt: skip
-    assert db.calls == [snap_at]
-    assert live_ids(loaded, x[0]) == live_ids(index, x[0])
-    assert loaded.count == 298
-    for gone in (0, 1, 3, 301):  # removed before and after the snapshot never come back
-        assert gone not in loaded
 
 
 def _rewrite_header(path: Path, **changes: object) -> None:
@@ -183,20 +268,6 @@ def test_wrong_dimension_or_storage_index_rebuilds(populated) -> None:  # type: 
     assert "expected" in (report.reason or "")
 
 
-def test_failing_source_leaves_index_untouched(populated) -> None:  # type: ignore[no-untyped-def]
-    index, _db, x = populated
-
-    def broken(position: int) -> Iterable[tuple[int, NDArray[np.float32] | None]]:
-        yield 1000, x[0]
-        raise ConnectionError("database went away")
-
-    before = live_ids(index, x[0])
-    with pytest.raises(ConnectionError):
-        index.load_or_rebuild(broken)
-    assert live_ids(index, x[0]) == before
-    assert 1000 not in index
-
-
 def test_disk_full_keeps_previous_snapshot(populated) -> None:  # type: ignore[no-untyped-def]
     index, db, x = populated
     first = index.snapshot(db.head)
@@ -245,13 +316,6 @@ def test_file_layout_is_pinned(tmp_path: Path) -> None:
     }
     assert raw[16 + length :] == struct.pack("<q", 7) + np.array([0.6, 0.8], "<f2").tobytes()
     assert len(raw) == 16 + length + 12
-
-
-def test_empty_index_round_trips(tmp_path: Path) -> None:
-    index = VectorIndex("ns", dimension=4, model_id="m", snapshot_path=tmp_path / "s")
-    index.snapshot(0)
-    report = index.load_or_rebuild(lambda p: [])
-    assert (report.source, report.count) == ("snapshot", 0)
 
 
 def test_snapshot_files_are_private_to_namespace(registry: IndexRegistry) -> None:
