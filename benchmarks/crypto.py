@@ -44,7 +44,6 @@ from app.crypto import (
     authenticate_api_key,
     generate_api_key,
     rewrap_all,
-    split_blob,
 )
 from benchmarks.common import emit
 
@@ -107,12 +106,14 @@ def bench_backend(kms: KeyManager, frame: bytes, n: int, n_rewrap: int) -> dict[
     items = []
     for i in range(n_rewrap):
         obj = f"o{i}"
-        sealed = cipher.seal(b"", org_id=ORG, object_id=obj, purpose=Purpose.FRAME)
-        items.append(RewrapItem(obj, Purpose.FRAME, split_blob(sealed)[0]))
+        sealed = cipher.seal_detached(b"", org_id=ORG, object_id=obj, purpose=Purpose.FRAME)
+        items.append(RewrapItem(obj, Purpose.FRAME, sealed.wrapped_dek))
     kms.rotate(ORG)
     store: dict[str, bytes] = {}
     t0 = time.perf_counter()
-    report = rewrap_all(kms, ORG, items, lambda item, data: store.__setitem__(item.object_id, data))
+    report = rewrap_all(
+        kms, ORG, items, lambda item, data, _version: store.__setitem__(item.object_id, data)
+    )
     rewrap_s = time.perf_counter() - t0
     assert report.rewrapped == n_rewrap and not report.failed
     mb = len(frame) / 1e6

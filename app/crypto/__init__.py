@@ -1,20 +1,24 @@
 """All cryptography of wajah: envelope encryption, key managers, API keys, hashed references.
 
-The package exposes seal/open and hash/verify operations, never keys.
+The package exposes seal/open and hash/verify operations, never keys. This module is the
+surface for the rest of the service; wire-format internals (`app.crypto.wire`) and the
+building blocks of API-key checks (`app.crypto.apikeys`) are for this package and its tests.
 """
 
 from app.crypto.apikeys import (
     GeneratedApiKey,
-    ParsedApiKey,
     Scope,
     StoredApiKey,
     authenticate_api_key,
     generate_api_key,
-    hash_api_key_secret,
-    parse_api_key,
-    verify_api_key_secret,
 )
-from app.crypto.envelope import EnvelopeCipher, RewrapItem, RewrapReport, rewrap_all
+from app.crypto.envelope import (
+    EnvelopeCipher,
+    RewrapItem,
+    RewrapReport,
+    SealedObject,
+    rewrap_all,
+)
 from app.crypto.errors import (
     CryptoError,
     DecryptionError,
@@ -24,10 +28,11 @@ from app.crypto.errors import (
     OrgKeyNotFoundError,
     RootKeyError,
 )
-from app.crypto.kms import KekState, KekVersionInfo, KeyManager, LocalKeyring, build_kms
+from app.crypto.factory import build_kms
+from app.crypto.kms import KekState, KekVersionInfo, KeyManager, LocalKeyring
 from app.crypto.references import ReferenceHasher
 from app.crypto.rootkey import RootKey, generate_root_key_b64, load_root_key
-from app.crypto.wire import Purpose, join_blob, kek_version_of, split_blob
+from app.crypto.wire import Purpose
 
 __all__ = [
     "CryptoError",
@@ -42,7 +47,6 @@ __all__ = [
     "KeyringError",
     "LocalKeyring",
     "OrgKeyNotFoundError",
-    "ParsedApiKey",
     "Purpose",
     "ReferenceHasher",
     "RewrapItem",
@@ -50,17 +54,12 @@ __all__ = [
     "RootKey",
     "RootKeyError",
     "Scope",
+    "SealedObject",
     "StoredApiKey",
     "authenticate_api_key",
     "build_kms",
     "generate_api_key",
     "generate_root_key_b64",
-    "hash_api_key_secret",
-    "join_blob",
-    "kek_version_of",
     "load_root_key",
-    "parse_api_key",
     "rewrap_all",
-    "split_blob",
-    "verify_api_key_secret",
 ]

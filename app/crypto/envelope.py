@@ -4,6 +4,10 @@ KEK through a `KeyManager`. See `app.crypto.wire` for the byte layout.
     cipher = EnvelopeCipher(kms)
     blob = cipher.seal(frame_bytes, org_id=org, object_id=frame_id, purpose=Purpose.FRAME)
     frame_bytes = cipher.open(blob, org_id=org, object_id=frame_id, purpose=Purpose.FRAME)
+
+    sealed = cipher.seal_detached(
+        frame_bytes, org_id=org, object_id=frame_id, purpose=Purpose.FRAME
+    )  # sealed.wrapped_dek and .kek_version to the database, sealed.payload elsewhere
 """
 
 from __future__ import annotations
@@ -40,6 +44,22 @@ log = logging.getLogger(__name__)
 MAX_PLAINTEXT_SIZE = 2**31
 
 
+@dataclass(frozen=True)
+class SealedObject:
+    """A sealed object in two parts that are stored apart (what `seal_detached` returns).
+
+    `wrapped_dek` is the 65-byte wrapped DEK (format in `app.crypto.wire`); deleting the stored
+    copy crypto-shreds the object. `kek_version` is the KEK version that wrapped it, for the
+    caller to store beside it, so that no code outside `app.crypto` parses the wire format.
+    `payload` is `nonce || ciphertext || tag`, a bytearray so that a large frame is never
+    copied; it is left out of the repr.
+    """
+
+    wrapped_dek: bytes
+    payload: bytearray = field(repr=False)
+    kek_version: int
+
+
 class EnvelopeCipher:
     """seal/open of objects bound to (org, object id, purpose). Callers never see keys or
     nonces; every failure to open is one `DecryptionError`."""
@@ -59,9 +79,9 @@ class EnvelopeCipher:
 
     def seal_detached(
         self, plaintext: bytes, *, org_id: str, object_id: str, purpose: Purpose
-    ) -> tuple[bytes, bytearray]:
-        """`seal`, split as `split_blob` would: (wrapped DEK, payload), for callers that store
-        the two apart (frames: the DEK in the database, the payload in the object store).
+    ) -> SealedObject:
+        """`seal`, split as `split_blob` would, for callers that store the wrapped DEK and the
+        payload apart (frames: the DEK in the database, the payload in the object store).
 
         The payload (nonce || ciphertext || tag) is encrypted straight into one buffer, so a
         200 KB frame is neither copied nor allocated twice; `join_blob` rebuilds the blob.
@@ -79,7 +99,7 @@ class EnvelopeCipher:
             payload_aad(context),
             memoryview(payload)[NONCE_SIZE:],
         )
-        return wrapped, payload
+        return SealedObject(wrapped, payload, kek_version_of(wrapped))
 
     def open(self, blob: bytes, *, org_id: str, object_id: str, purpose: Purpose) -> bytes:
         try:
@@ -142,15 +162,16 @@ def rewrap_all(
     kms: KeyManager,
     org_id: str,
     items: Iterable[RewrapItem],
-    save: Callable[[RewrapItem, bytes], None],
+    save: Callable[[RewrapItem, bytes, int], None],
     progress: Callable[[RewrapReport], None] | None = None,
 ) -> RewrapReport:
     """Rewrap every item to the org's primary KEK version (for `wajah keys rotate`).
 
     Resumable: items already on the primary version are skipped without unwrapping, so an
-    interrupted run is simply run again. `save(item, new_data)` persists one item (commit as
-    often as you like); `progress(report)` is called after each item. Items that fail to
-    unwrap are listed in `report.failed` and left untouched; the run goes on.
+    interrupted run is simply run again. `save(item, new_data, kek_version)` persists one item
+    and the KEK version that now wraps it (commit as often as you like); `progress(report)` is
+    called after each item. Items that fail to unwrap are listed in `report.failed` and left
+    untouched; the run goes on.
     """
     cipher = EnvelopeCipher(kms)
     report = RewrapReport()
@@ -165,7 +186,9 @@ def rewrap_all(
                 new = cipher.rewrap(
                     item.data, org_id=org_id, object_id=item.object_id, purpose=item.purpose
                 )
-                save(item, new)
+                # Read from `new`, not `primary`: a wrap limit reached during the run, or
+                # another process, can rotate again before this item is rewrapped.
+                save(item, new, kek_version_of(new))
                 report.rewrapped += 1
         except DecryptionError:
             report.failed.append(item.object_id)

@@ -1,7 +1,8 @@
 """Key managers: per-org, versioned key-encryption keys (KEKs) that wrap data keys (DEKs).
 
 One interface (`KeyManager`), two backends: `LocalKeyring` (KEKs wrapped under a root key, in a
-JSON file) and `Pkcs11KeyManager` (KEKs inside an HSM token, see `app.crypto.pkcs11`). Both keep
+JSON file) and `Pkcs11KeyManager` (KEKs inside an HSM token, in `app.crypto.hsm`, which builds on
+this module; `app.crypto.factory.build_kms` picks one from the settings). Both keep
 their bookkeeping — versions, primary, minimum decryption version, wrap counters — in the same
 JSON state file, `<state_dir>/keyring.json`, rewritten atomically under an exclusive `flock`,
 so the CLI (`wajah keys rotate`) can run beside the service.
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -45,7 +46,7 @@ from app.crypto.errors import (
     OrgKeyNotFoundError,
     RootKeyError,
 )
-from app.crypto.rootkey import RootKey, load_root_key
+from app.crypto.rootkey import RootKey
 from app.crypto.wire import (
     DEK_SIZE,
     NONCE_SIZE,
@@ -54,9 +55,6 @@ from app.crypto.wire import (
     lp,
     parse_wrapped_dek,
 )
-
-if TYPE_CHECKING:
-    from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -551,30 +549,3 @@ class LocalKeyring(StatefulKeyManager):
 
     def _destroy_reference_key(self, org_id: str, record: Record) -> None:
         self._ref_keys.pop(org_id, None)
-
-
-def build_kms(settings: Settings) -> KeyManager:
-    """The configured key manager; validates configuration now, not on first use."""
-    state_dir = settings.home / "keys"
-    production = str(settings.mode) == "production"
-    if settings.kms_backend == "pkcs11":
-        from app.crypto.hsm import Pkcs11KeyManager
-
-        if settings.pkcs11_module is None or settings.pkcs11_token_label is None:
-            raise KeyringError("the pkcs11 backend needs WAJAH_PKCS11_MODULE and _TOKEN_LABEL")
-        if settings.pkcs11_pin is None:
-            raise KeyringError("the pkcs11 backend needs WAJAH_PKCS11_PIN")
-        return Pkcs11KeyManager(
-            state_dir,
-            module=settings.pkcs11_module,
-            token_label=settings.pkcs11_token_label,
-            pin=settings.pkcs11_pin.get_secret_value(),
-            max_wraps_per_version=settings.max_wraps_per_kek_version,
-        )
-    root = load_root_key(
-        production=production,
-        root_key=settings.root_key.get_secret_value() if settings.root_key else None,
-        root_key_file=settings.root_key_file,
-        home=settings.home,
-    )
-    return LocalKeyring(state_dir, root, max_wraps_per_version=settings.max_wraps_per_kek_version)

@@ -11,9 +11,8 @@ from app.crypto import (
     StoredApiKey,
     authenticate_api_key,
     generate_api_key,
-    parse_api_key,
-    verify_api_key_secret,
 )
+from app.crypto.apikeys import parse_api_key, verify_api_key_secret
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 

@@ -16,10 +16,8 @@ from app.crypto import (
     OrgKeyNotFoundError,
     Purpose,
     RewrapItem,
-    join_blob,
-    kek_version_of,
+    SealedObject,
     rewrap_all,
-    split_blob,
 )
 from app.crypto.wire import (
     MIN_BLOB_SIZE,
@@ -28,8 +26,11 @@ from app.crypto.wire import (
     WRAPPED_DEK_SIZE,
     dek_aad,
     encode_context,
+    join_blob,
+    kek_version_of,
     parse_wrapped_dek,
     payload_aad,
+    split_blob,
 )
 from tests.app.crypto.conftest import make_kms
 
@@ -241,16 +242,17 @@ def test_rewrap_all_is_resumable(cipher: EnvelopeCipher, kms: KeyManager) -> Non
     def items() -> list[RewrapItem]:
         return [RewrapItem(o, purposes[o], d) for o, d in sorted(store.items())]
 
-    def save(item: RewrapItem, data: bytes) -> None:
+    def save(item: RewrapItem, data: bytes, kek_version: int) -> None:
+        assert kek_version == kek_version_of(data) == 2
         store[item.object_id] = data
 
     saved = 0
 
-    def save_then_crash(item: RewrapItem, data: bytes) -> None:
+    def save_then_crash(item: RewrapItem, data: bytes, kek_version: int) -> None:
         nonlocal saved
         if saved == 7:
             raise KeyboardInterrupt
-        save(item, data)
+        save(item, data, kek_version)
         saved += 1
 
     with pytest.raises(KeyboardInterrupt):
@@ -285,7 +287,7 @@ def test_rewrap_all_reports_unopenable_items(cipher: EnvelopeCipher, kms: KeyMan
         kms,
         ORG,
         [RewrapItem(OBJ, Purpose.FRAME, good), RewrapItem("forged", Purpose.FRAME, forged)],
-        lambda item, data: None,
+        lambda item, data, kek_version: None,
     )
     assert (report.rewrapped, report.failed) == (1, ["forged"])
 
@@ -354,7 +356,10 @@ def test_no_key_nonce_pair_repeats(cipher: EnvelopeCipher, kms: KeyManager) -> N
 
 
 def test_seal_detached_is_seal_split(cipher: EnvelopeCipher) -> None:
-    wrapped, payload = cipher.seal_detached(PT, org_id=ORG, object_id=OBJ, purpose=Purpose.FRAME)
+    sealed = cipher.seal_detached(PT, org_id=ORG, object_id=OBJ, purpose=Purpose.FRAME)
+    wrapped, payload = sealed.wrapped_dek, sealed.payload
+    assert isinstance(payload, bytearray)  # the buffer it was encrypted into, not a copy
+    assert "payload" not in repr(sealed)
     assert len(wrapped) == WRAPPED_DEK_SIZE
     assert len(payload) == NONCE_SIZE + len(PT) + TAG_SIZE
     blob = join_blob(wrapped, bytes(payload))
@@ -363,3 +368,18 @@ def test_seal_detached_is_seal_split(cipher: EnvelopeCipher) -> None:
     payload[NONCE_SIZE] ^= 1
     with pytest.raises(DecryptionError):
         open_(cipher, join_blob(wrapped, bytes(payload)))
+
+
+def test_seal_detached_carries_the_primary_kek_version(
+    cipher: EnvelopeCipher, kms: KeyManager
+) -> None:
+    def seal_detached() -> SealedObject:
+        return cipher.seal_detached(PT, org_id=ORG, object_id=OBJ, purpose=Purpose.FRAME)
+
+    before = seal_detached()
+    assert before.kek_version == kms.primary_version(ORG) == 1
+    assert kms.rotate(ORG) == 2
+    after = seal_detached()
+    assert after.kek_version == kms.primary_version(ORG) == 2
+    # The field says what the wire format says.
+    assert [parse_wrapped_dek(s.wrapped_dek).kek_version for s in (before, after)] == [1, 2]

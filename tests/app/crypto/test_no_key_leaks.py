@@ -17,10 +17,9 @@ from app.crypto import (
     Purpose,
     ReferenceHasher,
     RootKey,
-    split_blob,
 )
 from app.crypto.kms import _KEK_AAD
-from app.crypto.wire import encode_context
+from app.crypto.wire import encode_context, split_blob
 
 from .conftest import TEST_ROOT_KEY
 
