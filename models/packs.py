@@ -171,7 +171,8 @@ def write_manifest(pack: ModelPack) -> None:
 def write_atomic(path: Path, data: bytes) -> None:
     """`crashsafe.write_bytes`, creating ``path``'s directory first.
 
-    Only `models.calibration` still calls this; once it calls `crashsafe` directly, delete it.
+    Kept only for the calibration report (``app.calibration_report``, formerly
+    ``models.calibration``); once it calls `crashsafe` directly, delete this.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     crashsafe.write_bytes(path, data)
