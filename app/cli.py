@@ -172,8 +172,9 @@ def calibrate(
 
     from rich.progress import Progress
 
+    from app.calibration_report import format_report, write_det_plot
     from app.runtime import quality_policy
-    from models.calibration import CalibrationInputError, format_report, write_det_plot
+    from models.calibration import CalibrationInputError
     from models.calibration import calibrate as run_calibration
     from models.pipeline import FacePipeline
 

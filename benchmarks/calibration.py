@@ -20,9 +20,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from app.calibration_report import write_det_plot
 from benchmarks.common import RESULTS_DIR, print_table, write_results
 from benchmarks.faces import write_folder
-from models.calibration import calibrate, write_det_plot
+from models.calibration import calibrate
 from models.pipeline import FacePipeline
 from models.prepare import prepare_default_pack
 
