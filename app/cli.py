@@ -216,16 +216,16 @@ def calibrate(
 def create_org(name: Annotated[str, typer.Argument(help="The organisation's name.")]) -> None:
     """Create an org and print its first admin API key (shown exactly once)."""
     from app.errors import WajahError
-    from app.runtime import Runtime
+    from app.services.lifecycle import start_runtime, stop_runtime
     from app.services.orgs import create_org as create
 
-    runtime = Runtime.start(_settings(), serving=False)
+    runtime = start_runtime(_settings(), serving=False)
     try:
         org_id, key = create(runtime, name)
     except WajahError as exc:
         raise _fail(exc.message) from exc
     finally:
-        runtime.close()
+        stop_runtime(runtime)
     console.print(f"created org {org_id}; its admin key follows (store it now, it is not kept):")
     typer.echo(f"org_id={org_id}")
     typer.echo(f"api_key={key.plaintext}")
@@ -265,11 +265,9 @@ def rotate_keys(
     from rich.progress import Progress
 
     from app.services.keys import rewrap_org_frames
+    from app.services.lifecycle import start_runtime, stop_runtime
 
-    settings = _settings()
-    from app.runtime import Runtime
-
-    runtime = Runtime.start(settings, serving=False)
+    runtime = start_runtime(_settings(), serving=False)
     try:
         if not runtime.kms.has_org(org):
             raise _fail(f"no org {org!r} in the key manager")
@@ -284,7 +282,7 @@ def rotate_keys(
 
             report = rewrap_org_frames(runtime, org, batch=batch, progress=advance)
     finally:
-        runtime.close()
+        stop_runtime(runtime)
     typer.echo(
         f"rewrapped {report.rewrapped}, already current {report.skipped}, "
         f"failed {len(report.failed)}"
@@ -297,15 +295,15 @@ def rotate_keys(
 def run_retention() -> None:
     """Crypto-shred every sealed frame past its org's retention and delete sealed frames left
     unreferenced by a crash (the server does both hourly)."""
-    from app.runtime import Runtime
+    from app.services.lifecycle import start_runtime, stop_runtime
     from app.services.retention import purge_expired_frames, sweep_orphaned_frames
 
-    runtime = Runtime.start(_settings(), serving=False)
+    runtime = start_runtime(_settings(), serving=False)
     try:
         purged = purge_expired_frames(runtime)
         swept = sweep_orphaned_frames(runtime)
     finally:
-        runtime.close()
+        stop_runtime(runtime)
     typer.echo(f"purged {sum(purged.values())} frames in {len(purged)} orgs")
     typer.echo(f"deleted {swept} orphaned sealed frames")
 

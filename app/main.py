@@ -1,7 +1,7 @@
 """The FastAPI application: `create_app(settings)` and its lifespan.
 
-The lifespan builds the `Runtime` (database, keys, model pack, indexes) once and hangs it on
-`app.state.runtime`; nothing heavy happens at import time.
+The lifespan starts the `Runtime` (database, keys, model pack, indexes replayed) once and
+hangs it on `app.state.runtime`; nothing heavy happens at import time.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import register_error_handlers
-from app.api.idempotency import release_abandoned_reservations
 from app.api.routes import matching, ops, org, subjects, watchlists
 from app.runtime import Runtime
+from app.services.idempotency import release_abandoned_reservations
+from app.services.lifecycle import start_runtime, stop_runtime
 from app.services.retention import purge_expired_frames, sweep_orphaned_frames
 from app.settings import Settings
 
@@ -201,7 +202,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = runtime is None
-        app.state.runtime = runtime or await run_in_threadpool(Runtime.start, settings)
+        app.state.runtime = runtime or await run_in_threadpool(start_runtime, settings)
         if owned:
             await run_in_threadpool(release_abandoned_reservations, app.state.runtime)
         purger = asyncio.create_task(_purge_periodically(app.state.runtime)) if owned else None
@@ -211,7 +212,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             if purger is not None:
                 purger.cancel()
             if owned:
-                await run_in_threadpool(app.state.runtime.close)
+                await run_in_threadpool(stop_runtime, app.state.runtime)
 
     app = FastAPI(
         title="wajah",

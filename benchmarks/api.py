@@ -8,7 +8,7 @@ gallery of `--gallery` enrolled vectors (default 100,000), and verify throughput
 concurrency 8. The gallery is synthetic (seeded random unit vectors, one subject each),
 inserted through the storage layer with valid hashed references before the server starts,
 so the server's start-up replay keeps every row (bulk path:
-`repo.insert_enrollments_bulk`); how long the insert and the replay took is
+`subject_store.insert_enrollments_bulk`); how long the insert and the replay took is
 reported. Each figure is shown beside `FacePipeline.capture` on the same JPEG, timed
 in-process in alternation with the requests (so both see the same machine load) on the
 threads the server gives a lone request's capture (`solo_capture_threads`), and beside
@@ -60,14 +60,14 @@ def fill_gallery(settings: Any, size: int) -> tuple[str, str, dict[str, float]]:
     """Create an org and `size` enrolled subjects; returns (org id, admin key, timings).
 
     Seeded random unit vectors, one subject each, through the storage layer's bulk path
-    (`repo.insert_subjects_bulk` + `insert_enrollments_bulk`) with valid hashed references.
+    (`subject_store.insert_subjects_bulk` + `insert_enrollments_bulk`) with valid hashed references.
     """
-    from app.runtime import Runtime
+    from app.services.lifecycle import start_runtime, stop_runtime
     from app.services.orgs import create_org
-    from app.storage import repo
+    from app.storage import subjects as subject_store
 
     started = time.perf_counter()
-    runtime = Runtime.start(settings, serving=False)
+    runtime = start_runtime(settings, serving=False)
     try:
         org_id, key = create_org(runtime, "Benchmark Bank")
         dimension, model_id = runtime.pipeline.dimension, runtime.model_id
@@ -85,12 +85,12 @@ def fill_gallery(settings: Any, size: int) -> tuple[str, str, dict[str, float]]:
                 for row_id, vector in zip(ids, vectors, strict=True)
             ]
             with runtime.engine.begin() as conn:
-                pks = repo.insert_subjects_bulk(
+                pks = subject_store.insert_subjects_bulk(
                     conn,
                     org_id=org_id,
                     subject_ids=[f"gallery-{first + n:07d}" for n in range(count)],
                 )
-                repo.insert_enrollments_bulk(
+                subject_store.insert_enrollments_bulk(
                     conn,
                     org_id=org_id,
                     subject_pks=pks,
@@ -102,7 +102,7 @@ def fill_gallery(settings: Any, size: int) -> tuple[str, str, dict[str, float]]:
                 )
         inserted = time.perf_counter()
     finally:
-        runtime.close()
+        stop_runtime(runtime)
     return (
         org_id,
         key.plaintext,
@@ -194,17 +194,17 @@ class Server:
 
 def home_with_org(home: Path, models_dir: Path, name: str) -> tuple[str, str]:
     """A new service home holding one org: its root key and the org's admin API key."""
-    from app.runtime import Runtime
+    from app.services.lifecycle import start_runtime, stop_runtime
     from app.services.orgs import create_org
     from app.settings import Settings
 
     root_key = base64.b64encode(os.urandom(32)).decode()
     settings = Settings(home=home, root_key=root_key, model_cache_dir=models_dir)  # type: ignore[arg-type]
-    runtime = Runtime.start(settings, serving=False)
+    runtime = start_runtime(settings, serving=False)
     try:
         _, key = create_org(runtime, name)
     finally:
-        runtime.close()
+        stop_runtime(runtime)
     return root_key, key.plaintext
 
 

@@ -30,7 +30,7 @@ synthetic impostor std is about 0.08 against the measured 0.066 (measured on ten
 pairs only). `check` samples both synthetic distributions so each run reports them next to
 the measured ones.
 
-Insertion goes through `app.storage.repo.insert_subjects_bulk` and
+Insertion goes through `app.storage.subjects.insert_subjects_bulk` and
 `insert_enrollments_bulk` (one seq range and one executemany per batch) with hashed
 references from the server's own `ReferenceHasher`, so the server's start-up replay
 verifies and keeps every row.
@@ -129,7 +129,7 @@ def insert_gallery(
     runtime: Any, org_id: str, params: SynthesisParams, size: int, seed: int, first: int = 0
 ) -> float:
     """Enroll synthetic identities ``first .. size-1`` of `org_id` (one subject each); seconds."""
-    from app.storage import repo
+    from app.storage import subjects as subject_store
 
     model_id = runtime.model_id
     started = time.perf_counter()
@@ -145,8 +145,8 @@ def insert_gallery(
         ]
         raw = [vector.astype("<f4").tobytes() for vector in vectors]
         with runtime.engine.begin() as conn:
-            pks = repo.insert_subjects_bulk(conn, org_id=org_id, subject_ids=subject_ids)
-            repo.insert_enrollments_bulk(
+            pks = subject_store.insert_subjects_bulk(conn, org_id=org_id, subject_ids=subject_ids)
+            subject_store.insert_enrollments_bulk(
                 conn,
                 org_id=org_id,
                 subject_pks=pks,

@@ -17,7 +17,7 @@ by a barrier. Requests carry the same 640×480 single-face JPEG (`benchmarks.pip
 
 Galleries are synthesised (`benchmarks.gallery`: identity centres plus per-capture noise fitted
 to the real model's genuine and impostor scores, measured on augmented t1.jpg captures at the
-start of every run) and inserted with `repo.insert_enrollments_bulk` before the server
+start of every run) and inserted with `subject_store.insert_enrollments_bulk` before the server
 starts. Every non-2xx answer or transport error counts as an error (expected: 0).
 
 CPU share at concurrency 1, per operation, from figures measured in the same cell:
@@ -91,14 +91,14 @@ def settings_for(work: Path, models_dir: Path, root_key: str, workers: int, thre
 def setup_org(settings: Any, params_seed: int, watchlist_size: int) -> dict[str, Any]:
     """Org with sharing on, a watchlist it owns with `watchlist_size` entries; measured scores."""
     from app.crypto import Scope
-    from app.runtime import Runtime
+    from app.services.lifecycle import start_runtime, stop_runtime
     from app.services.orgs import create_org, update_org_settings
     from app.services.principal import Principal
     from app.services.watchlists import create_watchlist
     from app.storage import new_id
     from app.storage.schema import utcnow, watchlist_entries, watchlists
 
-    runtime = Runtime.start(settings, serving=False)
+    runtime = start_runtime(settings, serving=False)
     try:
         scores = measure_scores(runtime.pipeline)
         params = SynthesisParams.from_scores(scores, scores.mean_direction)
@@ -144,7 +144,7 @@ def setup_org(settings: Any, params_seed: int, watchlist_size: int) -> dict[str,
                 )
         watchlist_insert_s = time.perf_counter() - started
     finally:
-        runtime.close()
+        stop_runtime(runtime)
     return {
         "org_id": org_id,
         "api_key": key.plaintext,
@@ -158,13 +158,13 @@ def setup_org(settings: Any, params_seed: int, watchlist_size: int) -> dict[str,
 def grow_gallery(
     settings: Any, org_id: str, params: SynthesisParams, size: int, first: int
 ) -> float:
-    from app.runtime import Runtime
+    from app.services.lifecycle import start_runtime, stop_runtime
 
-    runtime = Runtime.start(settings, serving=False)
+    runtime = start_runtime(settings, serving=False)
     try:
         return insert_gallery(runtime, org_id, params, size, SEED, first)
     finally:
-        runtime.close()
+        stop_runtime(runtime)
 
 
 def cpu_seconds(process: psutil.Process) -> float:

@@ -185,7 +185,7 @@ def wajah_http(
 
     Verify is timed with a `LeanClient` and with httpx in turn (`time_alternating`), and with
     a `rival`, one call of it in each round as well."""
-    from app.runtime import Runtime
+    from app.services.lifecycle import start_runtime, stop_runtime
     from app.services.orgs import create_org
     from app.settings import Settings
 
@@ -199,12 +199,12 @@ def wajah_http(
         inference_workers=2,
         inference_threads=1,
     )
-    runtime = Runtime.start(settings, serving=False)
+    runtime = start_runtime(settings, serving=False)
     try:
         org_id, key = create_org(runtime, "Peers Benchmark Bank")
         insert_gallery(runtime, org_id, params, gallery, SEED)
     finally:
-        runtime.close()
+        stop_runtime(runtime)
     env = server_env(home, root_key, models_dir, workers=2, threads=1)
     if not solo:
         env["WAJAH_SOLO_INFERENCE_THREADS"] = "1"

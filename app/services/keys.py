@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import sqlalchemy as sa
-
-from app.crypto import Purpose, RewrapItem, RewrapReport, kek_version_of, rewrap_all
+from app.crypto import Purpose, RewrapItem, RewrapReport, rewrap_all
 from app.runtime import Runtime
 from app.services.principal import record
-from app.storage.schema import frames
+from app.storage import Connection, frames, read_transaction, write_transaction
 
 
 def rewrap_org_frames(
@@ -21,37 +19,22 @@ def rewrap_org_frames(
     """Rewrap in committed batches; an interrupted run is resumed by running it again
     (rows already on the primary version are skipped without being unwrapped)."""
     primary = runtime.kms.primary_version(org_id)
-    with runtime.read() as conn:
-        total = conn.execute(
-            sa.select(sa.func.count())
-            .select_from(frames)
-            .where(frames.c.org_id == org_id, frames.c.wrapped_dek.is_not(None))
-        ).scalar_one()
+    with read_transaction(runtime.engine) as conn:
+        total = frames.count_wrapped(conn, org_id)
     overall = RewrapReport()
     done = 0
     last_id = ""
     while True:
-        with runtime.engine.begin() as conn:
-            rows = conn.execute(
-                sa.select(frames.c.id, frames.c.wrapped_dek)
-                .where(
-                    frames.c.org_id == org_id,
-                    frames.c.wrapped_dek.is_not(None),
-                    frames.c.id > last_id,
-                )
-                .order_by(frames.c.id)
-                .limit(batch)
-            ).all()
+        with write_transaction(runtime.engine) as conn:
+            rows = frames.wrapped_after(conn, org_id, last_id, batch)
             if not rows:
                 break
             last_id = rows[-1].id
 
-            def save(item: RewrapItem, new_data: bytes, conn: sa.Connection = conn) -> None:
-                conn.execute(
-                    sa.update(frames)
-                    .where(frames.c.id == item.object_id)
-                    .values(wrapped_dek=new_data, kek_version=int(kek_version_of(new_data)))
-                )
+            def save(
+                item: RewrapItem, new_data: bytes, kek_version: int, conn: Connection = conn
+            ) -> None:
+                frames.set_wrapped_dek(conn, item.object_id, new_data, kek_version)
 
             report = rewrap_all(
                 runtime.kms,

@@ -2,99 +2,22 @@
 
 from __future__ import annotations
 
-from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import sqlalchemy as sa
 
 from app.errors import ConflictError, InvalidProbeError, SubjectNotFoundError
 from app.runtime import Runtime
+from app.services import indexing
 from app.services.orgs import effective_threshold, org_settings
 from app.services.principal import Principal, record
+from app.services.probes import Probe, start_probe
 from app.services.subjects import check_subject_id, subject_ids_for_vectors
-from app.storage.schema import enrollments, subjects
-from models.pipeline import FaceCapture
+from app.storage import read_transaction, subjects, write_transaction
 
 MAX_TOP_K = 100
 
-
-@dataclass(frozen=True)
-class Probe:
-    """An image to run through the pipeline, or a vector from the same model pack."""
-
-    image: bytes | None = None
-    vector: list[float] | None = None
-    model_id: str | None = None
-
-
-@dataclass(frozen=True)
-class ProbeVector:
-    vector: np.ndarray
-    kind: str
-    quality: dict[str, Any] | None
-
-
-def probe_vector(runtime: Runtime, probe: Probe) -> ProbeVector:
-    return start_probe(runtime, probe).wait()
-
-
-class PendingProbe:
-    """A probe whose capture may still be running on the inference pool."""
-
-    def __init__(
-        self, capture: Future[FaceCapture] | None = None, vector: ProbeVector | None = None
-    ) -> None:
-        self._capture = capture
-        self._vector = vector
-
-    def wait(self) -> ProbeVector:
-        if self._capture is None:
-            assert self._vector is not None
-            return self._vector
-        capture = self._capture.result()
-        return ProbeVector(capture.embedding, "image", capture.quality.as_dict())
-
-    def cancel(self) -> None:
-        """Drop the capture if it has not started: a request that fails early must not leave
-        work queued behind it (each request otherwise waits for its own capture, which is
-        what bounds the queue)."""
-        if self._capture is not None:
-            self._capture.cancel()
-
-
-def start_probe(runtime: Runtime, probe: Probe) -> PendingProbe:
-    """Check the probe and start its capture on the inference pool.
-
-    Lets a caller read what it needs from the database while the models run on another core;
-    the caller must `wait()` for it or `cancel()` it. Errors in the image surface when
-    waiting; errors in a vector probe right away.
-    """
-    if (probe.image is None) == (probe.vector is None):
-        raise InvalidProbeError("send exactly one of an image or a vector as the probe")
-    if probe.image is not None:
-        image = probe.image
-        return PendingProbe(capture=runtime.infer_later(lambda pipeline: pipeline.capture(image)))
-    return PendingProbe(vector=_vector_probe(runtime, probe))
-
-
-def _vector_probe(runtime: Runtime, probe: Probe) -> ProbeVector:
-    assert probe.vector is not None
-    if probe.model_id != runtime.model_id:
-        raise InvalidProbeError(
-            f"vector probes must come from model {runtime.model_id!r}, got {probe.model_id!r}"
-        )
-    vector = np.asarray(probe.vector, dtype=np.float64)
-    if vector.shape != (runtime.pipeline.dimension,):
-        raise InvalidProbeError(
-            f"the probe vector has {vector.size} values; model {runtime.model_id} makes "
-            f"{runtime.pipeline.dimension}"
-        )
-    norm = float(np.linalg.norm(vector)) if np.isfinite(vector).all() else 0.0
-    if not norm > 1e-6:
-        raise InvalidProbeError("the probe vector must be finite and non-zero")
-    return ProbeVector((vector / norm).astype(np.float32), "vector", None)
+__all__ = ["MAX_TOP_K", "Probe", "search_probe", "verify_probe"]
 
 
 def _decision(score: float, threshold: float) -> str:
@@ -117,7 +40,7 @@ def verify_probe(
     probe_result = pending.wait()
     score = float(np.max(np.stack(gallery) @ probe_result.vector))
     decision = _decision(score, threshold)
-    with runtime.engine.begin() as conn:
+    with write_transaction(runtime.engine) as conn:
         audit_id = record(
             conn,
             runtime,
@@ -146,34 +69,15 @@ def verify_probe(
     }
 
 
-# Built once: every verify runs both (see `_verify_inputs`).
-_SUBJECT = sa.select(subjects.c.id, subjects.c.status).where(
-    subjects.c.org_id == sa.bindparam("org_id"),
-    subjects.c.subject_id == sa.bindparam("subject_id"),
-)
-_ACTIVE_ENROLLMENTS = sa.select(
-    enrollments.c.id, enrollments.c.vector, enrollments.c.hashed_ref, enrollments.c.model_id
-).where(
-    enrollments.c.org_id == sa.bindparam("org_id"),
-    enrollments.c.subject_pk == sa.bindparam("subject_pk"),
-    enrollments.c.status == "active",
-    enrollments.c.model_id == sa.bindparam("model_id"),
-)
-
-
 def _verify_inputs(
     runtime: Runtime, org_id: str, subject_id: str
 ) -> tuple[list[np.ndarray], float, str]:
     """The subject's active, intact embeddings and the org's threshold (and its source)."""
-    with runtime.read() as conn:
-        subject = conn.execute(_SUBJECT, {"org_id": org_id, "subject_id": subject_id}).first()
-        if subject is None or subject.status != "active":
-            raise SubjectNotFoundError(f"no subject {subject_id!r}")
-        rows = conn.execute(
-            _ACTIVE_ENROLLMENTS,
-            {"org_id": org_id, "subject_pk": subject.id, "model_id": runtime.model_id},
-        ).all()
-    gallery = [v for row in rows if (v := runtime.intact_vector(org_id, row)) is not None]
+    with read_transaction(runtime.engine) as conn:
+        rows = subjects.active_embeddings_of_subject(conn, org_id, subject_id, runtime.model_id)
+    if rows is None:
+        raise SubjectNotFoundError(f"no subject {subject_id!r}")
+    gallery = [v for row in rows if (v := indexing.intact_vector(runtime, org_id, row)) is not None]
     if not gallery:
         raise ConflictError(f"subject {subject_id!r} has no active enrollment to verify against")
     threshold, source = effective_threshold(runtime, org_settings(runtime, org_id))
@@ -194,7 +98,7 @@ def search_probe(
         pending.cancel()
         raise
     probe_result = pending.wait()
-    index = runtime.org_index(org_id)
+    index = indexing.org_index(runtime, org_id)
     candidates: list[dict[str, Any]] = []
     if index.count:
         # A subject may hold several embeddings: ask for more hits than subjects wanted.
@@ -212,7 +116,7 @@ def search_probe(
             {"subject_id": s, "score": round(v, 6), "decision": "match"}
             for s, v in sorted(best.items(), key=lambda kv: -kv[1])[:top_k]
         ]
-    with runtime.engine.begin() as conn:
+    with write_transaction(runtime.engine) as conn:
         audit_id = record(
             conn,
             runtime,

@@ -8,14 +8,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
-
 from app.crypto import Scope, generate_api_key
 from app.errors import ApiKeyNotFoundError, InvalidSettingsError
 from app.runtime import Runtime
+from app.services import indexing
 from app.services.principal import Principal, record
-from app.storage import repo
-from app.storage.schema import api_keys, orgs, utcnow
+from app.services.sharing import DATA_RESIDENCIES
+from app.storage import (
+    AuditPage,
+    Connection,
+    audit,
+    orgs,
+    read_transaction,
+    utcnow,
+    write_transaction,
+)
 
 # How far an org may move the match threshold from the pack's calibrated one. Lower means
 # more false matches: never more than 0.05 below the pack's value; higher only costs
@@ -25,12 +32,6 @@ THRESHOLD_MAX = 0.95
 DUPLICATE_POLICIES = ("off", "flag", "reject")
 # Key ids are lowercase base32 (app.crypto.generate_api_key).
 KEY_ID = re.compile(r"[a-z0-9]{1,40}")
-# "ID-only": data stays in Indonesia (the deployment's region must be ID); "any": no limit.
-DATA_RESIDENCIES = ("ID-only", "any")
-
-
-def residency_allows(residency: str, region: str) -> bool:
-    return residency == "any" or (residency == "ID-only" and region == "ID")
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,8 @@ def create_org(runtime: Runtime, name: str) -> tuple[str, IssuedKey]:
     name = name.strip()
     if not 1 <= len(name) <= 200:
         raise InvalidSettingsError("an org name is 1..200 characters")
-    with runtime.engine.begin() as conn:
-        org_id = repo.insert_org(conn, name=name)
+    with write_transaction(runtime.engine) as conn:
+        org_id = orgs.insert_org(conn, name=name)
         # The KEK must exist before the audit row below can be sealed under it.
         runtime.kms.create_org(org_id)
         record(
@@ -65,7 +66,7 @@ def create_org(runtime: Runtime, name: str) -> tuple[str, IssuedKey]:
 
 
 def _insert_key(
-    conn: sa.Connection,
+    conn: Connection,
     runtime: Runtime,
     principal: Principal | None,
     org_id: str,
@@ -74,16 +75,14 @@ def _insert_key(
     expires_at: datetime | None,
 ) -> IssuedKey:
     generated = generate_api_key()
-    conn.execute(
-        sa.insert(api_keys).values(
-            key_id=generated.key_id,
-            org_id=org_id,
-            secret_hash=generated.secret_hash,
-            scopes=sorted(s.value for s in scopes),
-            name=name,
-            expires_at=expires_at,
-            created_at=utcnow(),
-        )
+    orgs.insert_api_key(
+        conn,
+        key_id=generated.key_id,
+        org_id=org_id,
+        secret_hash=generated.secret_hash,
+        scopes=[s.value for s in scopes],
+        name=name,
+        expires_at=expires_at,
     )
     record(
         conn,
@@ -108,17 +107,13 @@ def issue_api_key(
         raise InvalidSettingsError("expires_at needs a UTC offset, e.g. 2027-01-01T00:00:00Z")
     if expires_at is not None and expires_at <= utcnow():
         raise InvalidSettingsError("expires_at must be in the future")
-    with runtime.engine.begin() as conn:
+    with write_transaction(runtime.engine) as conn:
         return _insert_key(conn, runtime, principal, principal.org_id, name, scopes, expires_at)
 
 
 def list_api_keys(runtime: Runtime, principal: Principal) -> list[dict[str, Any]]:
-    with runtime.read() as conn:
-        rows = conn.execute(
-            sa.select(api_keys)
-            .where(api_keys.c.org_id == principal.org_id)
-            .order_by(api_keys.c.created_at, api_keys.c.key_id)
-        ).all()
+    with read_transaction(runtime.engine) as conn:
+        rows = orgs.org_api_keys(conn, principal.org_id)
     return [
         {
             "key_id": r.key_id,
@@ -136,19 +131,12 @@ def list_api_keys(runtime: Runtime, principal: Principal) -> list[dict[str, Any]
 def revoke_api_key(runtime: Runtime, principal: Principal, key_id: str) -> None:
     if not KEY_ID.fullmatch(key_id):  # e.g. NUL bytes, which PostgreSQL refuses to compare
         raise ApiKeyNotFoundError(f"no API key {key_id!r}")
-    with runtime.engine.begin() as conn:
-        row = conn.execute(
-            sa.select(api_keys.c.revoked_at).where(
-                api_keys.c.key_id == key_id, api_keys.c.org_id == principal.org_id
-            )
-        ).first()
-        if row is None:
+    with write_transaction(runtime.engine) as conn:
+        revoked = orgs.revoke_api_key(conn, principal.org_id, key_id, utcnow())
+        if revoked is None:
             raise ApiKeyNotFoundError(f"no API key {key_id!r}")
-        if row.revoked_at is not None:
+        if not revoked:
             return  # revoking twice is a no-op, not an error (safe retries)
-        conn.execute(
-            sa.update(api_keys).where(api_keys.c.key_id == key_id).values(revoked_at=utcnow())
-        )
         record(
             conn,
             runtime,
@@ -163,15 +151,9 @@ def revoke_api_key(runtime: Runtime, principal: Principal, key_id: str) -> None:
 # --- settings -------------------------------------------------------------------------------
 
 
-_ORG_SETTINGS = sa.select(orgs.c.settings).where(orgs.c.id == sa.bindparam("org_id"))
-
-
 def org_settings(runtime: Runtime, org_id: str) -> dict[str, Any]:
-    with runtime.read() as conn:
-        value = conn.execute(_ORG_SETTINGS, {"org_id": org_id}).scalar_one()
-    merged = copy.deepcopy(repo.DEFAULT_ORG_SETTINGS)
-    merged.update(value or {})
-    return merged
+    with read_transaction(runtime.engine) as conn:
+        return orgs.org_settings(conn, org_id)
 
 
 def effective_threshold(runtime: Runtime, settings: dict[str, Any]) -> tuple[float, str]:
@@ -216,7 +198,7 @@ def update_org_settings(
     if "retention" in changes:
         retention = dict(updated.get("retention") or {})
         for field, value in (changes["retention"] or {}).items():
-            if field not in repo.DEFAULT_ORG_SETTINGS["retention"]:
+            if field not in orgs.DEFAULT_ORG_SETTINGS["retention"]:
                 raise InvalidSettingsError(f"unknown retention field {field!r}")
             if not isinstance(value, int) or not 1 <= value <= 3650:
                 raise InvalidSettingsError(f"retention.{field} must be 1..3650 days")
@@ -230,8 +212,8 @@ def update_org_settings(
         updated["data_residency"] = changes["data_residency"]
     if updated == current:
         return current
-    with runtime.engine.begin() as conn:
-        conn.execute(sa.update(orgs).where(orgs.c.id == principal.org_id).values(settings=updated))
+    with write_transaction(runtime.engine) as conn:
+        orgs.save_org_settings(conn, principal.org_id, updated)
         changed = sorted(k for k in updated if updated.get(k) != current.get(k))
         record(
             conn,
@@ -245,8 +227,16 @@ def update_org_settings(
     if any(updated[k] != current[k] for k in ("watchlist_sharing", "data_residency")):
         # Turning sharing off (or a residency that no longer allows a watchlist's region)
         # takes the org's entries out of screening at once, and back in when it is undone.
-        # Imported here: watchlists builds on this module.
-        from app.services.watchlists import sync_org
-
-        sync_org(runtime, principal.org_id)
+        indexing.sync_org_watchlists(runtime, principal.org_id)
     return updated
+
+
+# --- audit ----------------------------------------------------------------------------------
+
+
+def audit_page(runtime: Runtime, principal: Principal, cursor: int | None, limit: int) -> AuditPage:
+    """The org's own audit rows, newest first, details opened."""
+    with read_transaction(runtime.engine) as conn:
+        return audit.list_audit(
+            conn, sealer=runtime.cipher, org_id=principal.org_id, cursor=cursor, limit=limit
+        )

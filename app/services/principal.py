@@ -6,14 +6,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
-
 from app.crypto import InvalidApiKeyError, Scope, StoredApiKey, authenticate_api_key
 from app.errors import ForbiddenError, UnauthorizedError
 from app.runtime import Runtime
-from app.storage import audit
-from app.storage.schema import api_keys, utcnow
+from app.storage import Connection, audit, orgs, read_transaction, write_transaction
+from app.storage.schema import utcnow
 
 # Writing last_used_at on every request would turn each read into a write; a minute of
 # resolution is plenty for "is this key still in use?".
@@ -34,18 +31,14 @@ class Principal:
         return scope in self.scopes or Scope.ADMIN in self.scopes
 
 
-# Built once: every request runs it, and building it per call cost more than the read.
-_KEY_BY_ID = sa.select(api_keys).where(api_keys.c.key_id == sa.bindparam("key_id"))
-
-
 def authenticate(runtime: Runtime, presented: str, scope: Scope) -> Principal:
     """Resolve a bearer key to a `Principal` holding `scope`; 401/403 errors otherwise."""
     now = utcnow()
     last_used: dict[str, Any] = {}
 
     def lookup(key_id: str) -> StoredApiKey | None:
-        with runtime.read() as conn:
-            row = conn.execute(_KEY_BY_ID, {"key_id": key_id}).first()
+        with read_transaction(runtime.engine) as conn:
+            row = orgs.find_api_key(conn, key_id)
         if row is None:
             return None
         last_used["value"] = row.last_used_at
@@ -67,12 +60,8 @@ def authenticate(runtime: Runtime, presented: str, scope: Scope) -> Principal:
         raise ForbiddenError(f"this API key lacks the `{scope.value}` scope")
     previous = last_used.get("value")
     if previous is None or now - previous > LAST_USED_RESOLUTION:
-        with runtime.engine.begin() as conn:
-            conn.execute(
-                sa.update(api_keys)
-                .where(api_keys.c.key_id == stored.key_id)
-                .values(last_used_at=now)
-            )
+        with write_transaction(runtime.engine) as conn:
+            orgs.touch_api_key(conn, stored.key_id, now)
     return principal
 
 

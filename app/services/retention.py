@@ -18,11 +18,9 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from itertools import islice
 
-import sqlalchemy as sa
-
 from app.runtime import Runtime
 from app.services.principal import record
-from app.storage.schema import frames, utcnow
+from app.storage import frames, read_transaction, utcnow, write_transaction
 
 BATCH = 500
 #: Sealed frames are object keys `frm_<hex>`; nothing else in the store is swept.
@@ -36,20 +34,11 @@ def purge_expired_frames(runtime: Runtime, now: datetime | None = None) -> dict[
     moment = now or utcnow()
     purged: Counter[str] = Counter()
     while True:
-        with runtime.engine.begin() as conn:
-            rows = conn.execute(
-                sa.select(frames.c.id, frames.c.org_id, frames.c.object_key)
-                .where(frames.c.purge_after <= moment, frames.c.purged_at.is_(None))
-                .order_by(frames.c.purge_after)
-                .limit(BATCH)
-            ).all()
+        with write_transaction(runtime.engine) as conn:
+            rows = frames.expired(conn, moment, BATCH)
             if not rows:
                 break
-            conn.execute(
-                sa.update(frames)
-                .where(frames.c.id.in_([r.id for r in rows]))
-                .values(wrapped_dek=None, purged_at=moment)
-            )
+            frames.shred(conn, [r.id for r in rows], moment)
             batch = Counter(r.org_id for r in rows)
             for org_id, count in batch.items():
                 record(
@@ -81,17 +70,11 @@ def sweep_orphaned_frames(
     )
     deleted = 0
     for batch in _batches(keys, BATCH):
-        with runtime.read() as conn:
-            live = set(
-                conn.execute(
-                    sa.select(frames.c.object_key).where(
-                        frames.c.object_key.in_(batch), frames.c.purged_at.is_(None)
-                    )
-                ).scalars()
-            )
+        with read_transaction(runtime.engine) as conn:
+            live = frames.live_object_keys(conn, batch)
         deleted += sum(runtime.objects.delete(k) for k in batch if k not in live)
     if deleted:
-        with runtime.engine.begin() as conn:
+        with write_transaction(runtime.engine) as conn:
             record(
                 conn,
                 runtime,

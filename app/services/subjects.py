@@ -1,4 +1,9 @@
-"""Subjects and their enrollments: enroll a capture bundle, read, list, retire, erase."""
+"""Subjects and their enrollments: enroll a capture bundle, read, list, retire, erase.
+
+Enroll reads top to bottom: check the request → capture (decode, detect, gate, embed) →
+duplicate check → seal the frames → persist (one transaction: rows, audit row, the stored
+answer to an `Idempotency-Key`) → index → optional watchlist screening.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,13 @@ import base64
 import hashlib
 import json
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from numpy.typing import NDArray
 
 from app.crypto import DecryptionError, Purpose, Scope
 from app.errors import (
@@ -30,11 +34,21 @@ from app.errors import (
     TooManyFramesError,
 )
 from app.runtime import Runtime
-from app.services.orgs import effective_threshold, org_settings
+from app.services import idempotency, indexing
+from app.services.orgs import DUPLICATE_POLICIES, effective_threshold, org_settings
 from app.services.principal import Principal, record
-from app.storage import new_id, repo
-from app.storage.schema import enrollments, frames, subjects, utcnow
-from models.pipeline import FrameOutcome
+from app.services.watchlists import screen_everywhere
+from app.storage import (
+    Connection,
+    frames,
+    new_id,
+    read_transaction,
+    subjects,
+    utcnow,
+    watchlists,
+    write_transaction,
+)
+from models.pipeline import FaceCapture, FrameOutcome
 
 SUBJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 # Ids the service generates (`enr_<hex>`). Anything else cannot exist, and must not reach the
@@ -55,7 +69,7 @@ def check_subject_id(subject_id: str) -> str:
     return subject_id
 
 
-def check_pii(pii: dict[str, str | None]) -> dict[str, str]:
+def check_pii(pii: Mapping[str, str | None]) -> dict[str, str]:
     """Validate NIK (16 digits), email and phone; unknown fields are refused."""
     clean: dict[str, str] = {}
     for name, value in pii.items():
@@ -79,6 +93,7 @@ def _pii_object_id(org_id: str, subject_id: str, name: str) -> str:
 def _seal_pii(
     runtime: Runtime, org_id: str, subject_id: str, pii: dict[str, str]
 ) -> dict[str, bytes]:
+    """The sealed-PII columns (`nik_sealed` ...) for the fields given."""
     return {
         f"{name}_sealed": runtime.cipher.seal(
             value.encode(),
@@ -109,13 +124,17 @@ def _open_pii(runtime: Runtime, row: Any) -> dict[str, str | None]:
     return opened
 
 
-def _subject_row(conn: Connection, org_id: str, subject_id: str) -> Any:
-    return conn.execute(
-        sa.select(subjects).where(subjects.c.org_id == org_id, subjects.c.subject_id == subject_id)
-    ).first()
-
-
 # --- enroll ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CaptureBundle:
+    """What a client sends to enroll: the frames of one capture, and its options."""
+
+    frames: list[bytes]
+    duplicate_check: str | None = None
+    pii: Mapping[str, str | None] = field(default_factory=dict)
+    screen_watchlists: bool = False
 
 
 @dataclass(frozen=True)
@@ -148,6 +167,124 @@ class EnrollmentResult:
     watchlist_hits: list[dict[str, Any]] | None = None
 
 
+@dataclass(frozen=True)
+class _CheckedRequest:
+    """An enrollment request that passed every check that needs no inference."""
+
+    org_id: str
+    subject_id: str
+    pii: dict[str, str]
+    policy: str
+    threshold: float
+    frames_days: int
+    existing: Any  # the subject's row, None for a new subject
+
+
+@dataclass(frozen=True)
+class _Captured:
+    """The capture of a bundle: a report per frame, and the frames the gate accepted."""
+
+    reports: list[FrameReport]
+    accepted: list[tuple[int, FaceCapture]]
+
+    @property
+    def vectors(self) -> NDArray[np.float32]:
+        return np.stack([c.embedding for _, c in self.accepted]).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class _SealedFrame:
+    frame_id: str
+    wrapped_dek: bytes
+    kek_version: int
+
+
+def enroll_subject(
+    runtime: Runtime,
+    principal: Principal,
+    subject_id: str,
+    bundle: CaptureBundle,
+    idempotency_key: str | None = None,
+) -> EnrollmentResult:
+    """Enroll a capture bundle: one embedding per accepted frame, frames sealed.
+
+    With `idempotency_key` (reserved by the caller), the answer is stored in the same
+    transaction as the enrollment, so a crash can never leave a committed enrollment whose
+    retry would run it a second time.
+    """
+    request = _check_request(runtime, principal, subject_id, bundle)
+    captured = _capture(runtime, bundle.frames)
+    vectors = captured.vectors
+    duplicates = _duplicate_check(runtime, principal, request, vectors)
+    sealed = _seal_frames(runtime, request.org_id, bundle.frames, captured)
+    with indexing.changing(runtime, request.org_id):
+        try:
+            with write_transaction(runtime.engine) as conn:
+                result, vector_ids = _persist(
+                    conn, runtime, principal, request, captured, sealed, duplicates
+                )
+                if idempotency_key is not None:
+                    idempotency.store_answer(conn, request.org_id, idempotency_key, 201, result)
+        except BaseException:
+            # Nothing half-written: no orphan sealed frames either. Once the rows are
+            # committed the frames belong to them (the index is rebuilt from the rows at
+            # the next start), so a failure after the commit must not delete them.
+            _discard(runtime, sealed)
+            raise
+        indexing.add_committed(runtime, request.org_id, vector_ids, vectors)
+    if bundle.screen_watchlists:
+        # The sharpest accepted frame stands for the bundle: one screening, one audit trail.
+        best = max(captured.accepted, key=lambda item: item[1].quality.detector_score)[1]
+        result.watchlist_hits = screen_everywhere(runtime, principal, best.embedding)
+    return result
+
+
+def _check_request(
+    runtime: Runtime, principal: Principal, subject_id: str, bundle: CaptureBundle
+) -> _CheckedRequest:
+    """Every check of an enrollment that needs no inference; the frame limit lives here."""
+    if bundle.screen_watchlists and not principal.can(Scope.WATCHLIST):
+        raise ForbiddenError("screen_watchlists needs a key with the `watchlist` scope")
+    check_subject_id(subject_id)
+    clean_pii = check_pii(bundle.pii)
+    if not bundle.frames:
+        raise InvalidRequestError("a capture bundle needs at least one frame")
+    limit = runtime.settings.max_frames_per_request
+    if len(bundle.frames) > limit:
+        raise TooManyFramesError(f"{len(bundle.frames)} frames; at most {limit}")
+    settings = org_settings(runtime, principal.org_id)
+    policy = bundle.duplicate_check or settings.get("duplicate_policy", "off")
+    if policy not in DUPLICATE_POLICIES:
+        raise InvalidRequestError("duplicate_check must be off, flag or reject")
+    threshold, _ = effective_threshold(runtime, settings)
+    with read_transaction(runtime.engine) as conn:
+        existing = subjects.find_subject(conn, principal.org_id, subject_id)
+    if existing is not None and existing.status == "erased":
+        raise SubjectErasedError(f"subject {subject_id!r} was erased; use a new subject_id")
+    return _CheckedRequest(
+        org_id=principal.org_id,
+        subject_id=subject_id,
+        pii=clean_pii,
+        policy=policy,
+        threshold=threshold,
+        frames_days=int(settings["retention"]["frames_days"]),
+        existing=existing,
+    )
+
+
+def _capture(runtime: Runtime, frame_bytes: list[bytes]) -> _Captured:
+    """Decode, detect, gate, align and embed every frame on the inference pool."""
+    outcomes = runtime.inference.run(lambda pipeline: pipeline.capture_bundle(frame_bytes))
+    reports = _frame_reports(outcomes)
+    accepted = [(i, o.capture) for i, o in enumerate(outcomes) if o.capture is not None]
+    if not accepted:
+        raise NoUsableFrameError(
+            "no frame of the bundle passed decoding and the quality gate",
+            frames=[_report_dict(r) for r in reports],
+        )
+    return _Captured(reports, accepted)
+
+
 def _frame_reports(outcomes: list[FrameOutcome]) -> list[FrameReport]:
     reports = []
     for index, outcome in enumerate(outcomes):
@@ -160,11 +297,43 @@ def _frame_reports(outcomes: list[FrameOutcome]) -> list[FrameReport]:
     return reports
 
 
+def _report_dict(report: FrameReport) -> dict[str, Any]:
+    return {k: v for k, v in report.__dict__.items() if v is not None}
+
+
+def _duplicate_check(
+    runtime: Runtime, principal: Principal, request: _CheckedRequest, vectors: np.ndarray
+) -> list[DuplicateCandidate]:
+    """Other subjects this face is enrolled under, as the policy asks; `reject` refuses
+    (audited) when there are any."""
+    if request.policy == "off":
+        return []
+    duplicates = find_duplicates(
+        runtime, request.org_id, vectors, request.threshold, request.subject_id
+    )
+    if duplicates and request.policy == "reject":
+        candidates = [asdict(d) for d in duplicates]
+        with write_transaction(runtime.engine) as conn:
+            record(
+                conn,
+                runtime,
+                principal,
+                org_id=request.org_id,
+                action="enrollment.duplicate_rejected",
+                target=request.subject_id,
+                details={"candidates": candidates, "threshold": request.threshold},
+            )
+        raise DuplicateFaceError(
+            "the face is already enrolled under another subject", candidates=candidates
+        )
+    return duplicates
+
+
 def find_duplicates(
     runtime: Runtime, org_id: str, vectors: np.ndarray, threshold: float, exclude_subject: str
 ) -> list[DuplicateCandidate]:
     """Other subjects of this org whose enrollments match any of `vectors`."""
-    index = runtime.org_index(org_id)
+    index = indexing.org_index(runtime, org_id)
     if index.count == 0:
         return []
     result = index.search(vectors, model_id=runtime.model_id, k=10, min_score=threshold)
@@ -187,234 +356,159 @@ def find_duplicates(
 
 
 def subject_ids_for_vectors(runtime: Runtime, org_id: str, vector_ids: list[int]) -> dict[int, str]:
-    """Map index ids to the org's active subjects (the org filter is belt and braces).
+    """Map index ids to the org's active subjects.
 
     Rows whose hashed reference no longer verifies are left out: the index may hold a
     vector from before the row was edited in the database, and a match must rest on data
     the service itself wrote.
     """
-    with runtime.read() as conn:
-        rows = conn.execute(
-            sa.select(
-                enrollments.c.id,
-                enrollments.c.vector_id,
-                enrollments.c.vector,
-                enrollments.c.hashed_ref,
-                enrollments.c.model_id,
-                subjects.c.subject_id,
-            )
-            .join(subjects, subjects.c.id == enrollments.c.subject_pk)
-            .where(
-                enrollments.c.org_id == org_id,
-                subjects.c.org_id == org_id,
-                enrollments.c.vector_id.in_(vector_ids),
-                enrollments.c.status == "active",
-            )
-        ).all()
+    with read_transaction(runtime.engine) as conn:
+        rows = subjects.active_embeddings_by_vector_id(conn, org_id, vector_ids)
     return {
-        int(r.vector_id): r.subject_id for r in rows if runtime.intact_vector(org_id, r) is not None
+        int(r.vector_id): r.subject_id
+        for r in rows
+        if indexing.intact_vector(runtime, org_id, r) is not None
     }
 
 
-def enroll_subject(
-    runtime: Runtime,
-    principal: Principal,
-    subject_id: str,
-    frame_bytes: list[bytes],
-    duplicate_check: str | None = None,
-    pii: dict[str, str | None] | None = None,
-    screen_watchlists: bool = False,
-    on_commit: Callable[[Connection, EnrollmentResult], None] | None = None,
-) -> EnrollmentResult:
-    """Enroll a capture bundle; see the module docstring of `app.api.routes.subjects`.
-
-    `on_commit(conn, result)` runs inside the enrollment's transaction, so what it writes
-    (the stored answer to an Idempotency-Key) commits with the enrollment or not at all.
-    """
-    org_id = principal.org_id
-    if screen_watchlists and not principal.can(Scope.WATCHLIST):
-        raise ForbiddenError("screen_watchlists needs a key with the `watchlist` scope")
-    check_subject_id(subject_id)
-    clean_pii = check_pii(pii or {})
-    if not frame_bytes:
-        raise InvalidRequestError("a capture bundle needs at least one frame")
-    if len(frame_bytes) > runtime.settings.max_frames_per_request:
-        raise TooManyFramesError(
-            f"{len(frame_bytes)} frames; at most {runtime.settings.max_frames_per_request}"
-        )
-    settings = org_settings(runtime, org_id)
-    policy = duplicate_check or settings.get("duplicate_policy", "off")
-    if policy not in ("off", "flag", "reject"):
-        raise InvalidRequestError("duplicate_check must be off, flag or reject")
-    threshold, _ = effective_threshold(runtime, settings)
-
-    with runtime.read() as conn:
-        existing = _subject_row(conn, org_id, subject_id)
-    if existing is not None and existing.status == "erased":
-        raise SubjectErasedError(f"subject {subject_id!r} was erased; use a new subject_id")
-
-    outcomes = runtime.infer(lambda pipeline: pipeline.capture_bundle(frame_bytes))
-    reports = _frame_reports(outcomes)
-    accepted = [(i, o.capture) for i, o in enumerate(outcomes) if o.capture is not None]
-    if not accepted:
-        raise NoUsableFrameError(
-            "no frame of the bundle passed decoding and the quality gate",
-            frames=[_report_dict(r) for r in reports],
-        )
-    vectors = np.stack([c.embedding for _, c in accepted]).astype(np.float32)
-
-    duplicates: list[DuplicateCandidate] = []
-    if policy != "off":
-        duplicates = find_duplicates(runtime, org_id, vectors, threshold, subject_id)
-        if duplicates and policy == "reject":
-            with runtime.engine.begin() as conn:
-                record(
-                    conn,
-                    runtime,
-                    principal,
-                    org_id=org_id,
-                    action="enrollment.duplicate_rejected",
-                    target=subject_id,
-                    details={
-                        "candidates": [d.__dict__ for d in duplicates],
-                        "threshold": threshold,
-                    },
-                )
-            raise DuplicateFaceError(
-                "the face is already enrolled under another subject",
-                candidates=[d.__dict__ for d in duplicates],
-            )
-
-    # Seal and store the accepted frames before the transaction that references them.
-    frame_rows = []
-    purge_after = utcnow() + timedelta(days=int(settings["retention"]["frames_days"]))
-    written: list[str] = []
-    committed = False
+def _seal_frames(
+    runtime: Runtime, org_id: str, frame_bytes: list[bytes], captured: _Captured
+) -> list[_SealedFrame]:
+    """Seal each accepted frame and write it to the object store, before the transaction
+    that references it; on a failure, what was written is deleted again."""
+    sealed: list[_SealedFrame] = []
     try:
-        for index, _ in accepted:
+        for index, _ in captured.accepted:
             frame_id = new_id("frm")
-            wrapped, payload = runtime.cipher.seal_detached(
+            seal = runtime.cipher.seal_detached(
                 frame_bytes[index], org_id=org_id, object_id=frame_id, purpose=Purpose.FRAME
             )
-            runtime.objects.put(frame_id, payload)
-            written.append(frame_id)
-            frame_rows.append((frame_id, wrapped))
-
-        bundle_id = new_id("enr")
-        embedding_ids: list[int] = []
-        final_reports = list(reports)
-        with runtime.org_writer(org_id):
-            with runtime.engine.begin() as conn:
-                subject_created = existing is None
-                sealed = _seal_pii(runtime, org_id, subject_id, clean_pii)
-                if subject_created:
-                    subject_pk = repo.insert_subject(
-                        conn,
-                        org_id=org_id,
-                        subject_id=subject_id,
-                        nik_sealed=sealed.get("nik_sealed"),
-                        email_sealed=sealed.get("email_sealed"),
-                        phone_sealed=sealed.get("phone_sealed"),
-                    )
-                else:
-                    subject_pk = existing.id
-                    if sealed:
-                        conn.execute(
-                            sa.update(subjects)
-                            .where(subjects.c.id == subject_pk)
-                            .values(updated_at=utcnow(), **sealed)
-                        )
-                for (index, capture), (frame_id, wrapped) in zip(accepted, frame_rows, strict=True):
-                    row_id = new_id("emb")
-                    reference = runtime.hasher.reference(
-                        org_id=org_id,
-                        model_id=runtime.model_id,
-                        enrollment_id=row_id,
-                        vector=capture.embedding,
-                    )
-                    ref = repo.insert_enrollment(
-                        conn,
-                        org_id=org_id,
-                        subject_pk=subject_pk,
-                        vector=capture.embedding.astype("<f4").tobytes(),
-                        dimension=runtime.pipeline.dimension,
-                        model_id=runtime.model_id,
-                        hashed_ref=reference,
-                        quality=capture.quality.as_dict(),
-                        enrollment_id=row_id,
-                        bundle_id=bundle_id,
-                        frame_index=index,
-                    )
-                    repo.insert_frame(
-                        conn,
-                        org_id=org_id,
-                        enrollment_id=row_id,
-                        object_key=frame_id,
-                        wrapped_dek=wrapped,
-                        kek_version=_kek_version(wrapped),
-                        purge_after=purge_after,
-                        frame_id=frame_id,
-                    )
-                    embedding_ids.append(ref.vector_id)
-                    final_reports[index] = FrameReport(
-                        index, True, reports[index].quality, None, row_id, reference.hex()
-                    )
-                record(
-                    conn,
-                    runtime,
-                    principal,
-                    org_id=org_id,
-                    action="enrollment.create",
-                    target=bundle_id,
-                    details={
-                        "subject_id": subject_id,
-                        "embeddings": len(accepted),
-                        "frames": len(frame_bytes),
-                        "model_id": runtime.model_id,
-                        "duplicate_check": policy,
-                        "duplicates": [d.__dict__ for d in duplicates],
-                        "pii_fields": sorted(clean_pii),
-                    },
-                )
-                result = EnrollmentResult(
-                    enrollment_id=bundle_id,
-                    subject_id=subject_id,
-                    subject_created=subject_created,
-                    model_id=runtime.model_id,
-                    threshold=threshold,
-                    frames=final_reports,
-                    duplicate_check=policy,
-                    duplicates=duplicates,
-                )
-                if on_commit is not None:
-                    on_commit(conn, result)
-            committed = True
-            runtime.index_committed(org_id, embedding_ids, vectors)
+            runtime.objects.put(frame_id, seal.payload)
+            sealed.append(_SealedFrame(frame_id, seal.wrapped_dek, seal.kek_version))
     except BaseException:
-        # Nothing half-written: no orphan sealed frames either. Once the rows are committed
-        # the frames belong to them (the index is rebuilt from the rows at the next start),
-        # so a failure after the commit must not delete them.
-        if not committed:
-            for frame_id in written:
-                runtime.objects.delete(frame_id)
+        _discard(runtime, sealed)
         raise
-    if screen_watchlists:
-        from app.services.watchlists import screen_everywhere
-
-        # The sharpest accepted frame stands for the bundle: one screening, one audit trail.
-        best = max(accepted, key=lambda item: item[1].quality.detector_score)[1]
-        result.watchlist_hits = screen_everywhere(runtime, principal, best.embedding)
-    return result
+    return sealed
 
 
-def _kek_version(wrapped_dek: bytes) -> int:
-    from app.crypto import kek_version_of
+def _discard(runtime: Runtime, sealed: list[_SealedFrame]) -> None:
+    for frame in sealed:
+        runtime.objects.delete(frame.frame_id)
 
-    return int(kek_version_of(wrapped_dek))
+
+def _persist(
+    conn: Connection,
+    runtime: Runtime,
+    principal: Principal,
+    request: _CheckedRequest,
+    captured: _Captured,
+    sealed: list[_SealedFrame],
+    duplicates: list[DuplicateCandidate],
+) -> tuple[EnrollmentResult, list[int]]:
+    """The enrollment's rows and its audit row, in the caller's transaction; returns the
+    answer and the index ids of the new embeddings."""
+    subject_pk = _store_subject(conn, runtime, request)
+    bundle_id = new_id("enr")
+    reports, vector_ids = _store_embeddings(
+        conn, runtime, request, subject_pk, bundle_id, captured, sealed
+    )
+    record(
+        conn,
+        runtime,
+        principal,
+        org_id=request.org_id,
+        action="enrollment.create",
+        target=bundle_id,
+        details={
+            "subject_id": request.subject_id,
+            "embeddings": len(captured.accepted),
+            "frames": len(captured.reports),
+            "model_id": runtime.model_id,
+            "duplicate_check": request.policy,
+            "duplicates": [asdict(d) for d in duplicates],
+            "pii_fields": sorted(request.pii),
+        },
+    )
+    result = EnrollmentResult(
+        enrollment_id=bundle_id,
+        subject_id=request.subject_id,
+        subject_created=request.existing is None,
+        model_id=runtime.model_id,
+        threshold=request.threshold,
+        frames=reports,
+        duplicate_check=request.policy,
+        duplicates=duplicates,
+    )
+    return result, vector_ids
 
 
-def _report_dict(report: FrameReport) -> dict[str, Any]:
-    return {k: v for k, v in report.__dict__.items() if v is not None}
+def _store_subject(conn: Connection, runtime: Runtime, request: _CheckedRequest) -> str:
+    """The subject's primary key: a new row, or the existing one with any new PII sealed."""
+    sealed = _seal_pii(runtime, request.org_id, request.subject_id, request.pii)
+    if request.existing is None:
+        return subjects.insert_subject(
+            conn,
+            org_id=request.org_id,
+            subject_id=request.subject_id,
+            nik_sealed=sealed.get("nik_sealed"),
+            email_sealed=sealed.get("email_sealed"),
+            phone_sealed=sealed.get("phone_sealed"),
+        )
+    if sealed:
+        subjects.update_subject_pii(conn, request.existing.id, sealed)
+    return str(request.existing.id)
+
+
+def _store_embeddings(
+    conn: Connection,
+    runtime: Runtime,
+    request: _CheckedRequest,
+    subject_pk: str,
+    bundle_id: str,
+    captured: _Captured,
+    sealed: list[_SealedFrame],
+) -> tuple[list[FrameReport], list[int]]:
+    """One enrollment row (with its hashed reference) and one frame row per accepted frame;
+    returns the final frame reports and the new index ids."""
+    reports = list(captured.reports)
+    vector_ids: list[int] = []
+    purge_after = utcnow() + timedelta(days=request.frames_days)
+    for (index, capture), frame in zip(captured.accepted, sealed, strict=True):
+        embedding_id = new_id("emb")
+        reference = runtime.hasher.reference(
+            org_id=request.org_id,
+            model_id=runtime.model_id,
+            enrollment_id=embedding_id,
+            vector=capture.embedding,
+        )
+        ref = subjects.insert_enrollment(
+            conn,
+            org_id=request.org_id,
+            subject_pk=subject_pk,
+            vector=capture.embedding.astype("<f4").tobytes(),
+            dimension=runtime.pipeline.dimension,
+            model_id=runtime.model_id,
+            hashed_ref=reference,
+            quality=capture.quality.as_dict(),
+            enrollment_id=embedding_id,
+            bundle_id=bundle_id,
+            frame_index=index,
+        )
+        frames.insert_frame(
+            conn,
+            org_id=request.org_id,
+            enrollment_id=embedding_id,
+            object_key=frame.frame_id,
+            wrapped_dek=frame.wrapped_dek,
+            kek_version=frame.kek_version,
+            purge_after=purge_after,
+            frame_id=frame.frame_id,
+        )
+        vector_ids.append(ref.vector_id)
+        reports[index] = FrameReport(
+            index, True, reports[index].quality, None, embedding_id, reference.hex()
+        )
+    return reports, vector_ids
 
 
 # --- read -----------------------------------------------------------------------------------
@@ -423,15 +517,11 @@ def _report_dict(report: FrameReport) -> dict[str, Any]:
 def get_subject(runtime: Runtime, principal: Principal, subject_id: str) -> dict[str, Any]:
     if not SUBJECT_ID.fullmatch(subject_id):
         raise SubjectNotFoundError(f"no subject {subject_id!r}")
-    with runtime.read() as conn:
-        row = _subject_row(conn, principal.org_id, subject_id)
+    with read_transaction(runtime.engine) as conn:
+        row = subjects.find_subject(conn, principal.org_id, subject_id)
         if row is None:
             raise SubjectNotFoundError(f"no subject {subject_id!r}")
-        rows = conn.execute(
-            sa.select(enrollments)
-            .where(enrollments.c.subject_pk == row.id, enrollments.c.org_id == principal.org_id)
-            .order_by(enrollments.c.created_at, enrollments.c.frame_index)
-        ).all()
+        rows = subjects.subject_enrollments(conn, principal.org_id, row.id)
     bundles: dict[str, dict[str, Any]] = {}
     for e in rows:
         bundle = bundles.setdefault(
@@ -445,7 +535,9 @@ def get_subject(runtime: Runtime, principal: Principal, subject_id: str) -> dict
             },
         )
         intact = (
-            None if e.vector is None else (runtime.intact_vector(principal.org_id, e) is not None)
+            None
+            if e.vector is None
+            else (indexing.intact_vector(runtime, principal.org_id, e) is not None)
         )
         bundle["embeddings"].append(
             {
@@ -489,29 +581,11 @@ def list_subjects(
     runtime: Runtime, principal: Principal, limit: int = 50, cursor: str | None = None
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of the org's subjects, oldest first; pass `next_cursor` back for more."""
-    stmt = sa.select(subjects).where(subjects.c.org_id == principal.org_id)
-    if cursor:
-        created, pk = _decode_cursor(cursor)
-        stmt = stmt.where(
-            sa.or_(
-                subjects.c.created_at > created,
-                sa.and_(subjects.c.created_at == created, subjects.c.id > pk),
-            )
-        )
-    with runtime.read() as conn:
-        rows = conn.execute(
-            stmt.order_by(subjects.c.created_at, subjects.c.id).limit(limit + 1)
-        ).all()
-        counts: dict[str, int] = dict(
-            conn.execute(
-                sa.select(enrollments.c.subject_pk, sa.func.count())
-                .where(
-                    enrollments.c.org_id == principal.org_id,
-                    enrollments.c.status == "active",
-                    enrollments.c.subject_pk.in_([r.id for r in rows[:limit]]),
-                )
-                .group_by(enrollments.c.subject_pk)
-            ).all()
+    after = _decode_cursor(cursor) if cursor else None
+    with read_transaction(runtime.engine) as conn:
+        rows = subjects.subjects_page(conn, principal.org_id, after, limit + 1)
+        counts = subjects.active_embedding_counts(
+            conn, principal.org_id, [r.id for r in rows[:limit]]
         )
     page = [
         {
@@ -537,20 +611,16 @@ def retire_enrollment(runtime: Runtime, principal: Principal, enrollment_id: str
     org_id = principal.org_id
     if not SERVICE_ID.fullmatch(enrollment_id):
         raise EnrollmentNotFoundError(f"no enrollment {enrollment_id!r}")
-    with runtime.org_writer(org_id):
-        with runtime.engine.begin() as conn:
-            rows = conn.execute(
-                sa.select(enrollments.c.id, enrollments.c.vector_id, enrollments.c.status).where(
-                    enrollments.c.org_id == org_id, enrollments.c.bundle_id == enrollment_id
-                )
-            ).all()
+    with indexing.changing(runtime, org_id):
+        with write_transaction(runtime.engine) as conn:
+            rows = subjects.bundle_embeddings(conn, org_id, enrollment_id)
             if not rows:
                 raise EnrollmentNotFoundError(f"no enrollment {enrollment_id!r}")
             active = [r for r in rows if r.status == "active"]
             if not active:
                 raise EnrollmentNotActiveError(f"enrollment {enrollment_id!r} is not active")
             for r in active:
-                repo.set_enrollment_status(
+                subjects.set_enrollment_status(
                     conn, org_id=org_id, enrollment_id=r.id, status="retired"
                 )
             record(
@@ -562,7 +632,7 @@ def retire_enrollment(runtime: Runtime, principal: Principal, enrollment_id: str
                 target=enrollment_id,
                 details={"embeddings": len(active)},
             )
-        runtime.org_index(org_id).remove([r.vector_id for r in active])
+        indexing.remove_committed(runtime, org_id, [r.vector_id for r in active])
     return {"enrollment_id": enrollment_id, "status": "retired", "embeddings": len(active)}
 
 
@@ -575,61 +645,9 @@ def erase_subject(runtime: Runtime, principal: Principal, subject_id: str) -> di
     org_id = principal.org_id
     if not SUBJECT_ID.fullmatch(subject_id):
         raise SubjectNotFoundError(f"no subject {subject_id!r}")
-    with runtime.org_writer(org_id):
-        with runtime.engine.begin() as conn:
-            row = _subject_row(conn, org_id, subject_id)
-            if row is None:
-                raise SubjectNotFoundError(f"no subject {subject_id!r}")
-            if row.status == "erased":
-                raise SubjectErasedError(f"subject {subject_id!r} is already erased")
-            rows = conn.execute(
-                sa.select(enrollments.c.id, enrollments.c.vector_id, enrollments.c.status).where(
-                    enrollments.c.org_id == org_id, enrollments.c.subject_pk == row.id
-                )
-            ).all()
-            for r in rows:
-                if r.status != "erased":
-                    repo.set_enrollment_status(
-                        conn, org_id=org_id, enrollment_id=r.id, status="erased"
-                    )
-            frame_rows = conn.execute(
-                sa.select(frames.c.id, frames.c.object_key).where(
-                    frames.c.org_id == org_id, frames.c.enrollment_id.in_([r.id for r in rows])
-                )
-            ).all()
-            now = utcnow()
-            # Dropping the wrapped DEK is the shred: the ciphertext, wherever copies of it
-            # survive (backups), can no longer be opened.
-            conn.execute(
-                sa.update(frames)
-                .where(frames.c.id.in_([f.id for f in frame_rows]))
-                .values(wrapped_dek=None, purged_at=now)
-            )
-            conn.execute(
-                sa.update(subjects)
-                .where(subjects.c.id == row.id)
-                .values(
-                    status="erased",
-                    erased_at=now,
-                    updated_at=now,
-                    nik_sealed=None,
-                    email_sealed=None,
-                    phone_sealed=None,
-                )
-            )
-            receipt = {
-                "subject_id": subject_id,
-                "org_id": org_id,
-                "erased_at": now.isoformat(),
-                "embeddings_erased": len(rows),
-                "frames_shredded": len(frame_rows),
-                "pii_shredded": [n for n in PII_FIELDS if getattr(row, f"{n}_sealed") is not None],
-            }
-            # Copies of its embeddings in shared watchlists go too.
-            from app.services.watchlists import remove_from_indexes, withdraw_embeddings
-
-            withdrawn = withdraw_embeddings(runtime, conn, [r.id for r in rows])
-            receipt["watchlist_entries_withdrawn"] = len(withdrawn)
+    with indexing.changing(runtime, org_id):
+        with write_transaction(runtime.engine) as conn:
+            receipt, embeddings, frame_rows, withdrawn = _erase_rows(conn, org_id, subject_id)
             digest = hashlib.sha256(
                 json.dumps(receipt, sort_keys=True, separators=(",", ":")).encode()
             ).hexdigest()
@@ -642,8 +660,45 @@ def erase_subject(runtime: Runtime, principal: Principal, subject_id: str) -> di
                 target=subject_id,
                 details={**receipt, "receipt_sha256": digest},
             )
-        runtime.org_index(org_id).remove([r.vector_id for r in rows if r.status == "active"])
-    remove_from_indexes(runtime, withdrawn)
+        indexing.remove_committed(
+            runtime, org_id, [r.vector_id for r in embeddings if r.status == "active"]
+        )
+    indexing.remove_entries(runtime, withdrawn)
     for f in frame_rows:
         runtime.objects.delete(f.object_key)
     return {**receipt, "receipt_sha256": digest, "audit_id": audit_id}
+
+
+def _erase_rows(
+    conn: Connection, org_id: str, subject_id: str
+) -> tuple[dict[str, Any], list[Any], list[Any], list[tuple[str, int]]]:
+    """Erase the subject's rows in the caller's transaction: embeddings erased, frames and
+    PII shredded, watchlist copies withdrawn. Returns the receipt, the embeddings as they
+    were, the shredded frames and the withdrawn watchlist entries."""
+    row = subjects.find_subject(conn, org_id, subject_id)
+    if row is None:
+        raise SubjectNotFoundError(f"no subject {subject_id!r}")
+    if row.status == "erased":
+        raise SubjectErasedError(f"subject {subject_id!r} is already erased")
+    embeddings = subjects.embeddings_of_subject(conn, org_id, row.id)
+    for r in embeddings:
+        if r.status != "erased":
+            subjects.set_enrollment_status(conn, org_id=org_id, enrollment_id=r.id, status="erased")
+    frame_rows = frames.frames_of_enrollments(conn, org_id, [r.id for r in embeddings])
+    now = utcnow()
+    # Dropping the wrapped DEK is the shred: the ciphertext, wherever copies of it survive
+    # (backups), can no longer be opened.
+    frames.shred(conn, [f.id for f in frame_rows], now)
+    subjects.mark_subject_erased(conn, row.id, now)
+    # Copies of its embeddings in shared watchlists go too.
+    withdrawn = watchlists.withdraw_copies_of(conn, [r.id for r in embeddings])
+    receipt = {
+        "subject_id": subject_id,
+        "org_id": org_id,
+        "erased_at": now.isoformat(),
+        "embeddings_erased": len(embeddings),
+        "frames_shredded": len(frame_rows),
+        "pii_shredded": [n for n in PII_FIELDS if getattr(row, f"{n}_sealed") is not None],
+        "watchlist_entries_withdrawn": len(withdrawn),
+    }
+    return receipt, embeddings, frame_rows, withdrawn

@@ -1,16 +1,35 @@
-"""Metadata store (SQLAlchemy Core + Alembic), append-only audit log, sealed-object store.
+"""The system of record: SQLAlchemy Core + Alembic, one module per aggregate.
+
+* `orgs` — organisations, their settings and API keys;
+* `subjects` — subjects, their enrollments and the enrollment change stream;
+* `frames` — sealed-frame rows (wrapped DEKs, retention);
+* `watchlists` — shared watchlists, memberships and entries;
+* `idempotency` — `Idempotency-Key` records;
+* `audit` — the append-only, hash-chained audit log;
+* `objects` — the sealed-object store (frame payloads).
 
 Typical write path (one transaction: the change and its audit row commit together)::
 
     with engine.begin() as conn:
-        ref = repo.insert_enrollment(conn, org_id=..., subject_pk=..., vector=..., ...)
+        ref = subjects.insert_enrollment(conn, org_id=..., subject_pk=..., vector=..., ...)
         audit.append(conn, sealer=cipher, org_id=..., actor=key_id,
                      action="enrollment.create", target=ref.id, details={...})
+
+Services open transactions with `read_transaction(engine)` / `write_transaction(engine)` and
+hold the `Connection` only to hand it back to these functions: no SQL outside here.
 """
 
-from app.storage import audit, repo
+from sqlalchemy.engine import Connection, Engine
+
+from app.storage import audit, frames, idempotency, orgs, subjects, watchlists
 from app.storage.audit import AuditEntry, AuditPage, AuditRecord, DetailSealer, VerifyResult
-from app.storage.engine import create_engine_for, read_only
+from app.storage.engine import (
+    create_engine_for,
+    ping,
+    read_only,
+    read_transaction,
+    write_transaction,
+)
 from app.storage.ids import new_id
 from app.storage.migrate import current_revision, downgrade_database, upgrade_database
 from app.storage.objects import (
@@ -20,13 +39,16 @@ from app.storage.objects import (
     ObjectStore,
     ObjectStoreError,
 )
-from app.storage.repo import EnrollmentChange, EnrollmentRef
+from app.storage.schema import utcnow
+from app.storage.subjects import EnrollmentChange, EnrollmentRef
 
 __all__ = [
     "AuditEntry",
     "AuditPage",
     "AuditRecord",
+    "Connection",
     "DetailSealer",
+    "Engine",
     "EnrollmentChange",
     "EnrollmentRef",
     "InvalidObjectKeyError",
@@ -39,8 +61,16 @@ __all__ = [
     "create_engine_for",
     "current_revision",
     "downgrade_database",
+    "frames",
+    "idempotency",
     "new_id",
+    "orgs",
+    "ping",
     "read_only",
-    "repo",
+    "read_transaction",
+    "subjects",
     "upgrade_database",
+    "utcnow",
+    "watchlists",
+    "write_transaction",
 ]

@@ -20,6 +20,8 @@ is stale. Read-only work that should not queue behind writers can opt out with
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
@@ -59,6 +61,22 @@ def read_only(conn: Connection) -> Connection:
     return conn.execution_options(**{_DEFERRED_OPTION: True})
 
 
+@contextmanager
+def read_transaction(engine: Engine) -> Iterator[Connection]:
+    """A read-only transaction: on SQLite a deferred BEGIN, so readers never queue behind
+    the writer (WAL) and a read nested inside a write transaction cannot deadlock it."""
+    with engine.connect() as conn, read_only(conn).begin():
+        yield conn
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A write transaction (on SQLite ``BEGIN IMMEDIATE``), committed when the block ends
+    without an error."""
+    with engine.begin() as conn:
+        yield conn
+
+
 def _install_sqlite_pragmas(engine: Engine, *, busy_timeout_ms: int) -> None:
     in_memory = engine.url.database in (None, "", ":memory:")
 
@@ -82,3 +100,13 @@ def _install_sqlite_pragmas(engine: Engine, *, busy_timeout_ms: int) -> None:
     def _on_begin(conn: Connection) -> None:
         deferred = conn.get_execution_options().get(_DEFERRED_OPTION, False)
         conn.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
+
+
+def ping(engine: Engine) -> bool:
+    """Whether the database answers a trivial query right now (readiness)."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.SQLAlchemyError:
+        return False
+    return True

@@ -69,7 +69,7 @@ orgs = sa.Table(
     sa.Column("id", ID, primary_key=True),
     sa.Column("name", sa.String(200), nullable=False),
     # threshold override, duplicate policy, retention, watchlist_sharing, data_residency:
-    # see app.storage.repo.DEFAULT_ORG_SETTINGS.
+    # see app.storage.orgs.DEFAULT_ORG_SETTINGS.
     sa.Column("settings", sa.JSON(), nullable=False),
     _created_at(),
 )

@@ -11,9 +11,11 @@ from typer.testing import CliRunner
 from app.cli import cli
 from app.crypto import Scope
 from app.runtime import Runtime
+from app.services.lifecycle import start_runtime, stop_runtime
 from app.services.principal import Principal
-from app.services.subjects import enroll_subject
+from app.services.subjects import CaptureBundle, enroll_subject
 from app.settings import Settings
+from app.storage import read_transaction
 from models.packs import ModelPack
 
 ROOT_KEY = base64.b64encode(bytes(range(32))).decode()
@@ -33,7 +35,7 @@ def test_orgs_create_prints_the_key_once_and_it_works_beside_a_running_server(
 ) -> None:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    server = Runtime.start(Settings())  # holds the index directory, as `wajah serve` would
+    server = start_runtime(Settings())  # holds the index directory, as `wajah serve` would
     try:
         result = CliRunner().invoke(cli, ["orgs", "create", "Bank Contoh"])
         assert result.exit_code == 0, result.output
@@ -42,10 +44,12 @@ def test_orgs_create_prints_the_key_once_and_it_works_beside_a_running_server(
         assert result.stdout.count(lines["api_key"]) == 1
         # The server learns of the org's keys created by another process.
         principal = Principal(lines["org_id"], "cli-test", frozenset({Scope.ADMIN}))
-        enrolled = enroll_subject(server, principal, "cust-1", [single_face_path.read_bytes()])
+        enrolled = enroll_subject(
+            server, principal, "cust-1", CaptureBundle([single_face_path.read_bytes()])
+        )
         assert enrolled.frames[0].accepted
     finally:
-        server.close()
+        stop_runtime(server)
     # The key is stored hashed only: it appears nowhere under WAJAH_HOME.
     secret = lines["api_key"].rsplit("_", 1)[1].encode()
     for path in Path(env["WAJAH_HOME"]).rglob("*"):
@@ -75,13 +79,13 @@ def test_keys_rotate_rewraps_every_frame(env: dict[str, str], single_face_path: 
     runner = CliRunner()
     created = runner.invoke(cli, ["orgs", "create", "A"], env=env)
     org_id = created.stdout.split("org_id=")[1].split()[0]
-    runtime = Runtime.start(Settings(**{k[6:].lower(): v for k, v in env.items()}), serving=False)
+    runtime = start_runtime(Settings(**{k[6:].lower(): v for k, v in env.items()}), serving=False)
     try:
         principal = Principal(org_id, "t", frozenset({Scope.ADMIN}))
         image = single_face_path.read_bytes()
-        enroll_subject(runtime, principal, "c1", [image, image])
+        enroll_subject(runtime, principal, "c1", CaptureBundle([image, image]))
     finally:
-        runtime.close()
+        stop_runtime(runtime)
     rotated = runner.invoke(cli, ["keys", "rotate", "--org", org_id], env=env)
     assert rotated.exit_code == 0, rotated.output
     assert "rewrapped 2, already current 0, failed 0" in rotated.stdout
@@ -97,10 +101,10 @@ def _org_with_subjects(
     """An org made by `wajah orgs create`, a runtime on its home, one enrollment per subject."""
     created = runner.invoke(cli, ["orgs", "create", "A"], env=env)
     org_id = created.stdout.split("org_id=")[1].split()[0]
-    runtime = Runtime.start(Settings(**{k[6:].lower(): v for k, v in env.items()}), serving=False)
+    runtime = start_runtime(Settings(**{k[6:].lower(): v for k, v in env.items()}), serving=False)
     principal = Principal(org_id, "t", frozenset({Scope.ADMIN}))
     for subject_id in subject_ids:
-        enroll_subject(runtime, principal, subject_id, [face.read_bytes()])
+        enroll_subject(runtime, principal, subject_id, CaptureBundle([face.read_bytes()]))
     return org_id, runtime
 
 
@@ -124,14 +128,14 @@ def test_retention_purges_expired_frames_only(env: dict[str, str], single_face_p
             )
         assert purge_expired_frames(runtime) == {org_id: 1}
         assert purge_expired_frames(runtime) == {}
-        with runtime.read() as conn:
+        with read_transaction(runtime.engine) as conn:
             rows = {r.id: r for r in conn.execute(sa.select(frames)).all()}
         assert rows[keys[0].id].wrapped_dek is None and rows[keys[0].id].purged_at is not None
         assert rows[keys[1].id].wrapped_dek is not None
         assert not runtime.objects.exists(keys[0].object_key)
         assert runtime.objects.exists(keys[1].object_key)
     finally:
-        runtime.close()
+        stop_runtime(runtime)
     result = runner.invoke(cli, ["retention", "run"], env=env)
     assert result.exit_code == 0 and "purged 0 frames" in result.stdout
 
@@ -161,10 +165,10 @@ def test_retention_sweeps_sealed_frames_no_row_references(
     stale = (utcnow() - ORPHAN_GRACE - timedelta(minutes=5)).timestamp()
 
     def put_frame(key: str) -> None:
-        _, payload = runtime.cipher.seal_detached(
+        sealed = runtime.cipher.seal_detached(
             b"frame", org_id=org_id, object_id=key, purpose=Purpose.FRAME
         )
-        runtime.objects.put(key, payload)
+        runtime.objects.put(key, sealed.payload)
 
     try:
         with runtime.engine.begin() as conn:
@@ -191,7 +195,7 @@ def test_retention_sweeps_sealed_frames_no_row_references(
         for key in (kept.object_key, young, "not_a_frame"):
             assert runtime.objects.exists(key)
         assert sweep_orphaned_frames(runtime) == 0
-        with runtime.read() as conn:
+        with read_transaction(runtime.engine) as conn:
             actions = (
                 conn.execute(sa.select(audit_log.c.action).where(audit_log.c.org_id.is_(None)))
                 .scalars()
@@ -200,7 +204,7 @@ def test_retention_sweeps_sealed_frames_no_row_references(
         assert actions.count("retention.sweep_orphaned_frames") == 1
         os.utime(runtime.objects.path_for(young), (stale, stale))
     finally:
-        runtime.close()
+        stop_runtime(runtime)
     result = runner.invoke(cli, ["retention", "run"], env=env)
     assert result.exit_code == 0, result.output
     assert "deleted 1 orphaned sealed frames" in result.stdout

@@ -152,7 +152,7 @@ def test_the_runtime_builds_a_solo_pipeline_only_to_serve_with_more_threads(
     import base64
     import os
 
-    from app.runtime import Runtime
+    from app.services.lifecycle import start_runtime, stop_runtime
     from app.settings import Settings
 
     settings = Settings(
@@ -161,11 +161,11 @@ def test_the_runtime_builds_a_solo_pipeline_only_to_serve_with_more_threads(
         model_cache_dir=default_pack.directory.parent,
         solo_inference_threads=solo_threads,
     )
-    runtime = Runtime.start(settings, serving=serving)
+    runtime = start_runtime(settings, serving=serving)
     try:
         assert (runtime.inference.solo is not None) is has_solo
     finally:
-        runtime.close()
+        stop_runtime(runtime)
 
 
 FAULT_COUNT = """

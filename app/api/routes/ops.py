@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
+
+from app.services import health
 
 router = APIRouter(tags=["ops"])
 
@@ -19,27 +19,8 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", summary="Models loaded, database reachable, indexes replayed")
 def readyz(request: Request) -> JSONResponse:
-    runtime = getattr(request.app.state, "runtime", None)
-    checks: dict[str, Any] = {"models": False, "database": False, "indexes": False}
-    if runtime is not None:
-        checks["models"] = runtime.pipeline is not None
-        checks["model_id"] = runtime.model_id
-        try:
-            with runtime.read() as conn:
-                conn.execute(sa.text("SELECT 1"))
-            checks["database"] = True
-        except sa.exc.SQLAlchemyError:
-            checks["database"] = False
-        checks["indexes"] = bool(runtime.ready)
-        checks["index"] = {
-            "orgs": runtime.health.orgs,
-            "vectors": runtime.health.vectors,
-            "tampered_embeddings": len(runtime.health.tampered),
-        }
-    ready = bool(checks["models"] and checks["database"] and checks["indexes"])
-    return JSONResponse(
-        {"status": "ready" if ready else "not_ready", **checks}, 200 if ready else 503
-    )
+    report = health.readiness(getattr(request.app.state, "runtime", None))
+    return JSONResponse(report, 200 if report["status"] == "ready" else 503)
 
 
 @router.get("/.well-known/security.txt", response_class=PlainTextResponse, include_in_schema=False)

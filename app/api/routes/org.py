@@ -21,7 +21,6 @@ from app.api.schemas import (
 from app.runtime import Runtime
 from app.services import orgs as service
 from app.services.principal import Principal
-from app.storage import audit
 
 router = APIRouter(tags=["org"])
 
@@ -124,13 +123,7 @@ async def list_audit(
     cursor: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
 ) -> AuditPage:
 
-    def read(runtime: Runtime, principal: Principal) -> audit.AuditPage:
-        with runtime.read() as conn:
-            return audit.list_audit(
-                conn, sealer=runtime.cipher, org_id=principal.org_id, cursor=cursor, limit=limit
-            )
-
-    page = await caller.run(read)
+    page = await caller.run(service.audit_page, cursor, limit)
     return AuditPage.model_validate(
         {"items": [dataclasses.asdict(e) for e in page.entries], "next_cursor": page.next_cursor}
     )

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
-from sqlalchemy.engine import Connection
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from app.api.deps import EnrollerDep
-from app.api.idempotency import idempotent, store_response
+from app.api.idempotency import idempotent
 from app.api.schemas import (
     ERRORS,
     EnrollJson,
@@ -58,14 +55,6 @@ _ENROLL_BODY = {
 }
 
 
-@dataclass(frozen=True)
-class Bundle:
-    frames: list[bytes]
-    duplicate_check: str | None
-    pii: dict[str, Any]
-    screen_watchlists: bool
-
-
 def _form_flag(value: object) -> bool:
     text = str(value).strip().lower()
     if text not in ("true", "false", "1", "0"):
@@ -73,7 +62,9 @@ def _form_flag(value: object) -> bool:
     return text in ("true", "1")
 
 
-async def _read_bundle(request: Request, max_frames: int) -> Bundle:
+async def _read_bundle(request: Request, max_frames: int) -> service.CaptureBundle:
+    """The capture bundle of a multipart or JSON body. The service checks the frame count;
+    the multipart parser is bounded one above it, so an oversized form stops while parsing."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         try:
@@ -83,15 +74,13 @@ async def _read_bundle(request: Request, max_frames: int) -> Bundle:
                 raise TooManyFramesError(f"more than {max_frames} frames") from None
             raise InvalidRequestError(f"malformed multipart body: {exc}") from None
         uploads = [f for f in form.getlist("frames") if isinstance(f, UploadFile)]
-        if len(uploads) > max_frames:
-            raise TooManyFramesError(f"{len(uploads)} frames; at most {max_frames}")
         frames = [await f.read() for f in uploads]
         policy = form.get("duplicate_check")
         pii = {k: str(form[k]) for k in ("nik", "email", "phone") if k in form}
         if not frames:
             raise InvalidRequestError("send the frames as multipart files named `frames`")
         screen = _form_flag(form["screen_watchlists"]) if "screen_watchlists" in form else False
-        return Bundle(frames, str(policy) if policy else None, pii, screen)
+        return service.CaptureBundle(frames, str(policy) if policy else None, pii, screen)
     if content_type.startswith("application/json"):
         try:
             body = EnrollJson.model_validate_json(await request.body())
@@ -100,10 +89,8 @@ async def _read_bundle(request: Request, max_frames: int) -> Bundle:
                 "the JSON body is not a valid enrollment",
                 errors=[{"loc": [str(p) for p in e["loc"]], "msg": e["msg"]} for e in exc.errors()],
             ) from None
-        if len(body.frames) > max_frames:
-            raise TooManyFramesError(f"{len(body.frames)} frames; at most {max_frames}")
         pii = body.pii.model_dump(exclude_none=True) if body.pii else {}
-        return Bundle(body.frames, body.duplicate_check, pii, body.screen_watchlists)
+        return service.CaptureBundle(body.frames, body.duplicate_check, pii, body.screen_watchlists)
     raise InvalidRequestError("send multipart/form-data or application/json")
 
 
@@ -141,32 +128,14 @@ async def enroll(subject_id: str, request: Request, caller: EnrollerDep) -> Resp
         ).encode()
     ).digest()
 
-    key = request.headers.get("Idempotency-Key")
-
-    def respond(result: service.EnrollmentResult) -> dict[str, Any]:
-        body = EnrollmentResponse.model_validate(dataclasses.asdict(result))
-        return body.model_dump(mode="json")
-
-    def remember(conn: Connection, result: service.EnrollmentResult) -> None:
-        store_response(conn, principal.org_id, key, 201, respond(result))
-
-    async def run() -> tuple[int, Any]:
+    async def run(idempotency_key: str | None) -> tuple[int, Any]:
         result = await run_in_threadpool(
-            functools.partial(
-                service.enroll_subject,
-                runtime,
-                principal,
-                subject_id,
-                bundle.frames,
-                bundle.duplicate_check,
-                bundle.pii,
-                bundle.screen_watchlists,
-                on_commit=remember,
-            )
+            service.enroll_subject, runtime, principal, subject_id, bundle, idempotency_key
         )
-        return 201, respond(result)
+        body = EnrollmentResponse.model_validate(dataclasses.asdict(result))
+        return 201, body.model_dump(mode="json")
 
-    return await idempotent(request, runtime, principal, fingerprint, run)
+    return await idempotent(request, runtime, principal, fingerprint, run, EnrollmentResponse)
 
 
 @router.get("/v1/subjects", response_model=SubjectPage, responses=ERRORS, summary="List subjects")

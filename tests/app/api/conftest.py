@@ -21,6 +21,7 @@ from sqlalchemy.engine import URL
 from app.crypto import Scope
 from app.main import create_app
 from app.runtime import Runtime
+from app.services.lifecycle import start_runtime, stop_runtime
 from app.services.orgs import create_org, issue_api_key
 from app.services.principal import Principal
 from app.settings import Settings
@@ -66,9 +67,9 @@ def runtime(
     assert default_pack.model_id == DEFAULT_PACK_ID
     models_dir = default_pack.directory.parent
     home = tmp_path_factory.mktemp("api-home")
-    started = Runtime.start(api_settings(home, backend_url, models_dir))
+    started = start_runtime(api_settings(home, backend_url, models_dir))
     yield started
-    started.close()
+    stop_runtime(started)
 
 
 @pytest.fixture()

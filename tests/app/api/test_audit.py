@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from app.cli import cli
 from app.crypto import Scope
 from app.runtime import Runtime
+from app.services.lifecycle import start_runtime, stop_runtime
 from app.services.orgs import create_org, issue_api_key, update_org_settings
 from app.services.principal import Principal
 from models.packs import ModelPack
@@ -203,11 +204,11 @@ def own_runtime(
         url = base.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
             hide_password=False
         )
-    runtime = Runtime.start(api_settings(tmp_path / "home", url, default_pack.directory.parent))
+    runtime = start_runtime(api_settings(tmp_path / "home", url, default_pack.directory.parent))
     try:
         yield runtime
     finally:
-        runtime.close()
+        stop_runtime(runtime)
 
 
 def audit_verify(runtime: Runtime) -> tuple[int, str]:

@@ -44,9 +44,11 @@ import sqlalchemy as sa
 
 from app.crypto import Scope
 from app.runtime import Runtime
+from app.services import indexing
 from app.services.principal import Principal
-from app.services.subjects import enroll_subject
-from app.storage import LocalObjectStore, repo
+from app.services.subjects import CaptureBundle, enroll_subject
+from app.storage import LocalObjectStore
+from app.storage import subjects as subjects_store
 from app.storage.schema import enrollments, frames, idempotency_keys, subjects
 from models.packs import ModelPack
 from tests.app.api.conftest import TEST_ROOT_KEY, Org
@@ -469,12 +471,14 @@ def test_failure_after_commit_keeps_the_committed_frames(
     org = new_org()
     principal = Principal(org.org_id, "test", frozenset({Scope.ADMIN}))
     with runtime.engine.connect() as conn:
-        next_vector_id = repo.current_seq(conn, org.org_id) + 1
+        next_vector_id = subjects_store.current_seq(conn, org.org_id) + 1
     stray = np.zeros((1, runtime.pipeline.dimension), np.float32)
     stray[0, 0] = 1.0
-    runtime.org_index(org.org_id).add([next_vector_id], stray, model_id=runtime.model_id)
+    indexing.org_index(runtime, org.org_id).add([next_vector_id], stray, model_id=runtime.model_id)
 
-    result = enroll_subject(runtime, principal, "after-commit", [face_images["person2"]])
+    result = enroll_subject(
+        runtime, principal, "after-commit", CaptureBundle([face_images["person2"]])
+    )
     assert result.frames[0].accepted
     with runtime.engine.connect() as conn:
         stored = conn.execute(
@@ -484,7 +488,7 @@ def test_failure_after_commit_keeps_the_committed_frames(
         ).scalar_one()
     # The index now holds the committed row's vector under its id, not the stray one.
     hit = (
-        runtime.org_index(org.org_id)
+        indexing.org_index(runtime, org.org_id)
         .search(np.frombuffer(stored, "<f4"), model_id=runtime.model_id, k=1)
         .hits(0)[0]
     )

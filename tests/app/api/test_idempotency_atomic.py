@@ -8,21 +8,23 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from app.api.idempotency import _reserve, store_response
 from app.crypto import Scope
 from app.runtime import Runtime
+from app.services import idempotency
 from app.services.principal import Principal
-from app.services.subjects import EnrollmentResult, enroll_subject
+from app.services.subjects import CaptureBundle, enroll_subject
+from app.storage import Connection, read_transaction
 from app.storage.schema import enrollments, idempotency_keys
 from tests.app.api.conftest import Org
 
 
 def _row(runtime: Runtime, org_id: str, key: str) -> sa.Row | None:  # type: ignore[type-arg]
-    with runtime.read() as conn:
+    with read_transaction(runtime.engine) as conn:
         return conn.execute(
             sa.select(idempotency_keys).where(
                 idempotency_keys.c.org_id == org_id, idempotency_keys.c.key == key
@@ -31,7 +33,7 @@ def _row(runtime: Runtime, org_id: str, key: str) -> sa.Row | None:  # type: ign
 
 
 def _bundles(runtime: Runtime, org_id: str) -> int:
-    with runtime.read() as conn:
+    with read_transaction(runtime.engine) as conn:
         return int(
             conn.execute(
                 sa.select(sa.func.count(sa.distinct(enrollments.c.bundle_id))).where(
@@ -46,12 +48,11 @@ def test_the_answer_commits_with_the_enrollment(
 ) -> None:
     org = new_org()
     principal = Principal(org.org_id, "test", frozenset({Scope.ADMIN}))
-    assert _reserve(runtime, org.org_id, "k-1", hashlib.sha256(b"r").digest()) is None
+    assert idempotency.reserve(runtime, org.org_id, "k-1", hashlib.sha256(b"r").digest()) is None
 
-    def remember(conn: sa.Connection, result: EnrollmentResult) -> None:
-        store_response(conn, org.org_id, "k-1", 201, {"enrollment_id": result.enrollment_id})
-
-    result = enroll_subject(runtime, principal, "c-1", [face_images["person2"]], on_commit=remember)
+    result = enroll_subject(
+        runtime, principal, "c-1", CaptureBundle([face_images["person2"]]), idempotency_key="k-1"
+    )
     row = _row(runtime, org.org_id, "k-1")
     assert row is not None and row.response_status == 201
     assert result.enrollment_id.encode() in bytes(row.response_body)
@@ -59,19 +60,30 @@ def test_the_answer_commits_with_the_enrollment(
 
 
 def test_a_failure_inside_the_transaction_stores_neither(
-    runtime: Runtime, new_org: Callable[[], Org], face_images: dict[str, bytes]
+    runtime: Runtime,
+    new_org: Callable[[], Org],
+    face_images: dict[str, bytes],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     org = new_org()
     principal = Principal(org.org_id, "test", frozenset({Scope.ADMIN}))
-    assert _reserve(runtime, org.org_id, "k-2", hashlib.sha256(b"r").digest()) is None
+    assert idempotency.reserve(runtime, org.org_id, "k-2", hashlib.sha256(b"r").digest()) is None
 
-    def remember_then_fail(conn: sa.Connection, result: EnrollmentResult) -> None:
-        store_response(conn, org.org_id, "k-2", 201, {"enrollment_id": "x"})
+    store_answer = idempotency.store_answer
+
+    def store_then_die(conn: Connection, org_id: str, key: str, status: int, payload: Any) -> None:
+        store_answer(conn, org_id, key, status, payload)
         raise RuntimeError("the process dies before the commit")
 
+    # The fault is injected at the last step inside the enrollment's transaction.
+    monkeypatch.setattr(idempotency, "store_answer", store_then_die)
     with pytest.raises(RuntimeError):
         enroll_subject(
-            runtime, principal, "c-2", [face_images["person2"]], on_commit=remember_then_fail
+            runtime,
+            principal,
+            "c-2",
+            CaptureBundle([face_images["person2"]]),
+            idempotency_key="k-2",
         )
     row = _row(runtime, org.org_id, "k-2")
     assert row is not None and row.response_status is None  # still only reserved

@@ -11,11 +11,12 @@ import sqlalchemy as sa
 
 from app.crypto import Scope
 from app.errors import ConflictError
-from app.runtime import Runtime
+from app.services import indexing
+from app.services.lifecycle import start_runtime, stop_runtime
 from app.services.matching import Probe, search_probe, verify_probe
 from app.services.orgs import create_org
 from app.services.principal import Principal
-from app.services.subjects import enroll_subject, get_subject
+from app.services.subjects import CaptureBundle, enroll_subject, get_subject
 from app.settings import Settings
 from app.storage.schema import enrollments
 from models.packs import ModelPack
@@ -28,14 +29,14 @@ def test_a_tampered_embedding_is_kept_out_of_every_match(
     settings = api_settings(
         tmp_path / "home", f"sqlite:///{tmp_path / 'wajah.db'}", default_pack.directory.parent
     )
-    runtime = Runtime.start(settings)
+    runtime = start_runtime(settings)
     try:
         org_id, _ = create_org(runtime, "Bank")
         principal = Principal(org_id, "test", frozenset({Scope.ADMIN}))
-        enroll_subject(runtime, principal, "honest", [face_images["person0"]])
-        enroll_subject(runtime, principal, "edited", [face_images["person2"]])
+        enroll_subject(runtime, principal, "honest", CaptureBundle([face_images["person0"]]))
+        enroll_subject(runtime, principal, "edited", CaptureBundle([face_images["person2"]]))
     finally:
-        runtime.close()
+        stop_runtime(runtime)
 
     # Someone with database access nudges one stored vector (still unit length, so only the
     # keyed hash can tell).
@@ -75,10 +76,10 @@ def _check(
     face_images: dict[str, bytes],
     caught_at_load: bool,
 ) -> None:
-    runtime = Runtime.start(settings)
+    runtime = start_runtime(settings)
     try:
         assert runtime.health.tampered == ([row_id] if caught_at_load else [])
-        assert runtime.org_index(org_id).count == (1 if caught_at_load else 2)
+        assert indexing.org_index(runtime, org_id).count == (1 if caught_at_load else 2)
         principal = Principal(org_id, "test", frozenset({Scope.ADMIN}))
         view = get_subject(runtime, principal, "edited")
         assert [e["integrity"] for b in view["enrollments"] for e in b["embeddings"]] == [
@@ -91,4 +92,4 @@ def _check(
         honest = verify_probe(runtime, principal, "honest", Probe(image=face_images["person0"]))
         assert honest["decision"] == "match"
     finally:
-        runtime.close()
+        stop_runtime(runtime)

@@ -1,4 +1,5 @@
-"""Small row-level helpers the domain services build on. No business rules here.
+"""Subjects, their enrollments (one embedding per accepted frame) and the enrollment change
+stream. Row-level reads and writes only: no business rules here.
 
 Enrollment change stream
     Each org has a counter (``org_counters``). Every enrollment insert *and* every status
@@ -17,7 +18,6 @@ Enrollment change stream
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,19 +29,10 @@ from sqlalchemy.engine import Connection
 
 from app.storage._upsert import upsert_statement
 from app.storage.ids import new_id
-from app.storage.schema import enrollments, frames, org_counters, orgs, subjects, utcnow
+from app.storage.schema import enrollments, org_counters, subjects, utcnow
 
 EnrollmentStatus = Literal["active", "retired", "erased"]
 FLOAT32_BYTES = 4
-
-DEFAULT_ORG_SETTINGS: dict[str, Any] = {
-    # None: use the model pack's calibrated threshold.
-    "threshold": None,
-    "duplicate_policy": "off",
-    "retention": {"frames_days": 90, "request_logs_days": 90, "webhook_days": 30},
-    "watchlist_sharing": False,
-    "data_residency": "ID-only",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,22 +49,10 @@ class EnrollmentChange:
     status: str
     # None unless active (erased rows have no vector left; retired ones leave the index).
     vector: bytes | None
-
-
-def insert_org(
-    conn: Connection,
-    *,
-    name: str,
-    settings: Mapping[str, Any] | None = None,
-    now: datetime | None = None,
-) -> str:
-    org_id = new_id("org")
-    merged = copy.deepcopy(DEFAULT_ORG_SETTINGS)
-    merged.update(settings or {})
-    conn.execute(
-        sa.insert(orgs).values(id=org_id, name=name, settings=merged, created_at=now or utcnow())
-    )
-    return org_id
+    # What the hashed reference binds, for the reader to check it before trusting `vector`.
+    id: str = ""
+    model_id: str = ""
+    hashed_ref: bytes | None = None
 
 
 def insert_subject(
@@ -327,50 +306,183 @@ def enrollment_changes_since(conn: Connection, org_id: str, seq: int) -> Iterato
     """Every enrollment change of ``org_id`` after ``seq`` (adds *and* removals), in order."""
     stmt = (
         sa.select(
-            enrollments.c.seq, enrollments.c.vector_id, enrollments.c.status, enrollments.c.vector
+            enrollments.c.seq,
+            enrollments.c.vector_id,
+            enrollments.c.status,
+            enrollments.c.vector,
+            enrollments.c.id,
+            enrollments.c.model_id,
+            enrollments.c.hashed_ref,
         )
         .where(enrollments.c.org_id == org_id, enrollments.c.seq > seq)
         .order_by(enrollments.c.seq)
         .execution_options(yield_per=1000)
     )
     for row in conn.execute(stmt):
-        active = row.status == "active"
+        active = row.status == "active" and row.vector is not None
         yield EnrollmentChange(
             seq=int(row.seq),
             vector_id=int(row.vector_id),
             status=str(row.status),
             vector=bytes(row.vector) if active else None,
+            id=str(row.id),
+            model_id=str(row.model_id),
+            hashed_ref=bytes(row.hashed_ref) if active and row.hashed_ref is not None else None,
         )
 
 
-def insert_frame(
-    conn: Connection,
-    *,
-    org_id: str,
-    enrollment_id: str,
-    object_key: str,
-    wrapped_dek: bytes,
-    kek_version: int,
-    purge_after: datetime,
-    frame_id: str | None = None,
-    now: datetime | None = None,
-) -> str:
-    """Record a sealed frame already written to the object store under ``object_key``.
+# --- subjects ---------------------------------------------------------------------------------
 
-    ``frame_id`` lets the caller use the id it sealed the frame under (the cipher binds the
-    object id into the ciphertext, so the id must exist before the row does).
-    """
-    frame_id = frame_id or new_id("frm")
+
+def find_subject(conn: Connection, org_id: str, subject_id: str) -> Any:
+    """The org's subject row (every column), or None."""
+    return conn.execute(
+        sa.select(subjects).where(subjects.c.org_id == org_id, subjects.c.subject_id == subject_id)
+    ).first()
+
+
+def update_subject_pii(conn: Connection, subject_pk: str, sealed: Mapping[str, bytes]) -> None:
+    """Replace the sealed PII columns named in ``sealed`` (``nik_sealed`` ...)."""
     conn.execute(
-        sa.insert(frames).values(
-            id=frame_id,
-            org_id=org_id,
-            enrollment_id=enrollment_id,
-            object_key=object_key,
-            wrapped_dek=wrapped_dek,
-            kek_version=kek_version,
-            purge_after=purge_after,
-            created_at=now or utcnow(),
+        sa.update(subjects).where(subjects.c.id == subject_pk).values(updated_at=utcnow(), **sealed)
+    )
+
+
+def mark_subject_erased(conn: Connection, subject_pk: str, now: datetime) -> None:
+    """Status ``erased`` with its PII columns dropped (the sealed PII is shredded)."""
+    conn.execute(
+        sa.update(subjects)
+        .where(subjects.c.id == subject_pk)
+        .values(
+            status="erased",
+            erased_at=now,
+            updated_at=now,
+            nik_sealed=None,
+            email_sealed=None,
+            phone_sealed=None,
         )
     )
-    return frame_id
+
+
+def subjects_page(
+    conn: Connection, org_id: str, after: tuple[datetime, str] | None, limit: int
+) -> list[Any]:
+    """Up to ``limit`` subjects of the org, oldest first, after ``(created_at, pk)``."""
+    stmt = sa.select(subjects).where(subjects.c.org_id == org_id)
+    if after is not None:
+        created, pk = after
+        stmt = stmt.where(
+            sa.or_(
+                subjects.c.created_at > created,
+                sa.and_(subjects.c.created_at == created, subjects.c.id > pk),
+            )
+        )
+    return list(conn.execute(stmt.order_by(subjects.c.created_at, subjects.c.id).limit(limit)))
+
+
+def active_embedding_counts(
+    conn: Connection, org_id: str, subject_pks: list[str]
+) -> dict[str, int]:
+    rows = conn.execute(
+        sa.select(enrollments.c.subject_pk, sa.func.count())
+        .where(
+            enrollments.c.org_id == org_id,
+            enrollments.c.status == "active",
+            enrollments.c.subject_pk.in_(subject_pks),
+        )
+        .group_by(enrollments.c.subject_pk)
+    ).all()
+    return {str(pk): int(n) for pk, n in rows}
+
+
+# --- enrollments ------------------------------------------------------------------------------
+
+
+def subject_enrollments(conn: Connection, org_id: str, subject_pk: str) -> list[Any]:
+    """Every enrollment row (all columns) of a subject, in the order they were made."""
+    return list(
+        conn.execute(
+            sa.select(enrollments)
+            .where(enrollments.c.subject_pk == subject_pk, enrollments.c.org_id == org_id)
+            .order_by(enrollments.c.created_at, enrollments.c.frame_index)
+        )
+    )
+
+
+def bundle_embeddings(conn: Connection, org_id: str, bundle_id: str) -> list[Any]:
+    """``(id, vector_id, status)`` of the embeddings of one capture bundle."""
+    return list(
+        conn.execute(
+            sa.select(enrollments.c.id, enrollments.c.vector_id, enrollments.c.status).where(
+                enrollments.c.org_id == org_id, enrollments.c.bundle_id == bundle_id
+            )
+        )
+    )
+
+
+def embeddings_of_subject(conn: Connection, org_id: str, subject_pk: str) -> list[Any]:
+    """``(id, vector_id, status)`` of every embedding of a subject."""
+    return list(
+        conn.execute(
+            sa.select(enrollments.c.id, enrollments.c.vector_id, enrollments.c.status).where(
+                enrollments.c.org_id == org_id, enrollments.c.subject_pk == subject_pk
+            )
+        )
+    )
+
+
+def active_embeddings_by_vector_id(
+    conn: Connection, org_id: str, vector_ids: list[int]
+) -> list[Any]:
+    """Active embeddings behind index ids, with their subject: ``id, vector_id, vector,
+    hashed_ref, model_id, subject_id`` (the org filter on both tables is belt and braces)."""
+    return list(
+        conn.execute(
+            sa.select(
+                enrollments.c.id,
+                enrollments.c.vector_id,
+                enrollments.c.vector,
+                enrollments.c.hashed_ref,
+                enrollments.c.model_id,
+                subjects.c.subject_id,
+            )
+            .join(subjects, subjects.c.id == enrollments.c.subject_pk)
+            .where(
+                enrollments.c.org_id == org_id,
+                subjects.c.org_id == org_id,
+                enrollments.c.vector_id.in_(vector_ids),
+                enrollments.c.status == "active",
+            )
+        )
+    )
+
+
+def active_embeddings_of_subject(
+    conn: Connection, org_id: str, subject_id: str, model_id: str
+) -> list[Any] | None:
+    """``id, vector, hashed_ref, model_id`` of an active subject's active embeddings of
+    ``model_id``; None when the org has no such active subject."""
+    subject = conn.execute(_SUBJECT, {"org_id": org_id, "subject_id": subject_id}).first()
+    if subject is None or subject.status != "active":
+        return None
+    return list(
+        conn.execute(
+            _ACTIVE_ENROLLMENTS,
+            {"org_id": org_id, "subject_pk": subject.id, "model_id": model_id},
+        )
+    )
+
+
+# Built once: every verify runs both.
+_SUBJECT = sa.select(subjects.c.id, subjects.c.status).where(
+    subjects.c.org_id == sa.bindparam("org_id"),
+    subjects.c.subject_id == sa.bindparam("subject_id"),
+)
+_ACTIVE_ENROLLMENTS = sa.select(
+    enrollments.c.id, enrollments.c.vector, enrollments.c.hashed_ref, enrollments.c.model_id
+).where(
+    enrollments.c.org_id == sa.bindparam("org_id"),
+    enrollments.c.subject_pk == sa.bindparam("subject_pk"),
+    enrollments.c.status == "active",
+    enrollments.c.model_id == sa.bindparam("model_id"),
+)

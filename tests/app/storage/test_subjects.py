@@ -10,7 +10,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from app.crypto import EnvelopeCipher, LocalKeyring
-from app.storage import audit, repo
+from app.storage import audit
+from app.storage import frames as frame_store
+from app.storage import orgs as org_store
+from app.storage import subjects as subject_store
 from app.storage.engine import read_only
 from app.storage.ids import new_id
 from app.storage.schema import audit_log, enrollments, frames, orgs, subjects
@@ -25,12 +28,14 @@ def _vector(seed: int) -> bytes:
 
 
 def _org_and_subject(conn: Connection, name: str = "Bank A") -> tuple[str, str]:
-    org_id = repo.insert_org(conn, name=name, now=T0)
-    return org_id, repo.insert_subject(conn, org_id=org_id, subject_id="cust-1", now=T0)
+    org_id = org_store.insert_org(conn, name=name, now=T0)
+    return org_id, subject_store.insert_subject(conn, org_id=org_id, subject_id="cust-1", now=T0)
 
 
-def _enroll(conn: Connection, org_id: str, subject_pk: str, seed: int) -> repo.EnrollmentRef:
-    return repo.insert_enrollment(
+def _enroll(
+    conn: Connection, org_id: str, subject_pk: str, seed: int
+) -> subject_store.EnrollmentRef:
+    return subject_store.insert_enrollment(
         conn,
         org_id=org_id,
         subject_pk=subject_pk,
@@ -53,7 +58,7 @@ def test_new_id_shape() -> None:
 
 def test_org_settings_defaults_and_aware_timestamps(engine: Engine) -> None:
     with engine.begin() as conn:
-        org_id = repo.insert_org(conn, name="Bank A", settings={"threshold": 0.4}, now=T0)
+        org_id = org_store.insert_org(conn, name="Bank A", settings={"threshold": 0.4}, now=T0)
     with engine.connect() as conn:
         row = conn.execute(sa.select(orgs)).one()
     assert row.settings == {
@@ -90,7 +95,7 @@ def test_enrollment_and_audit_commit_together_or_not_at_all(
         counts = [conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
                   for t in (enrollments, audit_log)]  # fmt: skip
         assert counts == [0, 0]
-        assert repo.current_seq(conn, org_id) == 0
+        assert subject_store.current_seq(conn, org_id) == 0
 
     with engine.begin() as conn:
         ref = _enroll(conn, org_id, subject_pk, 1)
@@ -122,17 +127,17 @@ def test_change_stream_replays_adds_and_removals(engine: Engine) -> None:
     assert (ref_b.seq, ref_b.vector_id) == (1, 1)  # per-org streams
 
     with engine.begin() as conn:
-        snapshot = repo.current_seq(conn, org_a)
+        snapshot = subject_store.current_seq(conn, org_a)
         assert snapshot == 3
-        retired = repo.set_enrollment_status(
+        retired = subject_store.set_enrollment_status(
             conn, org_id=org_a, enrollment_id=refs[1].id, status="retired"
         )
-        erased = repo.set_enrollment_status(
+        erased = subject_store.set_enrollment_status(
             conn, org_id=org_a, enrollment_id=refs[0].id, status="erased"
         )
         # Another org's enrollment id is invisible.
         assert (
-            repo.set_enrollment_status(
+            subject_store.set_enrollment_status(
                 conn, org_id=org_b, enrollment_id=refs[2].id, status="retired"
             )
             is None
@@ -140,13 +145,14 @@ def test_change_stream_replays_adds_and_removals(engine: Engine) -> None:
     assert (retired, erased) == (4, 5)
 
     with engine.connect() as conn:
-        assert list(repo.enrollment_rows_since(conn, org_a, 0)) == [(3, 3, _vector(3))]
-        assert list(repo.enrollment_rows_since(conn, org_a, 3)) == []
-        assert list(repo.enrollment_rows_since(conn, org_b, 0)) == [(1, 1, _vector(9))]
-        assert list(repo.enrollment_rows_since(conn, org_a, 0, model_id="other")) == []
-        assert list(repo.enrollment_changes_since(conn, org_a, snapshot)) == [
-            repo.EnrollmentChange(seq=4, vector_id=2, status="retired", vector=None),
-            repo.EnrollmentChange(seq=5, vector_id=1, status="erased", vector=None),
+        assert list(subject_store.enrollment_rows_since(conn, org_a, 0)) == [(3, 3, _vector(3))]
+        assert list(subject_store.enrollment_rows_since(conn, org_a, 3)) == []
+        assert list(subject_store.enrollment_rows_since(conn, org_b, 0)) == [(1, 1, _vector(9))]
+        assert list(subject_store.enrollment_rows_since(conn, org_a, 0, model_id="other")) == []
+        changes = list(subject_store.enrollment_changes_since(conn, org_a, snapshot))
+        assert [(c.seq, c.vector_id, c.status, c.vector, c.id) for c in changes] == [
+            (4, 2, "retired", None, refs[1].id),
+            (5, 1, "erased", None, refs[0].id),
         ]
         erased_row = conn.execute(
             sa.select(enrollments.c.vector, enrollments.c.hashed_ref).where(
@@ -154,7 +160,7 @@ def test_change_stream_replays_adds_and_removals(engine: Engine) -> None:
             )
         ).one()
         assert tuple(erased_row) == (None, None)
-        assert repo.current_seq(conn, org_a) == 5
+        assert subject_store.current_seq(conn, org_a) == 5
 
 
 def test_concurrent_enrollments_become_visible_in_seq_order(engine: Engine) -> None:
@@ -178,7 +184,9 @@ def test_concurrent_enrollments_become_visible_in_seq_order(engine: Engine) -> N
         while not done.is_set():
             # A deferred (read-only) transaction: one consistent snapshot, no write lock.
             with engine.connect() as conn, read_only(conn).begin():
-                snapshots.append([seq for seq, _, _ in repo.enrollment_rows_since(conn, org_id, 0)])
+                snapshots.append(
+                    [seq for seq, _, _ in subject_store.enrollment_rows_since(conn, org_id, 0)]
+                )
 
     reader = threading.Thread(target=read)
     reader.start()
@@ -193,7 +201,7 @@ def test_concurrent_enrollments_become_visible_in_seq_order(engine: Engine) -> N
     total = writers * per_writer
     assert all(seqs == list(range(1, len(seqs) + 1)) for seqs in snapshots)
     with engine.connect() as conn:
-        rows = list(repo.enrollment_rows_since(conn, org_id, 0))
+        rows = list(subject_store.enrollment_rows_since(conn, org_id, 0))
     assert [seq for seq, _, _ in rows] == list(range(1, total + 1))
 
 
@@ -201,12 +209,12 @@ def test_constraints_hold(engine: Engine) -> None:
     with engine.begin() as conn:
         org_id, subject_pk = _org_and_subject(conn)
     with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
-        repo.insert_subject(conn, org_id=org_id, subject_id="cust-1")
+        subject_store.insert_subject(conn, org_id=org_id, subject_id="cust-1")
     with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
         # foreign keys are enforced (SQLite needs PRAGMA foreign_keys=ON for this)
-        repo.insert_subject(conn, org_id="org_nope", subject_id="cust-2")
+        subject_store.insert_subject(conn, org_id="org_nope", subject_id="cust-2")
     with engine.begin() as conn, pytest.raises(ValueError, match="expected 4 float32"):
-        repo.insert_enrollment(
+        subject_store.insert_enrollment(
             conn,
             org_id=org_id,
             subject_pk=subject_pk,
@@ -225,7 +233,7 @@ def test_frames_rows(engine: Engine) -> None:
     with engine.begin() as conn:
         org_id, subject_pk = _org_and_subject(conn)
         ref = _enroll(conn, org_id, subject_pk, 1)
-        frame_id = repo.insert_frame(
+        frame_id = frame_store.insert_frame(
             conn,
             org_id=org_id,
             enrollment_id=ref.id,
@@ -247,7 +255,7 @@ def test_frames_rows(engine: Engine) -> None:
     )
     # SQLAlchemy wraps the type's ValueError in a StatementError.
     with pytest.raises(sa.exc.StatementError, match="naive datetime"), engine.begin() as conn:
-        repo.insert_frame(
+        frame_store.insert_frame(
             conn,
             org_id=org_id,
             enrollment_id=ref.id,
@@ -262,8 +270,10 @@ def test_bulk_inserts_continue_the_change_stream_in_order(engine: Engine) -> Non
     with engine.begin() as conn:
         org_id, subject_pk = _org_and_subject(conn)
         first = _enroll(conn, org_id, subject_pk, seed=1)
-        pks = repo.insert_subjects_bulk(conn, org_id=org_id, subject_ids=["s-a", "s-b", "s-c"])
-        refs = repo.insert_enrollments_bulk(
+        pks = subject_store.insert_subjects_bulk(
+            conn, org_id=org_id, subject_ids=["s-a", "s-b", "s-c"]
+        )
+        refs = subject_store.insert_enrollments_bulk(
             conn,
             org_id=org_id,
             subject_pks=pks,
@@ -281,7 +291,7 @@ def test_bulk_inserts_continue_the_change_stream_in_order(engine: Engine) -> Non
     ]
     assert after.seq == first.seq + 4
     with engine.connect() as conn, read_only(conn).begin():
-        rows = list(repo.enrollment_rows_since(conn, org_id, first.seq))
+        rows = list(subject_store.enrollment_rows_since(conn, org_id, first.seq))
         assert [(seq, vid, vec) for seq, vid, vec in rows] == [
             (first.seq + 1, first.seq + 1, _vector(2)),
             (first.seq + 2, first.seq + 2, _vector(3)),
@@ -294,7 +304,7 @@ def test_bulk_insert_refuses_mismatched_input(engine: Engine) -> None:
     with engine.begin() as conn:
         org_id, subject_pk = _org_and_subject(conn)
         with pytest.raises(ValueError, match="differ in length"):
-            repo.insert_enrollments_bulk(
+            subject_store.insert_enrollments_bulk(
                 conn,
                 org_id=org_id,
                 subject_pks=[subject_pk],
@@ -305,7 +315,7 @@ def test_bulk_insert_refuses_mismatched_input(engine: Engine) -> None:
                 enrollment_ids=[],
             )
         with pytest.raises(ValueError, match="float32"):
-            repo.insert_enrollments_bulk(
+            subject_store.insert_enrollments_bulk(
                 conn,
                 org_id=org_id,
                 subject_pks=[subject_pk],
@@ -315,4 +325,4 @@ def test_bulk_insert_refuses_mismatched_input(engine: Engine) -> None:
                 hashed_refs=[None],
                 enrollment_ids=["e"],
             )
-        assert repo.current_seq(conn, org_id) == 0
+        assert subject_store.current_seq(conn, org_id) == 0

@@ -1,0 +1,36 @@
+"""Starting and stopping the service around its `Runtime`: what happens between opening the
+parts and serving (indexes replayed from the database), and between serving and closing
+them (index snapshots written)."""
+
+from __future__ import annotations
+
+from app.runtime import Runtime
+from app.services import indexing
+from app.settings import Settings
+
+
+def start_runtime(settings: Settings, serving: bool = True) -> Runtime:
+    """Open the runtime and, for a server, replay every index from the database.
+
+    `serving=False` is for CLI tools next to a running server: indexes stay empty and no
+    snapshot is written (the server owns them).
+    """
+    runtime = Runtime.start(settings, serving=serving)
+    try:
+        if serving:
+            indexing.replay_all(runtime)
+    except BaseException:
+        runtime.close()
+        raise
+    runtime.ready = True
+    return runtime
+
+
+def stop_runtime(runtime: Runtime) -> None:
+    """Snapshot a server's indexes (the next start replays less), then close everything."""
+    runtime.ready = False
+    try:
+        if runtime.serving:
+            indexing.snapshot_all(runtime)
+    finally:
+        runtime.close()

@@ -1,0 +1,34 @@
+"""Who may share faces through a watchlist, decided afresh at every call.
+
+An org is *eligible* in a watchlist when the watchlist is open, its membership is `active`
+(it opted in itself, after an invitation; the owner joins at creation), its org setting
+`watchlist_sharing` is on and its `data_residency` allows the watchlist's region. Only
+eligible orgs may screen, and only eligible contributors' entries are ever screened.
+"""
+
+from __future__ import annotations
+
+from app.storage import Connection, orgs, watchlists
+
+# "ID-only": data stays in Indonesia (the deployment's region must be ID); "any": no limit.
+DATA_RESIDENCIES = ("ID-only", "any")
+
+
+def residency_allows(residency: str, region: str) -> bool:
+    return residency == "any" or (residency == "ID-only" and region == "ID")
+
+
+def eligible_orgs(conn: Connection, watchlist_id: str) -> set[str]:
+    """Orgs whose entries may be screened, and who may screen, right now."""
+    row = watchlists.find(conn, watchlist_id)
+    if row is None or row.status != "open":
+        return set()
+    default_residency = orgs.DEFAULT_ORG_SETTINGS["data_residency"]
+    return {
+        m.org_id
+        for m in watchlists.active_members_with_settings(conn, watchlist_id)
+        if (m.settings or {}).get("watchlist_sharing", False)
+        and residency_allows(
+            (m.settings or {}).get("data_residency", default_residency), row.region
+        )
+    }

@@ -1,0 +1,71 @@
+"""Idempotency records: one row per (org, `Idempotency-Key`), reserved before the work runs
+and completed with the response the first request got."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from app.storage.schema import idempotency_keys, utcnow
+
+
+def find(conn: Connection, org_id: str, key: str) -> Any:
+    """The record (``request_hash, response_status, response_body, created_at``) or None."""
+    return conn.execute(
+        sa.select(idempotency_keys).where(
+            idempotency_keys.c.org_id == org_id, idempotency_keys.c.key == key
+        )
+    ).first()
+
+
+def delete(conn: Connection, org_id: str, key: str) -> None:
+    conn.execute(
+        sa.delete(idempotency_keys).where(
+            idempotency_keys.c.org_id == org_id, idempotency_keys.c.key == key
+        )
+    )
+
+
+def reserve(conn: Connection, org_id: str, key: str, request_hash: bytes) -> bool:
+    """Insert a reservation (no response yet); False if another one holds the key."""
+    try:
+        with conn.begin_nested():
+            conn.execute(
+                sa.insert(idempotency_keys).values(
+                    org_id=org_id, key=key, request_hash=request_hash, created_at=utcnow()
+                )
+            )
+    except IntegrityError:
+        return False
+    return True
+
+
+def store_response(conn: Connection, org_id: str, key: str, status: int, body: bytes) -> None:
+    conn.execute(
+        sa.update(idempotency_keys)
+        .where(idempotency_keys.c.org_id == org_id, idempotency_keys.c.key == key)
+        .values(response_status=status, response_body=body)
+    )
+
+
+def release(conn: Connection, org_id: str, key: str) -> None:
+    """Drop a reservation that has no response (its request failed)."""
+    conn.execute(
+        sa.delete(idempotency_keys).where(
+            idempotency_keys.c.org_id == org_id,
+            idempotency_keys.c.key == key,
+            idempotency_keys.c.response_status.is_(None),
+        )
+    )
+
+
+def release_all_unanswered(conn: Connection, before: datetime | None = None) -> int:
+    """Drop every reservation without a response (created before ``before``, if given)."""
+    stmt = sa.delete(idempotency_keys).where(idempotency_keys.c.response_status.is_(None))
+    if before is not None:
+        stmt = stmt.where(idempotency_keys.c.created_at < before)
+    return int(conn.execute(stmt).rowcount or 0)
