@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+import crashsafe
 from models.calibration import (
     CalibrationReport,
     ScoreSet,
@@ -19,7 +20,6 @@ from models.calibration import (
     det_curve,
     rule_of_three,
 )
-from models.packs import write_atomic
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -142,7 +142,8 @@ def write_det_plot(
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     path = Path(path)
-    write_atomic(path, buffer.getvalue())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    crashsafe.write_bytes(path, buffer.getvalue())
     return path
 
 

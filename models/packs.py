@@ -166,13 +166,3 @@ def write_manifest(pack: ModelPack) -> None:
         pack.directory / MANIFEST_NAME,
         json.dumps(pack.to_manifest(), indent=2, sort_keys=True).encode(),
     )
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """`crashsafe.write_bytes`, creating ``path``'s directory first.
-
-    Kept only for the calibration report (``app.calibration_report``, formerly
-    ``models.calibration``); once it calls `crashsafe` directly, delete this.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    crashsafe.write_bytes(path, data)
