@@ -123,6 +123,12 @@ class NamespaceIndex(Protocol):
         """
         ...
 
+    def apply(self, rows: Iterable[Row]) -> int:
+        """Apply change rows from the source of truth, with `load_or_rebuild`'s replay
+        semantics: ``(id, vector)`` adds or replaces, ``(id, None)`` removes (unknown ids are
+        ignored). Idempotent. Returns how many rows were applied."""
+        ...
+
     def search(
         self,
         queries: ArrayLike,

@@ -260,6 +260,13 @@ class VectorIndex:
         with self._writer, self._rw.write():
             return self._store.remove(id_list)
 
+    def apply(self, rows: Iterable[Row]) -> int:
+        """Apply change rows to the live index, as `load_or_rebuild` replays them: ``(id,
+        vector)`` adds or replaces, ``(id, None)`` removes (unknown ids are ignored). Applying
+        the same rows twice leaves the same contents. Returns how many rows it applied."""
+        with self._writer, self._rw.write():
+            return self._replay(self._store, rows)
+
     def compact(self) -> int:
         """Rewrite live rows into fresh segments, dropping tombstones; returns rows freed.
 
