@@ -224,6 +224,8 @@ watchlists = sa.Table(
     sa.Column("entry_seq", sa.BigInteger(), nullable=False),
     _created_at(),
     sa.Column("closed_at", UTCDateTime(), nullable=True),
+    # Position of the watchlist's index namespace (migration 0004, see app.storage.feed).
+    sa.Column("change_seq", sa.BigInteger(), nullable=False, server_default="0"),
     sa.CheckConstraint("status IN ('open', 'closed')", name="status"),
 )
 
@@ -262,4 +264,25 @@ watchlist_entries = sa.Table(
     sa.Column("withdrawn_at", UTCDateTime(), nullable=True),
     sa.UniqueConstraint("watchlist_id", "vector_id"),
     sa.CheckConstraint("status IN ('active', 'withdrawn')", name="status"),
+)
+
+
+# --- what replicas share (migration 0004) -----------------------------------------------------
+
+# The key manager's bookkeeping, one JSON document per keyring (app.crypto.kms).
+keyring_state = sa.Table(
+    "keyring_state",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("state", sa.Text(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+# Sealed frame payloads when the database is the object store (app.storage.objects).
+sealed_objects = sa.Table(
+    "sealed_objects",
+    metadata,
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("data", sa.LargeBinary(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False, index=True),
 )

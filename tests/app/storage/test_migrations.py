@@ -22,8 +22,10 @@ TABLES = {
     "enrollments",
     "frames",
     "idempotency_keys",
+    "keyring_state",
     "org_counters",
     "orgs",
+    "sealed_objects",
     "subjects",
     "watchlist_entries",
     "watchlist_members",
@@ -36,10 +38,10 @@ def _tables(engine: Engine) -> set[str]:
 
 
 def test_upgrade_fresh_database_to_head(bare_engine: Engine) -> None:
-    assert head_revision() == "0003"
+    assert head_revision() == "0004"
     upgrade_database(bare_engine)
     with bare_engine.connect() as conn:
-        assert current_revision(conn) == "0003"
+        assert current_revision(conn) == "0004"
     assert _tables(bare_engine) == TABLES
 
 
@@ -62,7 +64,7 @@ def test_upgrade_from_url_is_idempotent(database_url: URL) -> None:
     engine = create_engine_for(database_url)
     try:
         with engine.connect() as conn:
-            assert current_revision(conn) == "0003"
+            assert current_revision(conn) == "0004"
     finally:
         engine.dispose()
 
