@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -264,6 +267,7 @@ def rotate_keys(
     """Rotate an org's KEK and rewrap every frame DEK under the new version (resumable)."""
     from rich.progress import Progress
 
+    from app.errors import ConflictError
     from app.services.keys import rewrap_org_frames
     from app.services.lifecycle import start_runtime, stop_runtime
 
@@ -280,7 +284,10 @@ def rotate_keys(
             def advance(done: int, total: int) -> None:
                 progress.update(task, completed=done, total=total)
 
-            report = rewrap_org_frames(runtime, org, batch=batch, progress=advance)
+            try:
+                report = rewrap_org_frames(runtime, org, batch=batch, progress=advance)
+            except ConflictError as exc:
+                raise _fail(exc.message) from exc
     finally:
         stop_runtime(runtime)
     typer.echo(
@@ -296,14 +303,16 @@ def run_retention() -> None:
     """Crypto-shred every sealed frame past its org's retention and delete sealed frames left
     unreferenced by a crash (the server does both hourly)."""
     from app.services.lifecycle import start_runtime, stop_runtime
-    from app.services.retention import purge_expired_frames, sweep_orphaned_frames
+    from app.services.retention import run_retention as run_once
 
     runtime = start_runtime(_settings(), serving=False)
     try:
-        purged = purge_expired_frames(runtime)
-        swept = sweep_orphaned_frames(runtime)
+        done = run_once(runtime)
     finally:
         stop_runtime(runtime)
+    if done is None:
+        raise _fail("another replica is running retention right now; try again later")
+    purged, swept = done
     typer.echo(f"purged {sum(purged.values())} frames in {len(purged)} orgs")
     typer.echo(f"deleted {swept} orphaned sealed frames")
 
@@ -323,6 +332,72 @@ def bench(
         raise _fail(f"no benchmarks/ next to {root / 'app'}: run from a source checkout")
     command = [sys.executable, "-m", "benchmarks", *(["--quick"] if quick else [])]
     raise typer.Exit(subprocess.run(command, cwd=root, check=False).returncode)
+
+
+@contextmanager
+def _step(label: str) -> Iterator[None]:
+    """A spinner while a long step runs, then the step and how long it took."""
+    started = time.perf_counter()
+    with console.status(f"{label}..."):
+        yield
+    console.print(f"{label}: {time.perf_counter() - started:.1f} s")
+
+
+@cli.command("backup")
+def make_backup(
+    out: Annotated[Path, typer.Option("--out", help="A new (or empty) directory to write.")],
+) -> None:
+    """Back up the database, the keyring state and the sealed frames: never the root key.
+
+    Safe while servers run: the database is copied from one snapshot. PostgreSQL needs
+    pg_dump of the server's major version. Its RPO is its schedule: for RPO <= 15 min use
+    WAL archiving too (README, "Backup and restore").
+    """
+    from app.backup import BackupError, backup
+
+    try:
+        manifest = backup(_settings(), out, step=_step)
+    except BackupError as exc:
+        raise _fail(str(exc)) from exc
+    counts = manifest["row_counts"]
+    typer.echo(
+        f"backup written to {out}: {counts['enrollments']} enrollments, "
+        f"{counts['subjects']} subjects, {counts['audit_log']} audit rows "
+        f"(schema revision {manifest['alembic_revision']})"
+    )
+    console.print("the root key (or HSM) is not in the backup: keep it safe separately")
+
+
+@cli.command("restore")
+def restore_backup(
+    source: Annotated[Path, typer.Option("--from", help="A directory `wajah backup` wrote.")],
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Overwrite a database that holds data.")
+    ] = False,
+) -> None:
+    """Restore a backup over the configured database and migrate it to this version.
+
+    Stop every server that uses the database first: the restore replaces its contents (and
+    this home's keyring state and sealed frames) under them. Everything done after the
+    backup is undone, erasures included: erase those subjects again afterwards.
+    """
+    from app.backup import BackupError, read_manifest, restore
+
+    try:
+        created_at = read_manifest(source)["created_at"]
+        after = restore(_settings(), source, overwrite=yes, step=_step)
+    except BackupError as exc:
+        raise _fail(str(exc)) from exc
+    counts = after["row_counts"]
+    typer.echo(
+        f"restored the backup of {created_at}: {counts['enrollments']} enrollments, "
+        f"{counts['subjects']} subjects, {counts['audit_log']} audit rows "
+        f"(schema revision {after['alembic_revision']})"
+    )
+    console.print(
+        f"[yellow]every change after {created_at} is undone, erasures included: "
+        "erase again the subjects erased since then[/yellow]"
+    )
 
 
 def main() -> None:

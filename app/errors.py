@@ -125,3 +125,10 @@ class ModelPackMismatchError(ConflictError):
 
 class ServiceNotReadyError(WajahError):
     code = "not_ready"
+
+
+class IndexNotCurrentError(ServiceNotReadyError):
+    """This replica could not bring an index up to the database's position in time: the
+    request is refused rather than answered from a stale copy (503, retry)."""
+
+    code = "index_not_current"

@@ -25,7 +25,7 @@ from app.api.routes import matching, ops, org, subjects, watchlists
 from app.runtime import Runtime
 from app.services.idempotency import release_abandoned_reservations
 from app.services.lifecycle import start_runtime, stop_runtime
-from app.services.retention import purge_expired_frames, sweep_orphaned_frames
+from app.services.retention import run_retention
 from app.settings import Settings
 
 log = logging.getLogger("wajah")
@@ -133,15 +133,14 @@ class BodyLimitMiddleware:
 
 async def _purge_periodically(runtime: Runtime) -> None:
     """Retention: shred expired frames and sweep orphaned ones at start and then hourly, off
-    the event loop."""
+    the event loop (on one replica at a time)."""
     while True:
         try:
-            purged = await run_in_threadpool(purge_expired_frames, runtime)
-            if purged:
-                log.info("retention: purged frames %s", purged)
-            swept = await run_in_threadpool(sweep_orphaned_frames, runtime)
-            if swept:
-                log.info("retention: deleted %d orphaned sealed frames", swept)
+            done = await run_in_threadpool(run_retention, runtime)
+            if done is not None and done[0]:
+                log.info("retention: purged frames %s", done[0])
+            if done is not None and done[1]:
+                log.info("retention: deleted %d orphaned sealed frames", done[1])
         except Exception:  # keep serving; the next round retries
             log.exception("retention purge failed")
         await asyncio.sleep(RETENTION_INTERVAL_S)

@@ -10,17 +10,27 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
 
 from app.crypto import EnvelopeCipher, KeyManager, ReferenceHasher, build_kms
 from app.inference import InferencePool, usable_cores
 from app.settings import Settings
-from app.storage import Engine, LocalObjectStore, create_engine_for, upgrade_database
+from app.storage import (
+    DatabaseClaim,
+    Engine,
+    LocalObjectStore,
+    claim_database,
+    create_engine_for,
+    upgrade_database,
+)
 from app.storage.audit import SYSTEM_CHAIN
 from index import IndexBackend, IndexRegistry, LoadReport
 from models.imaging import ImageLimits
 from models.pipeline import FacePipeline
 from models.prepare import resolve_pack
 from models.quality import QualityPolicy
+
+V = TypeVar("V")
 
 
 def quality_policy(settings: Settings) -> QualityPolicy:
@@ -45,6 +55,63 @@ class IndexHealth:
     reports: dict[str, LoadReport] = field(default_factory=dict)
 
 
+class ReplicaCache(Generic[V]):
+    """Values read from the database, kept by this replica until a change says otherwise.
+
+    Whoever changes a cached value forgets it here after committing, and the change feed
+    makes every other replica forget it too (`app.services.feed`). While the feed is down a
+    replica cannot hear of changes, so the cache is switched off (`enabled`) and every read
+    goes to the database.
+
+    A reader that fetched a value just before a change and stores it just after the change
+    was forgotten would keep it forever: `generation` (taken before the read, checked by
+    `put`) makes such a store a no-op.
+    """
+
+    def __init__(self, *, enabled: bool = True) -> None:
+        self._values: dict[str, V] = {}
+        self._lock = threading.Lock()
+        self._generation = 0
+        self.enabled = enabled
+
+    def get(self, key: str) -> V | None:
+        return self._values.get(key) if self.enabled else None
+
+    def generation(self) -> int:
+        return self._generation
+
+    def put(self, key: str, value: V, generation: int) -> None:
+        with self._lock:
+            if self.enabled and generation == self._generation:
+                self._values[key] = value
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._generation += 1
+            self._values.pop(key, None)
+
+    def clear(self, *, enabled: bool | None = None) -> None:
+        with self._lock:
+            self._generation += 1
+            self._values.clear()
+            if enabled is not None:
+                self.enabled = enabled
+
+
+@dataclass
+class FeedStatus:
+    """The change feed as this replica follows it (served by `/readyz`)."""
+
+    required: bool = False  # PostgreSQL: other replicas may write
+    listening: bool = False
+    connected_at: float | None = None
+    notifications: int = 0
+
+
+class Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -58,8 +125,17 @@ class Runtime:
     indexes: IndexBackend
     inference: InferencePool
     health: IndexHealth = field(default_factory=IndexHealth)
-    # One lock per index namespace (see `app.services.indexing.changing`).
-    namespace_locks: dict[str, threading.Lock] = field(default_factory=dict)
+    # Per index namespace: the database position this replica's copy includes, and the lock
+    # that serialises changing it (see `app.services.indexing`).
+    positions: dict[str, int] = field(default_factory=dict)
+    namespace_locks: dict[str, threading.RLock] = field(default_factory=dict)
+    # API keys and org settings as read from the database (see `ReplicaCache`).
+    api_keys: ReplicaCache[Any] = field(default_factory=ReplicaCache)
+    org_settings: ReplicaCache[Any] = field(default_factory=ReplicaCache)
+    feed: FeedStatus = field(default_factory=FeedStatus)
+    # Threads started for a serving runtime (the feed follower), stopped before closing.
+    background: list[Stoppable] = field(default_factory=list)
+    claim: DatabaseClaim | None = None
     ready: bool = False
     serving: bool = True
 
@@ -72,6 +148,8 @@ class Runtime:
         """
         settings.home.mkdir(parents=True, exist_ok=True)
         engine = create_engine_for(settings.resolved_database_url)
+        # SQLite serves one process; with PostgreSQL any number of replicas may.
+        claim = claim_database(engine) if serving else None
         upgrade_database(engine)
         kms = build_kms(settings)
         if not kms.has_org(SYSTEM_CHAIN):
@@ -91,17 +169,26 @@ class Runtime:
                 settings.resolved_index_dir if serving else None, threads=settings.faiss_threads
             ),
             inference=InferencePool(pipeline, solo, settings.inference_workers),
+            # Until the feed follower listens, this replica would not hear of changes.
+            api_keys=ReplicaCache(enabled=not settings.uses_postgresql),
+            org_settings=ReplicaCache(enabled=not settings.uses_postgresql),
+            feed=FeedStatus(required=settings.uses_postgresql),
+            claim=claim,
             serving=serving,
         )
 
     def close(self) -> None:
         self.ready = False
         try:
+            for worker in self.background:
+                worker.stop()
             self.inference.shutdown()
             self.indexes.close()
         finally:
             self.kms.close()
             self.engine.dispose()
+            if self.claim is not None:
+                self.claim.release()
 
 
 def _pipelines(settings: Settings, serving: bool) -> tuple[FacePipeline, FacePipeline | None]:

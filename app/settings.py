@@ -101,6 +101,15 @@ class Settings(BaseSettings):
 
     # --- index ------------------------------------------------------------------------------
     faiss_threads: int = Field(default=1, ge=1)
+    freshness_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description=(
+            "How long a search, duplicate check or screen waits for this replica's index to "
+            "reach the database's position before it answers 503 `index_not_current`."
+        ),
+    )
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
@@ -118,6 +127,14 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'wajah.db'}"
+
+    @property
+    def uses_postgresql(self) -> bool:
+        """PostgreSQL: replicas may share the database. SQLite: one serving process."""
+        return self.resolved_database_url.split(":", 1)[0].split("+", 1)[0] in (
+            "postgresql",
+            "postgres",
+        )
 
     @property
     def resolved_object_store_dir(self) -> Path:

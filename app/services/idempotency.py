@@ -102,8 +102,10 @@ def release(runtime: Runtime, org_id: str, key: str) -> None:
 def release_abandoned_reservations(runtime: Runtime) -> int:
     """At server start: reservations left by requests of a previous process are released.
 
-    Any request in flight before the start died with that process (one server per database;
-    with several replicas, the lease above is what releases them).
+    With SQLite (one server) any request in flight before the start died with that process.
+    With PostgreSQL other replicas' requests may be in flight: only reservations older than
+    the lease are released.
     """
+    before = utcnow() - RESERVATION_LEASE if runtime.feed.required else None
     with write_transaction(runtime.engine) as conn:
-        return idempotency.release_all_unanswered(conn)
+        return idempotency.release_all_unanswered(conn, before)

@@ -2,35 +2,42 @@
 
 Every index namespace is a cache: an org's own gallery (namespace = the org id) or a shared
 watchlist (`watchlist:<id>`, holding only the entries of contributors eligible right now).
-This module is the one place that fills them and changes them:
+Each has a position in the database (`app.storage.feed`): an org's enrollment seq, a
+watchlist's change seq. This replica remembers, per namespace, the position its copy
+includes (`Runtime.positions`), and this module is the one place that moves it:
 
 * at start, `replay_all` loads each org's snapshot and replays newer changes from the
   database (or rebuilds it), checking every vector's hashed reference on the way, and
   rebuilds every watchlist namespace from its rows and memberships;
-* a service that commits a change applies it here, inside `changing(namespace)`, so that a
-  snapshot (taken under the same lock) never claims a position whose change is committed but
-  not yet in the index;
+* `catch_up_org` / `refresh_watchlist` apply what is newer in the database, whoever wrote
+  it: this replica after its own commit, or the feed follower when another replica's
+  notification arrives (`app.services.feed`);
+* `current_org_index` / `current_watchlist_index` are what searches use: they first compare
+  the namespace's position in the database with this replica's and catch up, so a search
+  reflects every change committed before it started (read-your-writes across replicas), or
+  fails with `IndexNotCurrentError` (503) when it cannot catch up in time;
 * at shutdown, `snapshot_all` writes each org's snapshot with the position it includes.
 
 Watchlist namespaces depend on memberships and settings, not only on their rows: they are
-always rebuilt from the database, never snapshotted.
+rebuilt from the database whenever their position moves, never snapshotted.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from app.errors import IndexNotCurrentError
 from app.runtime import IndexHealth, Runtime
 from app.services.sharing import eligible_orgs
-from app.storage import orgs, read_transaction, subjects, watchlists
-from index import NamespaceIndex, RowsSince, VectorIndexError
+from app.storage import feed, orgs, read_transaction, subjects, watchlists
+from index import NamespaceIndex, RowsSince
 
 log = logging.getLogger("wajah")
 
@@ -44,13 +51,25 @@ def watchlist_namespace(watchlist_id: str) -> str:
 
 @contextmanager
 def changing(runtime: Runtime, namespace: str) -> Iterator[None]:
-    """Serialises "commit a change, then apply it to the index" per namespace."""
+    """Serialises changes to one namespace's copy: "commit, then apply" by this replica's
+    writers, catch-ups and snapshots. Reentrant, so a writer may catch up inside it.
+
+    Waits at most `freshness_timeout_s`; past it the caller gets `IndexNotCurrentError`.
+    """
     # dict.setdefault is atomic: two threads asking for a new namespace get the same lock.
-    with runtime.namespace_locks.setdefault(namespace, threading.Lock()):
+    lock = runtime.namespace_locks.setdefault(namespace, threading.RLock())
+    if not lock.acquire(timeout=runtime.settings.freshness_timeout_s):
+        raise IndexNotCurrentError(
+            "this replica's index is busy catching up; retry shortly", namespace=namespace
+        )
+    try:
         yield
+    finally:
+        lock.release()
 
 
 def org_index(runtime: Runtime, org_id: str) -> NamespaceIndex:
+    """The org's index as this replica holds it (see `current_org_index` for searches)."""
     return runtime.indexes.get_or_create(
         org_id, dimension=runtime.pipeline.dimension, model_id=runtime.model_id
     )
@@ -86,15 +105,47 @@ def intact_vector(runtime: Runtime, org_id: str, row: Any) -> NDArray[np.float32
 # --- an org's own index -----------------------------------------------------------------------
 
 
-def org_changes(runtime: Runtime, org_id: str) -> RowsSince:
-    """The `rows_since` of an org index: verified adds, and removals."""
+def current_org_index(runtime: Runtime, org_id: str) -> NamespaceIndex:
+    """The org index with every enrollment change committed before this call applied."""
+    with read_transaction(runtime.engine) as conn:
+        committed = subjects.current_seq(conn, org_id)
+    if runtime.positions.get(org_id, 0) < committed:
+        catch_up_org(runtime, org_id)
+    return org_index(runtime, org_id)
+
+
+def catch_up_org(runtime: Runtime, org_id: str) -> int:
+    """Apply the org's enrollment changes newer than this replica's position (adds,
+    retirements, erasures; each vector's hashed reference checked); returns how many."""
+    with changing(runtime, org_id):
+        start = runtime.positions.get(org_id, 0)
+        seen = [start]
+        rows = list(_verified(runtime, org_id, start, seen))
+        applied = org_index(runtime, org_id).apply(rows) if rows else 0
+        # Seqs commit in order: having seen seq P, every change at or before P is here.
+        runtime.positions[org_id] = max(seen)
+    return applied
+
+
+def org_changes(runtime: Runtime, org_id: str, seen: list[int]) -> RowsSince:
+    """The `rows_since` of an org index: verified adds, and removals; records the seqs it
+    yields in `seen`."""
 
     def rows_since(position: int) -> Iterator[tuple[int, Any]]:
-        with read_transaction(runtime.engine) as conn:
-            for change in subjects.enrollment_changes_since(conn, org_id, position):
-                yield change.vector_id, _usable_vector(runtime, org_id, change)
+        seen.append(position)
+        yield from _verified(runtime, org_id, position, seen)
 
     return rows_since
+
+
+def _verified(
+    runtime: Runtime, org_id: str, position: int, seen: list[int]
+) -> Iterator[tuple[int, NDArray[np.float32] | None]]:
+    """Index rows of the org's changes after `position`, in seq order."""
+    with read_transaction(runtime.engine) as conn:
+        for change in subjects.enrollment_changes_since(conn, org_id, position):
+            seen.append(change.seq)
+            yield change.vector_id, _usable_vector(runtime, org_id, change)
 
 
 def _usable_vector(
@@ -114,24 +165,6 @@ def _usable_vector(
     return vector
 
 
-def add_committed(runtime: Runtime, org_id: str, ids: Sequence[int], vectors: Any) -> None:
-    """Apply enrollments just committed to the org index (caller holds `changing`).
-
-    The database is the truth and the index a cache: if the cache disagrees (it never
-    should), it is rebuilt from the database instead of failing a committed request.
-    """
-    try:
-        org_index(runtime, org_id).add(list(ids), vectors, model_id=runtime.model_id)
-    except VectorIndexError:
-        log.exception("index %s disagreed with the database; rebuilding it", org_id)
-        org_index(runtime, org_id).load_or_rebuild(org_changes(runtime, org_id))
-
-
-def remove_committed(runtime: Runtime, org_id: str, vector_ids: Sequence[int]) -> None:
-    """Take retired or erased enrollments out of the org index (caller holds `changing`)."""
-    org_index(runtime, org_id).remove(list(vector_ids))
-
-
 # --- start and stop ---------------------------------------------------------------------------
 
 
@@ -144,8 +177,10 @@ def replay_all(runtime: Runtime) -> IndexHealth:
     health = IndexHealth(orgs=len(org_ids))
     runtime.health = health
     for org_id in org_ids:
+        seen: list[int] = []
         with changing(runtime, org_id):
-            report = org_index(runtime, org_id).load_or_rebuild(org_changes(runtime, org_id))
+            report = org_index(runtime, org_id).load_or_rebuild(org_changes(runtime, org_id, seen))
+            runtime.positions[org_id] = max(seen, default=report.position)
         health.reports[org_id] = report
         health.vectors += report.count
         log.info(
@@ -157,22 +192,64 @@ def replay_all(runtime: Runtime) -> IndexHealth:
             report.seconds,
         )
     for watchlist_id in watchlist_ids:
-        rebuild_watchlist(runtime, watchlist_id)
+        refresh_watchlist(runtime, watchlist_id)
     return health
 
 
 def snapshot_all(runtime: Runtime) -> None:
-    """Write each org index's snapshot at the database position it includes."""
+    """Write each org index's snapshot at the position this replica has applied."""
     for namespace in runtime.indexes.namespaces():
         if namespace.startswith(WATCHLIST_PREFIX):
             continue
         with changing(runtime, namespace):
-            with read_transaction(runtime.engine) as conn:
-                position = subjects.current_seq(conn, namespace)
-            runtime.indexes.get(namespace).snapshot(position)
+            runtime.indexes.get(namespace).snapshot(runtime.positions.get(namespace, 0))
+
+
+def catch_up_all(runtime: Runtime) -> int:
+    """Bring every namespace this replica is behind on up to the database's position (after
+    the feed follower reconnects: notifications may have been missed); returns how many."""
+    with read_transaction(runtime.engine) as conn:
+        org_positions = feed.org_positions(conn)
+        watchlist_positions = feed.watchlist_positions(conn)
+    behind = [o for o, p in org_positions.items() if runtime.positions.get(o, 0) < p]
+    for org_id in behind:
+        catch_up_org(runtime, org_id)
+    stale = [
+        w
+        for w, p in watchlist_positions.items()
+        if runtime.positions.get(watchlist_namespace(w), -1) < p
+    ]
+    for watchlist_id in stale:
+        refresh_watchlist(runtime, watchlist_id)
+    return len(behind) + len(stale)
+
+
+def lag(runtime: Runtime) -> dict[str, int]:
+    """How far this replica's namespaces are behind the database right now."""
+    with read_transaction(runtime.engine) as conn:
+        positions = feed.org_positions(conn)
+        positions.update(
+            {watchlist_namespace(w): p for w, p in feed.watchlist_positions(conn).items()}
+        )
+    gaps = {n: p - runtime.positions.get(n, 0) for n, p in positions.items()}
+    behind = {n: g for n, g in gaps.items() if g > 0}
+    return {
+        "namespaces": len(positions),
+        "behind": len(behind),
+        "changes_behind": sum(behind.values()),
+    }
 
 
 # --- watchlist namespaces ---------------------------------------------------------------------
+
+
+def current_watchlist_index(runtime: Runtime, watchlist_id: str) -> NamespaceIndex:
+    """The watchlist's namespace with every change committed before this call applied."""
+    with read_transaction(runtime.engine) as conn:
+        committed = feed.watchlist_position(conn, watchlist_id)
+    if runtime.positions.get(watchlist_namespace(watchlist_id), -1) < committed:
+        refresh_watchlist(runtime, watchlist_id)
+    return watchlist_index(runtime, watchlist_id)
 
 
 def _intact_entry(runtime: Runtime, row: Any) -> NDArray[np.float32] | None:
@@ -183,77 +260,21 @@ def _intact_entry(runtime: Runtime, row: Any) -> NDArray[np.float32] | None:
     return intact_vector(runtime, row.contributor_org_id, row)
 
 
-def rebuild_watchlist(runtime: Runtime, watchlist_id: str) -> None:
-    """Rebuild a watchlist's namespace from the database (eligible contributors only)."""
-    with read_transaction(runtime.engine) as conn:
-        allowed = eligible_orgs(conn, watchlist_id)
-        rows = watchlists.active_entries(conn, watchlist_id)
-
-    def rows_since(_position: int) -> Iterator[tuple[int, Any]]:
-        for r in rows:
-            vector = _intact_entry(runtime, r) if r.contributor_org_id in allowed else None
-            yield int(r.vector_id), vector
-
-    with changing(runtime, watchlist_namespace(watchlist_id)):
-        watchlist_index(runtime, watchlist_id).load_or_rebuild(rows_since)
-
-
-def sync_contributor(runtime: Runtime, watchlist_id: str, org_id: str) -> None:
-    """Put `org_id`'s entries in the watchlist's namespace if it is eligible, else take them
-    out (after a membership or a setting changed)."""
-    # One critical section from reading eligibility to changing the index, so a concurrent
-    # change (a leave, a contribution) cannot interleave and leave a stale decision applied.
-    with changing(runtime, watchlist_namespace(watchlist_id)):
-        with read_transaction(runtime.engine) as conn:
-            eligible = org_id in eligible_orgs(conn, watchlist_id)
-            rows = watchlists.active_entries(conn, watchlist_id, org_id)
-        index = watchlist_index(runtime, watchlist_id)
-        if not eligible:
-            index.remove([r.vector_id for r in rows])
-            return
-        fresh = [
-            (r.vector_id, v)
-            for r in rows
-            if not index.contains(r.vector_id)
-            for v in [_intact_entry(runtime, r)]
-            if v is not None
-        ]
-        if fresh:
-            index.add(
-                [i for i, _ in fresh], np.stack([v for _, v in fresh]), model_id=runtime.model_id
-            )
-
-
-def sync_org_watchlists(runtime: Runtime, org_id: str) -> None:
-    """After an org's sharing or residency setting changed: re-sync every watchlist it has
-    a membership in, so its entries leave (or rejoin) screening at once."""
-    with read_transaction(runtime.engine) as conn:
-        ids = watchlists.watchlists_of(conn, org_id)
-    for watchlist_id in ids:
-        sync_contributor(runtime, watchlist_id, org_id)
-
-
-def add_entries(
-    runtime: Runtime, watchlist_id: str, contributor: str, ids: Sequence[int], vectors: Any
-) -> None:
-    """Apply committed entries, if their contributor is still eligible (a leave may have
-    landed since the contribution was checked); caller holds `changing`."""
-    with read_transaction(runtime.engine) as conn:
-        still_eligible = contributor in eligible_orgs(conn, watchlist_id)
-    if still_eligible:
-        watchlist_index(runtime, watchlist_id).add(list(ids), vectors, model_id=runtime.model_id)
-
-
-def remove_entries(runtime: Runtime, entries: Sequence[tuple[str, int]]) -> None:
-    """Take withdrawn `(watchlist id, vector id)` entries out of their namespaces."""
-    for watchlist_id, vector_id in entries:
-        with changing(runtime, watchlist_namespace(watchlist_id)):
-            watchlist_index(runtime, watchlist_id).remove([vector_id])
-
-
-def drop_watchlist(runtime: Runtime, watchlist_id: str) -> None:
-    """A closed watchlist's namespace goes (nobody can screen it any more)."""
+def refresh_watchlist(runtime: Runtime, watchlist_id: str) -> None:
+    """Rebuild a watchlist's namespace from the database (eligible contributors' active
+    entries only), at the watchlist's current position."""
     namespace = watchlist_namespace(watchlist_id)
     with changing(runtime, namespace):
-        if namespace in runtime.indexes:
-            runtime.indexes.drop(namespace)
+        with read_transaction(runtime.engine) as conn:
+            # Read first: what follows is at least as new, and rebuilding is idempotent.
+            position = feed.watchlist_position(conn, watchlist_id)
+            allowed = eligible_orgs(conn, watchlist_id)
+            rows = watchlists.active_entries(conn, watchlist_id)
+
+        def rows_since(_position: int) -> Iterator[tuple[int, Any]]:
+            for r in rows:
+                vector = _intact_entry(runtime, r) if r.contributor_org_id in allowed else None
+                yield int(r.vector_id), vector
+
+        watchlist_index(runtime, watchlist_id).load_or_rebuild(rows_since)
+        runtime.positions[namespace] = position

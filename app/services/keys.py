@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from app.crypto import Purpose, RewrapItem, RewrapReport, rewrap_all
+from app.errors import ConflictError
 from app.runtime import Runtime
 from app.services.principal import record
-from app.storage import Connection, frames, read_transaction, write_transaction
+from app.storage import Connection, feed, frames, read_transaction, write_transaction
 
 
 def rewrap_org_frames(
@@ -17,7 +18,17 @@ def rewrap_org_frames(
     progress: Callable[[int, int], None] | None = None,
 ) -> RewrapReport:
     """Rewrap in committed batches; an interrupted run is resumed by running it again
-    (rows already on the primary version are skipped without being unwrapped)."""
+    (rows already on the primary version are skipped without being unwrapped). One run per
+    org at a time, across replicas and CLI processes (ConflictError otherwise)."""
+    with feed.exclusive(runtime.engine, f"rewrap:{org_id}") as mine:
+        if not mine:
+            raise ConflictError(f"a key rotation of org {org_id!r} is running elsewhere")
+        return _rewrap(runtime, org_id, batch, progress)
+
+
+def _rewrap(
+    runtime: Runtime, org_id: str, batch: int, progress: Callable[[int, int], None] | None
+) -> RewrapReport:
     primary = runtime.kms.primary_version(org_id)
     with read_transaction(runtime.engine) as conn:
         total = frames.count_wrapped(conn, org_id)

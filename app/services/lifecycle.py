@@ -1,24 +1,30 @@
 """Starting and stopping the service around its `Runtime`: what happens between opening the
-parts and serving (indexes replayed from the database), and between serving and closing
-them (index snapshots written)."""
+parts and serving (indexes replayed from the database, the change feed followed), and
+between serving and closing them (index snapshots written)."""
 
 from __future__ import annotations
 
 from app.runtime import Runtime
 from app.services import indexing
+from app.services.feed import FeedFollower
 from app.settings import Settings
 
 
 def start_runtime(settings: Settings, serving: bool = True) -> Runtime:
-    """Open the runtime and, for a server, replay every index from the database.
+    """Open the runtime and, for a server, replay every index from the database and (with
+    PostgreSQL, where other replicas write too) follow the change feed.
 
-    `serving=False` is for CLI tools next to a running server: indexes stay empty and no
-    snapshot is written (the server owns them).
+    `serving=False` is for CLI tools next to a running server: indexes stay empty, no feed
+    is followed and no snapshot is written (the server owns them).
     """
     runtime = Runtime.start(settings, serving=serving)
     try:
         if serving:
             indexing.replay_all(runtime)
+            if runtime.feed.required:
+                follower = FeedFollower(runtime)
+                runtime.background.append(follower)
+                follower.start()
     except BaseException:
         runtime.close()
         raise
@@ -30,6 +36,8 @@ def stop_runtime(runtime: Runtime) -> None:
     """Snapshot a server's indexes (the next start replays less), then close everything."""
     runtime.ready = False
     try:
+        for worker in runtime.background:
+            worker.stop()
         if runtime.serving:
             indexing.snapshot_all(runtime)
     finally:

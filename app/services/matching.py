@@ -98,7 +98,7 @@ def search_probe(
         pending.cancel()
         raise
     probe_result = pending.wait()
-    index = indexing.org_index(runtime, org_id)
+    index = indexing.current_org_index(runtime, org_id)
     candidates: list[dict[str, Any]] = []
     if index.count:
         # A subject may hold several embeddings: ask for more hits than subjects wanted.

@@ -18,9 +18,11 @@ from app.storage import (
     AuditPage,
     Connection,
     audit,
+    feed,
     orgs,
     read_transaction,
     utcnow,
+    watchlists,
     write_transaction,
 )
 
@@ -146,14 +148,23 @@ def revoke_api_key(runtime: Runtime, principal: Principal, key_id: str) -> None:
             target=key_id,
             details={},
         )
+        feed.announce(conn, "key", key_id)
+    runtime.api_keys.forget(key_id)
 
 
 # --- settings -------------------------------------------------------------------------------
 
 
 def org_settings(runtime: Runtime, org_id: str) -> dict[str, Any]:
-    with read_transaction(runtime.engine) as conn:
-        return orgs.org_settings(conn, org_id)
+    """The org's settings (a copy the caller may change), from this replica's cache when it
+    can trust it (see `ReplicaCache`)."""
+    cached = runtime.org_settings.get(org_id)
+    if cached is None:
+        generation = runtime.org_settings.generation()
+        with read_transaction(runtime.engine) as conn:
+            cached = orgs.org_settings(conn, org_id)
+        runtime.org_settings.put(org_id, cached, generation)
+    return copy.deepcopy(cached)
 
 
 def effective_threshold(runtime: Runtime, settings: dict[str, Any]) -> tuple[float, str]:
@@ -175,8 +186,48 @@ def threshold_bounds(runtime: Runtime) -> tuple[float, float]:
 def update_org_settings(
     runtime: Runtime, principal: Principal, changes: dict[str, Any]
 ) -> dict[str, Any]:
-    """Apply a partial update after validating every field; nothing changes on error."""
-    current = org_settings(runtime, principal.org_id)
+    """Apply a partial update after validating every field; nothing changes on error.
+
+    Read, changed and written in one transaction under the org's settings lock, so two
+    replicas changing different fields at once both keep their change.
+    """
+    org_id = principal.org_id
+    with write_transaction(runtime.engine) as conn:
+        feed.lock_for_transaction(conn, f"settings:{org_id}")
+        current = orgs.org_settings(conn, org_id)
+        updated = _changed_settings(runtime, current, changes)
+        if updated == current:
+            return current
+        orgs.save_org_settings(conn, org_id, updated)
+        changed = sorted(k for k in updated if updated.get(k) != current.get(k))
+        record(
+            conn,
+            runtime,
+            principal,
+            org_id=org_id,
+            action="org.settings.update",
+            target=org_id,
+            details={"changed": changed, "new": {k: updated[k] for k in changed}},
+        )
+        feed.announce(conn, "cfg", org_id)
+        # Turning sharing off (or a residency that no longer allows a watchlist's region)
+        # takes the org's entries out of screening at once, and back in when it is undone.
+        sharing_moved = any(
+            updated[k] != current[k] for k in ("watchlist_sharing", "data_residency")
+        )
+        moved = watchlists.watchlists_of(conn, org_id) if sharing_moved else []
+        for watchlist_id in moved:
+            feed.bump_watchlist(conn, watchlist_id)
+    runtime.org_settings.forget(org_id)
+    for watchlist_id in moved:
+        indexing.refresh_watchlist(runtime, watchlist_id)
+    return updated
+
+
+def _changed_settings(
+    runtime: Runtime, current: dict[str, Any], changes: dict[str, Any]
+) -> dict[str, Any]:
+    """`current` with `changes` applied, every field validated (InvalidSettingsError)."""
     updated = copy.deepcopy(current)
     if "threshold" in changes:
         threshold = changes["threshold"]
@@ -210,24 +261,6 @@ def update_org_settings(
         if changes["data_residency"] not in DATA_RESIDENCIES:
             raise InvalidSettingsError(f"data_residency must be one of {DATA_RESIDENCIES}")
         updated["data_residency"] = changes["data_residency"]
-    if updated == current:
-        return current
-    with write_transaction(runtime.engine) as conn:
-        orgs.save_org_settings(conn, principal.org_id, updated)
-        changed = sorted(k for k in updated if updated.get(k) != current.get(k))
-        record(
-            conn,
-            runtime,
-            principal,
-            org_id=principal.org_id,
-            action="org.settings.update",
-            target=principal.org_id,
-            details={"changed": changed, "new": {k: updated[k] for k in changed}},
-        )
-    if any(updated[k] != current[k] for k in ("watchlist_sharing", "data_residency")):
-        # Turning sharing off (or a residency that no longer allows a watchlist's region)
-        # takes the org's entries out of screening at once, and back in when it is undone.
-        indexing.sync_org_watchlists(runtime, principal.org_id)
     return updated
 
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from app.crypto import InvalidApiKeyError, Scope, StoredApiKey, authenticate_api_key
 from app.errors import ForbiddenError, UnauthorizedError
 from app.runtime import Runtime
-from app.storage import Connection, audit, orgs, read_transaction, write_transaction
-from app.storage.schema import utcnow
+from app.storage import Connection, audit, orgs, read_transaction, utcnow, write_transaction
 
 # Writing last_used_at on every request would turn each read into a write; a minute of
 # resolution is plenty for "is this key still in use?".
@@ -31,25 +30,30 @@ class Principal:
         return scope in self.scopes or Scope.ADMIN in self.scopes
 
 
+@dataclass(frozen=True)
+class KnownKey:
+    """An API key as this replica caches it: the stored (hashed) key and when it was last
+    used, so that a request writes `last_used_at` at most once per resolution."""
+
+    stored: StoredApiKey
+    last_used_at: datetime | None
+
+
 def authenticate(runtime: Runtime, presented: str, scope: Scope) -> Principal:
-    """Resolve a bearer key to a `Principal` holding `scope`; 401/403 errors otherwise."""
+    """Resolve a bearer key to a `Principal` holding `scope`; 401/403 errors otherwise.
+
+    The key's row comes from this replica's cache when it can trust it (a revocation on any
+    replica reaches it through the change feed); the secret is checked every time.
+    """
     now = utcnow()
-    last_used: dict[str, Any] = {}
+    found: list[KnownKey] = []
 
     def lookup(key_id: str) -> StoredApiKey | None:
-        with read_transaction(runtime.engine) as conn:
-            row = orgs.find_api_key(conn, key_id)
-        if row is None:
+        known = runtime.api_keys.get(key_id) or _load_key(runtime, key_id)
+        if known is None:
             return None
-        last_used["value"] = row.last_used_at
-        return StoredApiKey(
-            key_id=row.key_id,
-            org_id=row.org_id,
-            secret_hash=bytes(row.secret_hash),
-            scopes=frozenset(Scope(s) for s in row.scopes),
-            expires_at=row.expires_at,
-            revoked_at=row.revoked_at,
-        )
+        found.append(known)
+        return known.stored
 
     try:
         stored = authenticate_api_key(presented, lookup, now=now)
@@ -58,11 +62,34 @@ def authenticate(runtime: Runtime, presented: str, scope: Scope) -> Principal:
     principal = Principal(stored.org_id, stored.key_id, stored.scopes)
     if not principal.can(scope):
         raise ForbiddenError(f"this API key lacks the `{scope.value}` scope")
-    previous = last_used.get("value")
+    previous = found[0].last_used_at
     if previous is None or now - previous > LAST_USED_RESOLUTION:
+        generation = runtime.api_keys.generation()
         with write_transaction(runtime.engine) as conn:
             orgs.touch_api_key(conn, stored.key_id, now)
+        runtime.api_keys.put(stored.key_id, KnownKey(stored, now), generation)
     return principal
+
+
+def _load_key(runtime: Runtime, key_id: str) -> KnownKey | None:
+    generation = runtime.api_keys.generation()
+    with read_transaction(runtime.engine) as conn:
+        row = orgs.find_api_key(conn, key_id)
+    if row is None:
+        return None  # unknown keys are not cached: a new key works at once
+    known = KnownKey(
+        StoredApiKey(
+            key_id=row.key_id,
+            org_id=row.org_id,
+            secret_hash=bytes(row.secret_hash),
+            scopes=frozenset(Scope(s) for s in row.scopes),
+            expires_at=row.expires_at,
+            revoked_at=row.revoked_at,
+        ),
+        row.last_used_at,
+    )
+    runtime.api_keys.put(key_id, known, generation)
+    return known
 
 
 def record(

@@ -20,7 +20,7 @@ from itertools import islice
 
 from app.runtime import Runtime
 from app.services.principal import record
-from app.storage import frames, read_transaction, utcnow, write_transaction
+from app.storage import feed, frames, read_transaction, utcnow, write_transaction
 
 BATCH = 500
 #: Sealed frames are object keys `frm_<hex>`; nothing else in the store is swept.
@@ -92,3 +92,12 @@ def _batches(items: Iterable[str], size: int) -> Iterator[list[str]]:
     iterator = iter(items)
     while batch := list(islice(iterator, size)):
         yield batch
+
+
+def run_retention(runtime: Runtime) -> tuple[dict[str, int], int] | None:
+    """One retention round, on one replica at a time: frames purged per org and orphaned
+    sealed frames deleted, or None when another replica is running it right now."""
+    with feed.exclusive(runtime.engine, "retention") as mine:
+        if not mine:
+            return None
+        return purge_expired_frames(runtime), sweep_orphaned_frames(runtime)

@@ -40,6 +40,7 @@ from app.services.principal import Principal, record
 from app.services.watchlists import screen_everywhere
 from app.storage import (
     Connection,
+    feed,
     frames,
     new_id,
     read_transaction,
@@ -214,24 +215,21 @@ def enroll_subject(
     """
     request = _check_request(runtime, principal, subject_id, bundle)
     captured = _capture(runtime, bundle.frames)
-    vectors = captured.vectors
-    duplicates = _duplicate_check(runtime, principal, request, vectors)
     sealed = _seal_frames(runtime, request.org_id, bundle.frames, captured)
-    with indexing.changing(runtime, request.org_id):
-        try:
-            with write_transaction(runtime.engine) as conn:
-                result, vector_ids = _persist(
-                    conn, runtime, principal, request, captured, sealed, duplicates
-                )
-                if idempotency_key is not None:
-                    idempotency.store_answer(conn, request.org_id, idempotency_key, 201, result)
-        except BaseException:
-            # Nothing half-written: no orphan sealed frames either. Once the rows are
-            # committed the frames belong to them (the index is rebuilt from the rows at
-            # the next start), so a failure after the commit must not delete them.
-            _discard(runtime, sealed)
-            raise
-        indexing.add_committed(runtime, request.org_id, vector_ids, vectors)
+    try:
+        with write_transaction(runtime.engine) as conn:
+            duplicates = _duplicate_check(conn, runtime, request, captured.vectors)
+            result = _persist(conn, runtime, principal, request, captured, sealed, duplicates)
+            if idempotency_key is not None:
+                idempotency.store_answer(conn, request.org_id, idempotency_key, 201, result)
+    except BaseException as failure:
+        # Nothing half-written: no orphan sealed frames either. Once the rows are committed
+        # the frames belong to them, so a failure after the commit must not delete them.
+        _discard(runtime, sealed)
+        if isinstance(failure, DuplicateFaceError):
+            _audit_refusal(runtime, principal, request, failure)
+        raise
+    indexing.catch_up_org(runtime, request.org_id)
     if bundle.screen_watchlists:
         # The sharpest accepted frame stands for the bundle: one screening, one audit trail.
         best = max(captured.accepted, key=lambda item: item[1].quality.detector_score)[1]
@@ -302,38 +300,53 @@ def _report_dict(report: FrameReport) -> dict[str, Any]:
 
 
 def _duplicate_check(
-    runtime: Runtime, principal: Principal, request: _CheckedRequest, vectors: np.ndarray
+    conn: Connection, runtime: Runtime, request: _CheckedRequest, vectors: np.ndarray
 ) -> list[DuplicateCandidate]:
-    """Other subjects this face is enrolled under, as the policy asks; `reject` refuses
-    (audited) when there are any."""
+    """Other subjects this face is enrolled under, as the policy asks; `reject` refuses.
+
+    Runs inside the enrollment's transaction, after taking the org's enrollment lock: two
+    enrollments of one face, on any replicas, cannot both pass the check before either
+    commits (on SQLite the write transaction already excludes every other writer).
+    """
     if request.policy == "off":
         return []
+    feed.lock_for_transaction(conn, f"enroll:{request.org_id}")
     duplicates = find_duplicates(
         runtime, request.org_id, vectors, request.threshold, request.subject_id
     )
     if duplicates and request.policy == "reject":
-        candidates = [asdict(d) for d in duplicates]
-        with write_transaction(runtime.engine) as conn:
-            record(
-                conn,
-                runtime,
-                principal,
-                org_id=request.org_id,
-                action="enrollment.duplicate_rejected",
-                target=request.subject_id,
-                details={"candidates": candidates, "threshold": request.threshold},
-            )
         raise DuplicateFaceError(
-            "the face is already enrolled under another subject", candidates=candidates
+            "the face is already enrolled under another subject",
+            candidates=[asdict(d) for d in duplicates],
         )
     return duplicates
+
+
+def _audit_refusal(
+    runtime: Runtime, principal: Principal, request: _CheckedRequest, refusal: DuplicateFaceError
+) -> None:
+    """The refused enrollment rolled back; its refusal is a decision, audited on its own."""
+    with write_transaction(runtime.engine) as conn:
+        record(
+            conn,
+            runtime,
+            principal,
+            org_id=request.org_id,
+            action="enrollment.duplicate_rejected",
+            target=request.subject_id,
+            details={
+                "candidates": refusal.details["candidates"],
+                "threshold": request.threshold,
+            },
+        )
 
 
 def find_duplicates(
     runtime: Runtime, org_id: str, vectors: np.ndarray, threshold: float, exclude_subject: str
 ) -> list[DuplicateCandidate]:
-    """Other subjects of this org whose enrollments match any of `vectors`."""
-    index = indexing.org_index(runtime, org_id)
+    """Other subjects of this org whose enrollments match any of `vectors`, as committed
+    before this call (the index catches up first)."""
+    index = indexing.current_org_index(runtime, org_id)
     if index.count == 0:
         return []
     result = index.search(vectors, model_id=runtime.model_id, k=10, min_score=threshold)
@@ -404,14 +417,11 @@ def _persist(
     captured: _Captured,
     sealed: list[_SealedFrame],
     duplicates: list[DuplicateCandidate],
-) -> tuple[EnrollmentResult, list[int]]:
-    """The enrollment's rows and its audit row, in the caller's transaction; returns the
-    answer and the index ids of the new embeddings."""
+) -> EnrollmentResult:
+    """The enrollment's rows and its audit row, in the caller's transaction."""
     subject_pk = _store_subject(conn, runtime, request)
     bundle_id = new_id("enr")
-    reports, vector_ids = _store_embeddings(
-        conn, runtime, request, subject_pk, bundle_id, captured, sealed
-    )
+    reports = _store_embeddings(conn, runtime, request, subject_pk, bundle_id, captured, sealed)
     record(
         conn,
         runtime,
@@ -429,7 +439,7 @@ def _persist(
             "pii_fields": sorted(request.pii),
         },
     )
-    result = EnrollmentResult(
+    return EnrollmentResult(
         enrollment_id=bundle_id,
         subject_id=request.subject_id,
         subject_created=request.existing is None,
@@ -439,7 +449,6 @@ def _persist(
         duplicate_check=request.policy,
         duplicates=duplicates,
     )
-    return result, vector_ids
 
 
 def _store_subject(conn: Connection, runtime: Runtime, request: _CheckedRequest) -> str:
@@ -467,11 +476,10 @@ def _store_embeddings(
     bundle_id: str,
     captured: _Captured,
     sealed: list[_SealedFrame],
-) -> tuple[list[FrameReport], list[int]]:
+) -> list[FrameReport]:
     """One enrollment row (with its hashed reference) and one frame row per accepted frame;
-    returns the final frame reports and the new index ids."""
+    returns the final frame reports."""
     reports = list(captured.reports)
-    vector_ids: list[int] = []
     purge_after = utcnow() + timedelta(days=request.frames_days)
     for (index, capture), frame in zip(captured.accepted, sealed, strict=True):
         embedding_id = new_id("emb")
@@ -481,7 +489,7 @@ def _store_embeddings(
             enrollment_id=embedding_id,
             vector=capture.embedding,
         )
-        ref = subjects.insert_enrollment(
+        subjects.insert_enrollment(
             conn,
             org_id=request.org_id,
             subject_pk=subject_pk,
@@ -504,11 +512,10 @@ def _store_embeddings(
             purge_after=purge_after,
             frame_id=frame.frame_id,
         )
-        vector_ids.append(ref.vector_id)
         reports[index] = FrameReport(
             index, True, reports[index].quality, None, embedding_id, reference.hex()
         )
-    return reports, vector_ids
+    return reports
 
 
 # --- read -----------------------------------------------------------------------------------
@@ -611,28 +618,27 @@ def retire_enrollment(runtime: Runtime, principal: Principal, enrollment_id: str
     org_id = principal.org_id
     if not SERVICE_ID.fullmatch(enrollment_id):
         raise EnrollmentNotFoundError(f"no enrollment {enrollment_id!r}")
-    with indexing.changing(runtime, org_id):
-        with write_transaction(runtime.engine) as conn:
-            rows = subjects.bundle_embeddings(conn, org_id, enrollment_id)
-            if not rows:
-                raise EnrollmentNotFoundError(f"no enrollment {enrollment_id!r}")
-            active = [r for r in rows if r.status == "active"]
-            if not active:
-                raise EnrollmentNotActiveError(f"enrollment {enrollment_id!r} is not active")
-            for r in active:
-                subjects.set_enrollment_status(
-                    conn, org_id=org_id, enrollment_id=r.id, status="retired"
-                )
-            record(
-                conn,
-                runtime,
-                principal,
-                org_id=org_id,
-                action="enrollment.retire",
-                target=enrollment_id,
-                details={"embeddings": len(active)},
+    with write_transaction(runtime.engine) as conn:
+        rows = subjects.bundle_embeddings(conn, org_id, enrollment_id)
+        if not rows:
+            raise EnrollmentNotFoundError(f"no enrollment {enrollment_id!r}")
+        active = [r for r in rows if r.status == "active"]
+        if not active:
+            raise EnrollmentNotActiveError(f"enrollment {enrollment_id!r} is not active")
+        for r in active:
+            subjects.set_enrollment_status(
+                conn, org_id=org_id, enrollment_id=r.id, status="retired"
             )
-        indexing.remove_committed(runtime, org_id, [r.vector_id for r in active])
+        record(
+            conn,
+            runtime,
+            principal,
+            org_id=org_id,
+            action="enrollment.retire",
+            target=enrollment_id,
+            details={"embeddings": len(active)},
+        )
+    indexing.catch_up_org(runtime, org_id)
     return {"enrollment_id": enrollment_id, "status": "retired", "embeddings": len(active)}
 
 
@@ -645,25 +651,23 @@ def erase_subject(runtime: Runtime, principal: Principal, subject_id: str) -> di
     org_id = principal.org_id
     if not SUBJECT_ID.fullmatch(subject_id):
         raise SubjectNotFoundError(f"no subject {subject_id!r}")
-    with indexing.changing(runtime, org_id):
-        with write_transaction(runtime.engine) as conn:
-            receipt, embeddings, frame_rows, withdrawn = _erase_rows(conn, org_id, subject_id)
-            digest = hashlib.sha256(
-                json.dumps(receipt, sort_keys=True, separators=(",", ":")).encode()
-            ).hexdigest()
-            audit_id = record(
-                conn,
-                runtime,
-                principal,
-                org_id=org_id,
-                action="subject.erase",
-                target=subject_id,
-                details={**receipt, "receipt_sha256": digest},
-            )
-        indexing.remove_committed(
-            runtime, org_id, [r.vector_id for r in embeddings if r.status == "active"]
+    with write_transaction(runtime.engine) as conn:
+        receipt, frame_rows, withdrawn_from = _erase_rows(conn, org_id, subject_id)
+        digest = hashlib.sha256(
+            json.dumps(receipt, sort_keys=True, separators=(",", ":")).encode()
+        ).hexdigest()
+        audit_id = record(
+            conn,
+            runtime,
+            principal,
+            org_id=org_id,
+            action="subject.erase",
+            target=subject_id,
+            details={**receipt, "receipt_sha256": digest},
         )
-    indexing.remove_entries(runtime, withdrawn)
+    indexing.catch_up_org(runtime, org_id)
+    for watchlist_id in withdrawn_from:
+        indexing.refresh_watchlist(runtime, watchlist_id)
     for f in frame_rows:
         runtime.objects.delete(f.object_key)
     return {**receipt, "receipt_sha256": digest, "audit_id": audit_id}
@@ -671,10 +675,10 @@ def erase_subject(runtime: Runtime, principal: Principal, subject_id: str) -> di
 
 def _erase_rows(
     conn: Connection, org_id: str, subject_id: str
-) -> tuple[dict[str, Any], list[Any], list[Any], list[tuple[str, int]]]:
+) -> tuple[dict[str, Any], list[Any], list[str]]:
     """Erase the subject's rows in the caller's transaction: embeddings erased, frames and
-    PII shredded, watchlist copies withdrawn. Returns the receipt, the embeddings as they
-    were, the shredded frames and the withdrawn watchlist entries."""
+    PII shredded, watchlist copies withdrawn. Returns the receipt, the shredded frames and
+    the watchlists whose entries were withdrawn."""
     row = subjects.find_subject(conn, org_id, subject_id)
     if row is None:
         raise SubjectNotFoundError(f"no subject {subject_id!r}")
@@ -692,6 +696,9 @@ def _erase_rows(
     subjects.mark_subject_erased(conn, row.id, now)
     # Copies of its embeddings in shared watchlists go too.
     withdrawn = watchlists.withdraw_copies_of(conn, [r.id for r in embeddings])
+    withdrawn_from = sorted({watchlist_id for watchlist_id, _ in withdrawn})
+    for watchlist_id in withdrawn_from:
+        feed.bump_watchlist(conn, watchlist_id)
     receipt = {
         "subject_id": subject_id,
         "org_id": org_id,
@@ -701,4 +708,4 @@ def _erase_rows(
         "pii_shredded": [n for n in PII_FIELDS if getattr(row, f"{n}_sealed") is not None],
         "watchlist_entries_withdrawn": len(withdrawn),
     }
-    return receipt, embeddings, frame_rows, withdrawn
+    return receipt, frame_rows, withdrawn_from

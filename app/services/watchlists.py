@@ -39,6 +39,7 @@ from app.services.probes import Probe, probe_vector
 from app.services.sharing import eligible_orgs, residency_allows
 from app.storage import (
     Connection,
+    feed,
     new_id,
     orgs,
     read_transaction,
@@ -217,6 +218,7 @@ def join(runtime: Runtime, principal: Principal, watchlist_id: str) -> dict[str,
         _require_sharing(conn, org_id)
         _require_residency(conn, org_id, row.region, "joining a watchlist in region")
         watchlists.set_membership(conn, watchlist_id, org_id, "active", joined_at=utcnow())
+        feed.bump_watchlist(conn, watchlist_id)
         record(
             conn,
             runtime,
@@ -226,7 +228,7 @@ def join(runtime: Runtime, principal: Principal, watchlist_id: str) -> dict[str,
             target=watchlist_id,
             details={},
         )
-    indexing.sync_contributor(runtime, watchlist_id, org_id)
+    indexing.refresh_watchlist(runtime, watchlist_id)
     return {"watchlist_id": watchlist_id, "org_id": org_id, "state": "active"}
 
 
@@ -235,6 +237,7 @@ def _end_membership(
 ) -> dict[str, Any]:
     with write_transaction(runtime.engine) as conn:
         watchlists.set_membership(conn, watchlist_id, org_id, state, left_at=utcnow())
+        feed.bump_watchlist(conn, watchlist_id)
         record(
             conn,
             runtime,
@@ -244,7 +247,7 @@ def _end_membership(
             target=watchlist_id,
             details={"org_id": org_id},
         )
-    indexing.sync_contributor(runtime, watchlist_id, org_id)  # its entries leave screening
+    indexing.refresh_watchlist(runtime, watchlist_id)  # its entries leave screening at once
     return {"watchlist_id": watchlist_id, "org_id": org_id, "state": state}
 
 
@@ -277,6 +280,7 @@ def close(runtime: Runtime, principal: Principal, watchlist_id: str) -> dict[str
         if row.status == "closed":
             return _view(conn, row, principal.org_id)
         watchlists.close(conn, watchlist_id, utcnow())
+        feed.bump_watchlist(conn, watchlist_id)
         record(
             conn,
             runtime,
@@ -287,7 +291,7 @@ def close(runtime: Runtime, principal: Principal, watchlist_id: str) -> dict[str
             details={},
         )
         view = _view(conn, watchlists.find(conn, watchlist_id), principal.org_id)
-    indexing.drop_watchlist(runtime, watchlist_id)
+    indexing.refresh_watchlist(runtime, watchlist_id)  # empty: a closed watchlist screens nothing
     return view
 
 
@@ -311,33 +315,28 @@ def contribute(
     if (contribution.subject_id is None) == (contribution.probe is None):
         raise InvalidRequestError("send exactly one of subject_id or a probe")
     sources = _contribution_sources(runtime, org_id, watchlist_id, contribution)
-    with indexing.changing(runtime, indexing.watchlist_namespace(watchlist_id)):
-        with write_transaction(runtime.engine) as conn:
-            created = _insert_entries(conn, runtime, org_id, watchlist_id, contribution, sources)
-            record(
-                conn,
-                runtime,
-                principal,
-                org_id=org_id,
-                action="watchlist.contribute",
-                target=watchlist_id,
-                details={
-                    "entries": [entry_id for entry_id, _, _ in created],
-                    "reason_code": contribution.reason_code,
-                    "source": "subject" if contribution.subject_id else "capture",
-                },
-            )
-        indexing.add_entries(
+    with write_transaction(runtime.engine) as conn:
+        entry_ids = _insert_entries(conn, runtime, org_id, watchlist_id, contribution, sources)
+        feed.bump_watchlist(conn, watchlist_id)
+        record(
+            conn,
             runtime,
-            watchlist_id,
-            org_id,
-            [vector_id for _, vector_id, _ in created],
-            np.stack([vector for _, _, vector in created]),
+            principal,
+            org_id=org_id,
+            action="watchlist.contribute",
+            target=watchlist_id,
+            details={
+                "entries": entry_ids,
+                "reason_code": contribution.reason_code,
+                "source": "subject" if contribution.subject_id else "capture",
+            },
         )
+    # Only if the contributor is still eligible (a leave may have landed since the check).
+    indexing.refresh_watchlist(runtime, watchlist_id)
     return {
         "watchlist_id": watchlist_id,
         "reason_code": contribution.reason_code,
-        "entry_ids": [entry_id for entry_id, _, _ in created],
+        "entry_ids": entry_ids,
     }
 
 
@@ -371,9 +370,9 @@ def _insert_entries(
     watchlist_id: str,
     contribution: Contribution,
     sources: list[tuple[str | None, np.ndarray]],
-) -> list[tuple[str, int, np.ndarray]]:
+) -> list[str]:
     """One entry per source, each with its hashed reference under the contributor's key;
-    `(entry id, vector id, vector)` of each."""
+    returns their ids."""
     first = watchlists.take_vector_ids(conn, watchlist_id, len(sources))
     now = utcnow()
     created = []
@@ -397,7 +396,7 @@ def _insert_entries(
             source_embedding_id=embedding_id,
             created_at=now,
         )
-        created.append((entry_id, first + offset, vector))
+        created.append(entry_id)
     return created
 
 
@@ -410,23 +409,23 @@ def withdraw(
         raise InvalidRequestError("name at least one entry_id")
     with read_transaction(runtime.engine) as conn:
         _visible(conn, watchlist_id, org_id)
-    with indexing.changing(runtime, indexing.watchlist_namespace(watchlist_id)):
-        with write_transaction(runtime.engine) as conn:
-            rows = watchlists.entries_of_contributor(conn, watchlist_id, org_id, entry_ids)
-            if len(rows) != len(set(entry_ids)):
-                missing = sorted(set(entry_ids) - {r.id for r in rows})
-                raise WatchlistEntryNotFoundError(f"no entry {missing[0]!r} of yours here")
-            watchlists.withdraw_entries(conn, [r.id for r in rows])
-            record(
-                conn,
-                runtime,
-                principal,
-                org_id=org_id,
-                action="watchlist.withdraw",
-                target=watchlist_id,
-                details={"entries": sorted(entry_ids)},
-            )
-        indexing.watchlist_index(runtime, watchlist_id).remove([r.vector_id for r in rows])
+    with write_transaction(runtime.engine) as conn:
+        rows = watchlists.entries_of_contributor(conn, watchlist_id, org_id, entry_ids)
+        if len(rows) != len(set(entry_ids)):
+            missing = sorted(set(entry_ids) - {r.id for r in rows})
+            raise WatchlistEntryNotFoundError(f"no entry {missing[0]!r} of yours here")
+        watchlists.withdraw_entries(conn, [r.id for r in rows])
+        feed.bump_watchlist(conn, watchlist_id)
+        record(
+            conn,
+            runtime,
+            principal,
+            org_id=org_id,
+            action="watchlist.withdraw",
+            target=watchlist_id,
+            details={"entries": sorted(entry_ids)},
+        )
+    indexing.refresh_watchlist(runtime, watchlist_id)
     return {"watchlist_id": watchlist_id, "withdrawn": sorted(entry_ids)}
 
 
@@ -485,7 +484,7 @@ def _hits(
 ) -> list[dict[str, Any]]:
     """The watchlist's entries that match, best first, each re-checked against the database:
     still active, and its contributor and the screener both eligible at this moment."""
-    index = indexing.watchlist_index(runtime, watchlist_id)
+    index = indexing.current_watchlist_index(runtime, watchlist_id)
     if not index.count:
         return []
     found = index.search(vector, model_id=runtime.model_id, k=top_k, min_score=threshold)

@@ -6,6 +6,7 @@
 * `watchlists` — shared watchlists, memberships and entries;
 * `idempotency` — `Idempotency-Key` records;
 * `audit` — the append-only, hash-chained audit log;
+* `feed` — positions of the index namespaces, change notifications, advisory locks;
 * `objects` — the sealed-object store (frame payloads).
 
 Typical write path (one transaction: the change and its audit row commit together)::
@@ -21,9 +22,12 @@ hold the `Connection` only to hand it back to these functions: no SQL outside he
 
 from sqlalchemy.engine import Connection, Engine
 
-from app.storage import audit, frames, idempotency, orgs, subjects, watchlists
+from app.storage import audit, feed, frames, idempotency, orgs, subjects, watchlists
 from app.storage.audit import AuditEntry, AuditPage, AuditRecord, DetailSealer, VerifyResult
 from app.storage.engine import (
+    DatabaseClaim,
+    DatabaseInUseError,
+    claim_database,
     create_engine_for,
     ping,
     read_only,
@@ -47,6 +51,8 @@ __all__ = [
     "AuditPage",
     "AuditRecord",
     "Connection",
+    "DatabaseClaim",
+    "DatabaseInUseError",
     "DetailSealer",
     "Engine",
     "EnrollmentChange",
@@ -58,9 +64,11 @@ __all__ = [
     "ObjectStoreError",
     "VerifyResult",
     "audit",
+    "claim_database",
     "create_engine_for",
     "current_revision",
     "downgrade_database",
+    "feed",
     "frames",
     "idempotency",
     "new_id",

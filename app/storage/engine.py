@@ -20,6 +20,8 @@ is stale. Read-only work that should not queue behind writers can opt out with
 
 from __future__ import annotations
 
+import fcntl
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -110,3 +112,41 @@ def ping(engine: Engine) -> bool:
     except sa.exc.SQLAlchemyError:
         return False
     return True
+
+
+class DatabaseInUseError(RuntimeError):
+    """A second server on an SQLite database."""
+
+
+class DatabaseClaim:
+    """An exclusive lock on an SQLite database file held by the serving process."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+
+def claim_database(engine: Engine) -> DatabaseClaim | None:
+    """Make sure this is the only server on an SQLite database (None on PostgreSQL).
+
+    SQLite serves one process: two servers would each hold an index the other's writes never
+    reach. Replicas need PostgreSQL. CLI tools beside the server do not claim the database.
+    """
+    if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
+        return None
+    path = f"{engine.url.database}.serving.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DatabaseInUseError(
+            f"another wajah server is serving the SQLite database {engine.url.database}: SQLite "
+            "serves one process; to run replicas, point every one at PostgreSQL "
+            "(WAJAH_DATABASE_URL=postgresql+psycopg://...)"
+        ) from None
+    return DatabaseClaim(fd)

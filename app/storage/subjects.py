@@ -27,6 +27,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from app.storage import feed
 from app.storage._upsert import upsert_statement
 from app.storage.ids import new_id
 from app.storage.schema import enrollments, org_counters, subjects, utcnow
@@ -151,6 +152,7 @@ def allocate_seq_range(conn: Connection, org_id: str, count: int) -> int:
     if count <= 0:
         raise ValueError("count must be positive")
     row = conn.execute(_bump_seq(conn.dialect.name), {"org_id": org_id, "count": count}).one()
+    feed.announce(conn, "org", org_id)
     return int(row.enrollment_seq) - count + 1
 
 
