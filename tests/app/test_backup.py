@@ -1,0 +1,274 @@
+"""`wajah backup` and `wajah restore` against real SQLite files and a real PostgreSQL schema.
+
+The drill: enroll, back up (with the server running), enroll more, erase one subject, stop,
+restore, start again. Every enrollment acknowledged before the backup verifies and its frames
+open; what came after is gone, and the later erasure is undone (until the lifecycle issue
+replays an erasure log after a restore). Then garbage in: each refusal changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from app.cli import cli
+from app.crypto import Purpose, Scope
+from app.crypto.wire import join_blob
+from app.errors import SubjectNotFoundError
+from app.runtime import Runtime
+from app.services.lifecycle import start_runtime, stop_runtime
+from app.services.matching import search_probe, verify_probe
+from app.services.orgs import create_org
+from app.services.principal import Principal, authenticate
+from app.services.probes import Probe
+from app.services.subjects import CaptureBundle, EnrollmentResult, enroll_subject, erase_subject
+from app.settings import Settings
+from app.storage.schema import frames
+from models.packs import ModelPack
+from tests.app.api.conftest import TEST_ROOT_KEY, face_images
+from tests.app.services.helpers import recapture
+from tests.conftest import BACKENDS
+
+__all__ = ["face_images"]
+
+BEFORE = ("person0", "person1", "person2")  # enrolled before the backup
+LATER = "person3"  # enrolled after it
+ERASED = "person1"  # erased after it
+
+
+@pytest.fixture()
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A SQLite file, or a fresh schema of the session's PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'home' / 'wajah.db'}"
+        return
+    base = request.getfixturevalue("postgres_database")
+    schema = f"backup_{secrets.token_hex(6)}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    yield base.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
+        hide_password=False
+    )
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    admin.dispose()
+
+
+@dataclass
+class Service:
+    """A home and a database, as the CLI (environment) and the runtime (settings) see them."""
+
+    env: dict[str, str]
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(
+            **{
+                name[len("WAJAH_") :].lower(): value
+                for name, value in self.env.items()
+                if name.startswith("WAJAH_")
+            }
+        )
+
+    def cli(self, *args: str) -> tuple[int, str]:
+        """Run `wajah *args`; its exit status and output, wrapped lines joined."""
+        result = CliRunner().invoke(cli, list(args), env=self.env)
+        return result.exit_code, " ".join(result.output.split())
+
+    def counts(self) -> dict[str, int]:
+        engine = sa.create_engine(self.env["WAJAH_DATABASE_URL"])
+        try:
+            with engine.connect() as conn:
+                return {
+                    table: conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()
+                    for table in ("orgs", "subjects", "enrollments", "frames", "audit_log")
+                }
+        finally:
+            engine.dispose()
+
+
+@pytest.fixture()
+def service(database_url: str, tmp_path: Path, default_pack: ModelPack) -> Service:
+    return Service(
+        {
+            "WAJAH_HOME": str(tmp_path / "home"),
+            "WAJAH_DATABASE_URL": database_url,
+            "WAJAH_MODEL_CACHE_DIR": str(default_pack.directory.parent),
+            "WAJAH_ROOT_KEY": TEST_ROOT_KEY,
+        }
+    )
+
+
+def enroll(runtime: Runtime, principal: Principal, name: str, image: bytes) -> EnrollmentResult:
+    result = enroll_subject(runtime, principal, name, CaptureBundle([image]))
+    assert [f.accepted for f in result.frames] == [True]
+    return result
+
+
+def open_frames(runtime: Runtime, org_id: str, result: EnrollmentResult) -> list[bytes]:
+    """The enrollment's frames, opened as the service would to re-embed them."""
+    embedding_ids = [f.embedding_id for f in result.frames]
+    with runtime.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(frames.c.id, frames.c.object_key, frames.c.wrapped_dek).where(
+                frames.c.enrollment_id.in_(embedding_ids)
+            )
+        ).all()
+    return [
+        runtime.cipher.open(
+            join_blob(bytes(row.wrapped_dek), runtime.objects.get(row.object_key)),
+            org_id=org_id,
+            object_id=row.id,
+            purpose=Purpose.FRAME,
+        )
+        for row in rows
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
+def test_restore_drill(service: Service, tmp_path: Path, face_images: dict[str, bytes]) -> None:
+    backup_dir = tmp_path / "backup"
+    runtime = start_runtime(service.settings)
+    try:
+        org_id, key = create_org(runtime, "Bank Contoh")
+        principal = authenticate(runtime, key.plaintext, Scope.ADMIN)
+        before = {name: enroll(runtime, principal, name, face_images[name]) for name in BEFORE}
+        # Online: the server keeps running while the backup is taken.
+        code, output = service.cli("backup", "--out", str(backup_dir))
+        assert code == 0, output
+        enroll(runtime, principal, LATER, face_images[LATER])
+        erase_subject(runtime, principal, ERASED)
+    finally:
+        stop_runtime(runtime)
+    manifest = json.loads((backup_dir / "manifest.json").read_text())
+    assert manifest["row_counts"]["enrollments"] == len(BEFORE)
+    assert manifest["root_key"] == "not included: back it up separately"
+    assert TEST_ROOT_KEY.encode() not in b"".join(
+        p.read_bytes() for p in backup_dir.rglob("*") if p.is_file()
+    )
+
+    code, output = service.cli("restore", "--from", str(backup_dir), "--yes")
+    assert code == 0, output
+    assert "undone" in output
+
+    runtime = start_runtime(service.settings)
+    try:
+        principal = authenticate(runtime, key.plaintext, Scope.ADMIN)
+        for name, enrolled in before.items():
+            probe = Probe(image=recapture(face_images[name]))
+            assert verify_probe(runtime, principal, name, probe)["decision"] == "match", name
+            assert open_frames(runtime, org_id, enrolled) == [face_images[name]]
+        with pytest.raises(SubjectNotFoundError):
+            verify_probe(runtime, principal, LATER, Probe(image=face_images[LATER]))
+        # The index was rebuilt from the restored rows, not from a snapshot of later ones.
+        found = search_probe(runtime, principal, Probe(image=recapture(face_images[ERASED])))
+        assert [c["subject_id"] for c in found["candidates"]] == [ERASED]
+        later = search_probe(runtime, principal, Probe(image=recapture(face_images[LATER])))
+        assert later["candidates"] == [] and later["gallery_size"] == len(BEFORE)
+    finally:
+        stop_runtime(runtime)
+    code, output = service.cli("audit", "verify")
+    assert code == 0 and "audit log intact" in output, output
+
+
+# --- garbage in: a clear error, exit status 1, the database unchanged -------------------------
+
+
+@pytest.fixture()
+def backed_up(service: Service, tmp_path: Path, face_images: dict[str, bytes]) -> Path:
+    """A backup of one enrollment; then one more enrollment, which a restore would undo."""
+    runtime = start_runtime(service.settings, serving=False)
+    try:
+        _, key = create_org(runtime, "Bank Contoh")
+        principal = authenticate(runtime, key.plaintext, Scope.ADMIN)
+        enroll(runtime, principal, "before", face_images["person0"])
+        backup_dir = tmp_path / "backup"
+        code, output = service.cli("backup", "--out", str(backup_dir))
+        assert code == 0, output
+        enroll(runtime, principal, "after", face_images["person2"])
+    finally:
+        stop_runtime(runtime)
+    return backup_dir
+
+
+def refused(service: Service, source: Path, *extra: str) -> str:
+    counts = service.counts()
+    code, output = service.cli("restore", "--from", str(source), *extra)
+    assert code == 1, output
+    assert "Traceback" not in output
+    assert service.counts() == counts
+    assert counts["enrollments"] == 2
+    return output
+
+
+@pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
+def test_restore_refuses_a_missing_path(service: Service, backed_up: Path) -> None:
+    assert "does not exist" in refused(service, backed_up.parent / "nope", "--yes")
+
+
+@pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
+def test_restore_refuses_a_tampered_dump(service: Service, backed_up: Path) -> None:
+    manifest = json.loads((backed_up / "manifest.json").read_text())
+    dump = backed_up / manifest["dump"]["file"]
+    data = bytearray(dump.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    dump.write_bytes(bytes(data))
+    assert "does not match the SHA-256" in refused(service, backed_up, "--yes")
+
+
+@pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
+def test_restore_refuses_another_format(service: Service, backed_up: Path) -> None:
+    path = backed_up / "manifest.json"
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps({**manifest, "format": "wajah-backup/2"}))
+    assert "'wajah-backup/2'" in refused(service, backed_up, "--yes")
+
+
+@pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
+def test_restore_refuses_a_database_with_data_without_yes(
+    service: Service, backed_up: Path
+) -> None:
+    message = refused(service, backed_up)
+    assert "is not empty" in message and "--yes" in message
+    # With --yes the same backup goes back: the later enrollment is undone.
+    code, output = service.cli("restore", "--from", str(backed_up), "--yes")
+    assert code == 0, output
+    assert service.counts()["enrollments"] == 1
+
+
+@pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
+def test_restore_refuses_while_a_server_runs_on_the_home(service: Service, backed_up: Path) -> None:
+    server = start_runtime(service.settings)
+    try:
+        assert "a server is running" in refused(service, backed_up, "--yes")
+    finally:
+        stop_runtime(server)
+
+
+@pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
+def test_backup_refuses_a_used_or_missing_directory(
+    service: Service, backed_up: Path, tmp_path: Path
+) -> None:
+    code, output = service.cli("backup", "--out", str(backed_up))
+    assert code == 1 and "not empty" in output
+    code, output = service.cli("backup", "--out", str(tmp_path / "no" / "such" / "dir"))
+    assert code == 1 and "is not a directory" in output
+    assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_backup_without_pg_dump_says_so(service: Service, backed_up: Path, tmp_path: Path) -> None:
+    service.env["PATH"] = str(tmp_path / "empty-bin")
+    code, output = service.cli("backup", "--out", str(tmp_path / "second"))
+    assert code == 1 and "pg_dump not found" in output
+    assert not (tmp_path / "second").exists()
