@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 
+from app.errors import IndexNotCurrentError
 from app.runtime import Runtime
 from app.services import indexing
 from app.storage import feed
@@ -77,7 +78,11 @@ class FeedFollower:
         log.info("change feed: listening (%d namespaces caught up)", caught_up)
         while not self._stop.is_set():
             for payload in listener.wait(WAKE_S):
-                apply_notification(runtime, payload)
+                try:
+                    apply_notification(runtime, payload)
+                except IndexNotCurrentError:
+                    # Busy catching up already; the next search checks positions itself.
+                    log.warning("change feed: %s deferred (index busy)", payload)
 
     def _disconnected(self) -> None:
         runtime = self.runtime

@@ -141,6 +141,21 @@ def test_a_change_on_one_replica_is_seen_on_the_other_at_once(
         verified = on_b.post("/v1/verify", json={"subject_id": "cust-2", "probe": probe})
         assert verified.json()["decision"] == "match"
 
+        # An Idempotency-Key holds across replicas: B replays A's answer.
+        first = on_a.post(
+            "/v1/subjects/cust-3/enrollments",
+            files=[("frames", ("face.jpg", face_images["person1"], "image/jpeg"))],
+            headers={"Idempotency-Key": "retry-me"},
+        )
+        again = on_b.post(
+            "/v1/subjects/cust-3/enrollments",
+            files=[("frames", ("face.jpg", face_images["person1"], "image/jpeg"))],
+            headers={"Idempotency-Key": "retry-me"},
+        )
+        assert (first.status_code, again.status_code) == (201, 201)
+        assert again.headers["Idempotent-Replayed"] == "true"
+        assert again.json()["enrollment_id"] == first.json()["enrollment_id"]
+
         # Both replicas report themselves caught up.
         for server in (a, b):
             ready = httpx.get(f"{server.base_url}/readyz").json()
@@ -170,29 +185,37 @@ def test_a_revoked_key_stops_working_on_every_replica(
         assert status == 401
 
 
+def race_to_enroll(
+    cluster: Cluster, replicas: tuple[Server, Server], face: str, image: bytes
+) -> dict[str, int]:
+    """The same face enrolled under two subject ids, one on each replica, at once."""
+    barrier = threading.Barrier(2)
+    answers: dict[str, int] = {}
+
+    def enroll_on(server: Server, subject_id: str) -> None:
+        with cluster.client(server) as client:
+            barrier.wait()
+            response = enroll(client, subject_id, image, duplicate_check="reject")
+            answers[subject_id] = response.status_code
+
+    threads = [
+        threading.Thread(target=enroll_on, args=(server, f"{face}-on-{n}"))
+        for n, server in enumerate(replicas)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return answers
+
+
 @pytest.mark.postgres
 def test_one_face_enrolled_on_two_replicas_at_once_with_reject_gives_one_201(
     cluster: Cluster, face_images: dict[str, bytes]
 ) -> None:
     a, b = cluster.start("a"), cluster.start("b")
     for face in ("person1", "person2", "person3"):
-        barrier = threading.Barrier(2)
-        answers: dict[str, int] = {}
-
-        def race(server: Server, subject_id: str, face: str = face) -> None:
-            with cluster.client(server) as client:
-                barrier.wait()
-                response = enroll(client, subject_id, face_images[face], duplicate_check="reject")
-                answers[subject_id] = response.status_code
-
-        threads = [
-            threading.Thread(target=race, args=(a, f"{face}-on-a")),
-            threading.Thread(target=race, args=(b, f"{face}-on-b")),
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
+        answers = race_to_enroll(cluster, (a, b), face, face_images[face])
         assert sorted(answers.values()) == [201, 409], answers
 
 
