@@ -29,6 +29,7 @@ from app.crypto.errors import (
     RootKeyError,
 )
 from app.crypto.factory import build_kms
+from app.crypto.keyring_store import FileKeyringStore, KeyringStore
 from app.crypto.kms import KekState, KekVersionInfo, KeyManager, LocalKeyring
 from app.crypto.references import ReferenceHasher
 from app.crypto.rootkey import RootKey, generate_root_key_b64, load_root_key
@@ -38,6 +39,7 @@ __all__ = [
     "CryptoError",
     "DecryptionError",
     "EnvelopeCipher",
+    "FileKeyringStore",
     "GeneratedApiKey",
     "InvalidApiKeyError",
     "KekState",
@@ -45,6 +47,7 @@ __all__ = [
     "KeyManager",
     "KeyStateError",
     "KeyringError",
+    "KeyringStore",
     "LocalKeyring",
     "OrgKeyNotFoundError",
     "Purpose",

@@ -3,7 +3,8 @@
 DEKs are wrapped *in the token* with CKM_AES_GCM and the same associated data as the local
 keyring (`GCMParams(nonce, aad)`), so both backends share one wrapped-DEK format. The
 reference key of each org is a non-extractable GENERIC_SECRET used with CKM_SHA256_HMAC.
-Bookkeeping (versions, counters) lives in the shared state file; key material never leaves the
+Bookkeeping (versions, counters, key labels) lives in the shared state document (a file, or a
+database row that replicas share: `app.crypto.keyring_store`); key material never leaves the
 token. Tested against SoftHSM2.
 """
 
@@ -19,6 +20,7 @@ from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 from pkcs11.mechanisms import GCMParams
 
 from app.crypto.errors import DecryptionError, KeyringError
+from app.crypto.keyring_store import KeyringStore, StrPath
 from app.crypto.kms import DEFAULT_MAX_WRAPS, Record, StatefulKeyManager
 
 _libs: dict[str, Any] = {}
@@ -39,14 +41,14 @@ class Pkcs11KeyManager(StatefulKeyManager):
 
     def __init__(
         self,
-        state_dir: Path,
+        state: StrPath | KeyringStore,
         *,
         module: Path | str,
         token_label: str,
         pin: str,
         max_wraps_per_version: int = DEFAULT_MAX_WRAPS,
     ) -> None:
-        super().__init__(state_dir, max_wraps_per_version=max_wraps_per_version)
+        super().__init__(state, max_wraps_per_version=max_wraps_per_version)
         if not Path(module).is_file():
             raise KeyringError(f"PKCS#11 module {module} does not exist")
         try:
@@ -158,4 +160,4 @@ class Pkcs11KeyManager(StatefulKeyManager):
             self._session.close()
 
     def __repr__(self) -> str:
-        return f"Pkcs11KeyManager(token={self._token_label!r}, state_dir={str(self._dir)!r})"
+        return f"Pkcs11KeyManager(token={self._token_label!r}, store={self._store!r})"

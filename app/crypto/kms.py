@@ -1,15 +1,19 @@
 """Key managers: per-org, versioned key-encryption keys (KEKs) that wrap data keys (DEKs).
 
-One interface (`KeyManager`), two backends: `LocalKeyring` (KEKs wrapped under a root key, in a
-JSON file) and `Pkcs11KeyManager` (KEKs inside an HSM token, in `app.crypto.hsm`, which builds on
-this module; `app.crypto.factory.build_kms` picks one from the settings). Both keep
+One interface (`KeyManager`), two backends: `LocalKeyring` (KEKs wrapped under a root key, in
+its state document) and `Pkcs11KeyManager` (KEKs inside an HSM token, in `app.crypto.hsm`, which
+builds on this module; `app.crypto.factory.build_kms` picks one from the settings). Both keep
 their bookkeeping — versions, primary, minimum decryption version, wrap counters — in the same
-JSON state file, `<state_dir>/keyring.json`, rewritten atomically under an exclusive `flock`,
-so the CLI (`wajah keys rotate`) can run beside the service.
+JSON state document, behind a `KeyringStore` (`app.crypto.keyring_store`): by default the file
+`<state_dir>/keyring.json`, rewritten atomically under an exclusive `flock`, so the CLI
+(`wajah keys rotate`) can run beside the service; on PostgreSQL a row of the database, so
+replicas that share only the database share the keys. Every change re-reads the document under
+the store's lock (another process may have rotated or reserved since); an org or KEK version
+this process does not know yet is looked up in the store again before it is refused.
 
 Wrap counting: AES-GCM with random 96-bit nonces must stay well below 2**32 messages per key.
-Each process reserves blocks of `WRAP_RESERVATION_BLOCK` wraps in the state file before using
-them, so the persisted count is always an upper bound (a crash loses at most one unused block,
+Each process reserves blocks of `WRAP_RESERVATION_BLOCK` wraps in the state document before
+using them, so the persisted count is always an upper bound (a crash loses at most one unused block,
 which errs on the safe side), while `wrap_count` is exact within a process. When the primary
 version reaches `max_wraps_per_version`, the next wrap rotates to a new version first.
 """
@@ -17,8 +21,6 @@ version reaches `max_wraps_per_version`, the next wrap rotates to a new version 
 from __future__ import annotations
 
 import base64
-import fcntl
-import json
 import logging
 import os
 import secrets
@@ -30,7 +32,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from cryptography.exceptions import InvalidTag
@@ -38,7 +39,6 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-import crashsafe
 from app.crypto.errors import (
     DecryptionError,
     KeyringError,
@@ -46,6 +46,7 @@ from app.crypto.errors import (
     OrgKeyNotFoundError,
     RootKeyError,
 )
+from app.crypto.keyring_store import FileKeyringStore, KeyringStore, StrPath
 from app.crypto.rootkey import RootKey
 from app.crypto.wire import (
     DEK_SIZE,
@@ -58,7 +59,6 @@ from app.crypto.wire import (
 
 log = logging.getLogger(__name__)
 
-STATE_FILENAME = "keyring.json"
 STATE_FORMAT = "wajah-keyring/1"
 DEFAULT_MAX_WRAPS = 2**30
 WRAP_RESERVATION_BLOCK = 4096
@@ -121,38 +121,47 @@ class StatefulKeyManager(ABC):
 
     backend: str = "abstract"
 
-    def __init__(self, state_dir: Path, *, max_wraps_per_version: int = DEFAULT_MAX_WRAPS) -> None:
+    def __init__(
+        self, state: StrPath | KeyringStore, *, max_wraps_per_version: int = DEFAULT_MAX_WRAPS
+    ) -> None:
+        """``state``: where the state document lives, a `KeyringStore` or a directory (the
+        file store in it)."""
         if max_wraps_per_version < 1 or max_wraps_per_version > 2**32:
             raise KeyringError("max_wraps_per_version must be in 1..2**32")
-        self._dir = Path(state_dir)
-        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._path = self._dir / STATE_FILENAME
-        self._lock_path = self._dir / "keyring.lock"
+        self._store: KeyringStore = (
+            FileKeyringStore(state) if isinstance(state, str | os.PathLike) else state
+        )
         self._max_wraps = max_wraps_per_version
         self._lock = threading.RLock()
         self._windows: dict[tuple[str, int], list[int]] = {}
         self._state: Record = {}
 
     def _open_state(self) -> None:
-        """Load or create the state file; called by subclasses once their keys are usable."""
-        with self._file_lock():
-            if self._path.exists():
-                self._state = self._read()
-            else:
-                self._state = {
-                    "format": STATE_FORMAT,
-                    "backend": self.backend,
-                    "keyring_id": secrets.token_hex(8),
-                    "orgs": {},
-                }
-                self._init_state(self._state)
-                self._write(self._state)
+        """Load or create the state document; called by subclasses once their keys are usable."""
+        with self._lock:
+            state = self._store.load()
+            if state is None:
+                # Under the store's lock: another process may create it first, and then
+                # `_fresh_state` is not called.
+                with self._store.mutate(self._fresh_state) as state:
+                    pass
+            self._state = self._checked_format(state)
         if self._state.get("backend") != self.backend:
             raise KeyringError(
-                f"{self._path} belongs to the {self._state.get('backend')!r} backend, "
+                f"{self._store.location} belongs to the {self._state.get('backend')!r} backend, "
                 f"not {self.backend!r}"
             )
         self._check_state(self._state)
+
+    def _fresh_state(self) -> Record:
+        state: Record = {
+            "format": STATE_FORMAT,
+            "backend": self.backend,
+            "keyring_id": secrets.token_hex(8),
+            "orgs": {},
+        }
+        self._init_state(state)
+        return state
 
     # ----- hooks -------------------------------------------------------------------------
     def _init_state(self, state: Record) -> None:  # noqa: B027 - optional hook
@@ -183,43 +192,29 @@ class StatefulKeyManager(ABC):
     def _destroy_reference_key(self, org_id: str, record: Record) -> None: ...
 
     # ----- persistence -------------------------------------------------------------------
-    @contextmanager
-    def _file_lock(self) -> Iterator[None]:
-        with self._lock:
-            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                os.close(fd)
-
-    def _read(self) -> Record:
-        try:
-            state: Record = json.loads(self._path.read_bytes())
-        except (OSError, ValueError) as exc:
-            raise KeyringError(f"cannot read keyring state {self._path}: {exc}") from None
+    def _checked_format(self, state: Record) -> Record:
         if state.get("format") != STATE_FORMAT:
-            raise KeyringError(f"{self._path} is not a {STATE_FORMAT} file")
+            raise KeyringError(f"{self._store.location} is not a {STATE_FORMAT} document")
         return state
 
-    def _write(self, state: Record) -> None:
-        data = json.dumps(state, indent=1, sort_keys=True).encode("utf-8")
-        crashsafe.write_bytes(self._path, data)
+    def _missing_state(self) -> Record:
+        raise KeyringError(f"keyring state {self._store.location} has disappeared")
 
     @contextmanager
     def _mutate(self) -> Iterator[Record]:
-        """Read-modify-write of the state file under the file lock: another process may have
-        rotated or reserved since we last looked."""
-        with self._file_lock():
-            state = self._read()
-            yield state
-            self._write(state)
+        """Read-modify-write of the state document under the store's lock: another process
+        may have rotated or reserved since we last looked."""
+        with self._lock:
+            with self._store.mutate(self._missing_state) as state:
+                yield self._checked_format(state)
             self._state = state
 
     def _reload(self) -> None:
-        with self._file_lock():
-            self._state = self._read()
+        with self._lock:
+            state = self._store.load()
+            self._state = self._checked_format(
+                state if state is not None else self._missing_state()
+            )
 
     @property
     def keyring_id(self) -> str:
@@ -397,8 +392,10 @@ class StatefulKeyManager(ABC):
 
     def _usable_record(self, org_id: str, version: int) -> Record:
         org = self._state["orgs"].get(org_id)
-        if org is not None and str(version) not in org["versions"]:
-            self._reload()  # another process may have rotated since we loaded the state
+        if org is None or str(version) not in org["versions"]:
+            # another process (a replica, the CLI) may have created the org or rotated since
+            # we loaded the state
+            self._reload()
             org = self._state["orgs"].get(org_id)
         if org is None or org.get("destroyed_at"):
             raise _refuse("unknown or destroyed org", org_id, version)
@@ -448,7 +445,7 @@ class StatefulKeyManager(ABC):
         """Release backend resources (the token session)."""
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(state_dir={str(self._dir)!r})"
+        return f"{type(self).__name__}(store={self._store!r})"
 
 
 # ----- local keyring ---------------------------------------------------------------------
@@ -458,7 +455,7 @@ _ROOT_CHECK_AAD = b"wajah/root-check/v1\x00"
 
 
 class LocalKeyring(StatefulKeyManager):
-    """KEKs and reference keys live in the state file, each AES-256-GCM-wrapped under the
+    """KEKs and reference keys live in the state document, each AES-256-GCM-wrapped under the
     root key with associated data (keyring id, org id, version), so a wrapped KEK cannot be
     moved between orgs, versions or keyrings. Unwrapped keys are cached in memory only."""
 
@@ -466,12 +463,12 @@ class LocalKeyring(StatefulKeyManager):
 
     def __init__(
         self,
-        state_dir: Path,
+        state: StrPath | KeyringStore,
         root_key: RootKey,
         *,
         max_wraps_per_version: int = DEFAULT_MAX_WRAPS,
     ) -> None:
-        super().__init__(state_dir, max_wraps_per_version=max_wraps_per_version)
+        super().__init__(state, max_wraps_per_version=max_wraps_per_version)
         self._root = AESGCM(root_key._material)
         self._keks: dict[tuple[str, int], AESGCM] = {}
         self._ref_keys: dict[str, bytes] = {}
@@ -497,7 +494,9 @@ class LocalKeyring(StatefulKeyManager):
         try:
             self._open_root(state["root_key_check"], _ROOT_CHECK_AAD + state["keyring_id"].encode())
         except KeyringError:
-            raise RootKeyError(f"the root key does not match the keyring in {self._dir}") from None
+            raise RootKeyError(
+                f"the root key does not match the keyring in {self._store.location}"
+            ) from None
 
     def _kek_aad(self, prefix: bytes, org_id: str, version: int) -> bytes:
         return (

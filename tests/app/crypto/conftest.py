@@ -1,4 +1,5 @@
-"""Key-manager fixtures: the same tests run against the local keyring and SoftHSM2.
+"""Key-manager fixtures: the same tests run against the local keyring and SoftHSM2, each with
+its state document in a file and in the database (SQLite, PostgreSQL).
 
 SoftHSM reads SOFTHSM2_CONF when the module is initialised, so the session fixture points it at
 a token directory of its own before anything loads the module.
@@ -9,13 +10,18 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import Engine
 
-from app.crypto import KeyManager, LocalKeyring, RootKey
+from app.crypto import FileKeyringStore, KeyManager, KeyringStore, LocalKeyring, RootKey
+from app.storage.engine import create_engine_for
+from app.storage.keyring import DatabaseKeyringStore
+from app.storage.migrate import upgrade_database
+from tests.app.storage.conftest import empty_database
 
 SOFTHSM_CANDIDATES = (
     "/usr/lib/softhsm/libsofthsm2.so",
@@ -82,17 +88,20 @@ def root_key() -> RootKey:
 
 
 def make_kms(
-    backend: str, state_dir: Path, request: pytest.FixtureRequest, max_wraps: int = 2**30
+    backend: str,
+    state: Path | KeyringStore,
+    request: pytest.FixtureRequest,
+    max_wraps: int = 2**30,
 ) -> KeyManager:
     if backend == "local":
         return LocalKeyring(
-            state_dir, RootKey(TEST_ROOT_KEY, source="test"), max_wraps_per_version=max_wraps
+            state, RootKey(TEST_ROOT_KEY, source="test"), max_wraps_per_version=max_wraps
         )
     from app.crypto.hsm import Pkcs11KeyManager
 
     token: SoftHsmToken = request.getfixturevalue("softhsm_token")
     return Pkcs11KeyManager(
-        state_dir,
+        state,
         module=token.module,
         token_label=token.label,
         pin=token.pin,
@@ -111,8 +120,43 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+# Where the state document lives: a file (one machine), or a row of the database (replicas).
+KEYRING_STORES = ["file", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=KEYRING_STORES)
+def open_keyring_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[[], KeyringStore]]:
+    """Opens this test's one state document. Each call is a new store object (over a new
+    engine, for the database), as a restarted process or another replica would open it."""
+    if request.param == "file":
+        yield lambda: FileKeyringStore(tmp_path / "keys")
+        return
+    with empty_database(request.param, tmp_path, request) as url:
+        engines: list[Engine] = []
+
+        def open_store() -> KeyringStore:
+            engines.append(create_engine_for(url))
+            return DatabaseKeyringStore(engines[-1])
+
+        upgrade_database(url)
+        try:
+            yield open_store
+        finally:
+            for engine in engines:
+                engine.dispose()
+
+
 @pytest.fixture
-def kms(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[KeyManager]:
-    manager = make_kms(backend, tmp_path / "keys", request)
+def keyring_store(open_keyring_store: Callable[[], KeyringStore]) -> KeyringStore:
+    return open_keyring_store()
+
+
+@pytest.fixture
+def kms(
+    backend: str, keyring_store: KeyringStore, request: pytest.FixtureRequest
+) -> Iterator[KeyManager]:
+    manager = make_kms(backend, keyring_store, request)
     yield manager
     manager.close()

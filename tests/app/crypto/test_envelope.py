@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
@@ -12,6 +12,7 @@ from app.crypto import (
     EnvelopeCipher,
     KekState,
     KeyManager,
+    KeyringStore,
     KeyStateError,
     OrgKeyNotFoundError,
     Purpose,
@@ -294,9 +295,9 @@ def test_rewrap_all_reports_unopenable_items(cipher: EnvelopeCipher, kms: KeyMan
 
 # ----- wrap counters ----------------------------------------------------------------------
 def test_wrap_counter_is_exact_and_forces_rotation(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+    backend: str, open_keyring_store: Callable[[], KeyringStore], request: pytest.FixtureRequest
 ) -> None:
-    kms = make_kms(backend, tmp_path / "keys", request, max_wraps=5)
+    kms = make_kms(backend, open_keyring_store(), request, max_wraps=5)
     kms.create_org(ORG)
     cipher = EnvelopeCipher(kms)
     blobs = [seal(cipher, obj=f"o{i}") for i in range(12)]
@@ -312,7 +313,7 @@ def test_wrap_counter_is_exact_and_forces_rotation(
     kms.close()
 
     # a restarted process counts the reserved block as used: an upper bound, never less
-    reopened = make_kms(backend, tmp_path / "keys", request, max_wraps=5)
+    reopened = make_kms(backend, open_keyring_store(), request, max_wraps=5)
     assert reopened.wrap_count(ORG, 3) == 5
     assert (
         kek_version_of(
@@ -324,14 +325,14 @@ def test_wrap_counter_is_exact_and_forces_rotation(
 
 
 def test_state_survives_reopen(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+    backend: str, open_keyring_store: Callable[[], KeyringStore], request: pytest.FixtureRequest
 ) -> None:
-    kms = make_kms(backend, tmp_path / "keys", request)
+    kms = make_kms(backend, open_keyring_store(), request)
     kms.create_org(ORG)
     blob = EnvelopeCipher(kms).seal(PT, org_id=ORG, object_id=OBJ, purpose=Purpose.FRAME)
     kms.rotate(ORG)
     kms.close()
-    again = make_kms(backend, tmp_path / "keys", request)
+    again = make_kms(backend, open_keyring_store(), request)
     assert again.primary_version(ORG) == 2
     assert EnvelopeCipher(again).open(blob, org_id=ORG, object_id=OBJ, purpose=Purpose.FRAME) == PT
     again.close()

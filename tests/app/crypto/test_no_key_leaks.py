@@ -13,11 +13,13 @@ from app.crypto import (
     DecryptionError,
     EnvelopeCipher,
     KeyManager,
+    KeyringStore,
     LocalKeyring,
     Purpose,
     ReferenceHasher,
     RootKey,
 )
+from app.crypto.keyring_store import encode_state
 from app.crypto.kms import _KEK_AAD
 from app.crypto.wire import encode_context, split_blob
 
@@ -41,7 +43,10 @@ def _assert_absent(haystack: bytes, secrets: list[bytes]) -> None:
 
 
 def test_no_key_material_anywhere(
-    kms: KeyManager, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    kms: KeyManager,
+    keyring_store: KeyringStore,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     kms.create_org("org-a")
@@ -62,17 +67,18 @@ def test_no_key_material_anywhere(
         except DecryptionError as exc:
             texts += [str(exc), repr(exc), repr(exc.__context__), repr(exc.__cause__)]
     hasher.reference(org_id="org-a", model_id="m", enrollment_id="e", vector=b"\x00" * 16)
+    state = keyring_store.load()
+    assert state is not None
     if isinstance(kms, LocalKeyring):  # recover the KEKs to look for them too
-        import json
-
-        state = json.loads((tmp_path / "keys" / "keyring.json").read_text())
         root = AESGCM(TEST_ROOT_KEY)
         for version, rec in state["orgs"]["org-a"]["versions"].items():
             raw = base64.b64decode(rec["key"]["wrapped"])
             aad = kms._kek_aad(_KEK_AAD, "org-a", int(version))
             secrets.append(root.decrypt(raw[:12], raw[12:], aad))
     texts += [r.getMessage() for r in caplog.records]
-    stored = b"".join(p.read_bytes() for p in (tmp_path / "keys").iterdir() if p.is_file())
+    # The document as stored (file or database row), and any file the store keeps beside it.
+    files = [p for p in (tmp_path / "keys").glob("*") if p.is_file()]
+    stored = b"".join([encode_state(state).encode(), *(p.read_bytes() for p in files)])
     haystack = b"\n".join([*(t.encode() for t in texts), stored, *blobs])
     assert len(secrets) == 21 + (2 if isinstance(kms, LocalKeyring) else 0)
     _assert_absent(haystack, secrets)

@@ -3,11 +3,19 @@ from __future__ import annotations
 import base64
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from app.crypto import LocalKeyring, RootKey, RootKeyError, generate_root_key_b64, load_root_key
+from app.crypto import (
+    KeyringStore,
+    LocalKeyring,
+    RootKey,
+    RootKeyError,
+    generate_root_key_b64,
+    load_root_key,
+)
 from app.crypto.rootkey import DEV_KEY_FILENAME, DEV_KEY_MARKER
 
 from .conftest import TEST_ROOT_KEY
@@ -59,8 +67,11 @@ def test_key_file_and_env_value(tmp_path: Path) -> None:
     assert len(base64.b64decode(generate_root_key_b64())) == 32
 
 
-def test_wrong_root_key_is_refused(tmp_path: Path) -> None:
-    LocalKeyring(tmp_path, RootKey(TEST_ROOT_KEY, source="test")).create_org("org-a")
+def test_wrong_root_key_is_refused(open_keyring_store: Callable[[], KeyringStore]) -> None:
+    LocalKeyring(open_keyring_store(), RootKey(TEST_ROOT_KEY, source="test")).create_org("org-a")
     other = RootKey(bytes(range(1, 33)), source="test")
-    with pytest.raises(RootKeyError, match="does not match"):
-        LocalKeyring(tmp_path, other)
+    # The same error whether the keyring is a file or a database row; it names which.
+    location = open_keyring_store().location
+    with pytest.raises(RootKeyError) as refused:
+        LocalKeyring(open_keyring_store(), other)
+    assert str(refused.value) == f"the root key does not match the keyring in {location}"

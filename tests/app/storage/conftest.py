@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,10 +28,11 @@ from tests.conftest import BACKENDS
 TEST_ROOT_KEY = bytes(range(32))
 
 
-@pytest.fixture(params=BACKENDS)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[URL]:
-    """URL of an empty database (not migrated) on each backend."""
-    if request.param == "sqlite":
+@contextmanager
+def empty_database(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[URL]:
+    """URL of an empty database (not migrated): a SQLite file in ``tmp_path``, or a schema of
+    its own in this run's PostgreSQL database, dropped afterwards."""
+    if backend == "sqlite":
         yield make_url(f"sqlite:///{tmp_path / 'wajah.db'}")
         return
     base: URL = request.getfixturevalue("postgres_database")
@@ -44,6 +46,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[URL
         with admin.connect() as conn:
             conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
         admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[URL]:
+    """URL of an empty database (not migrated) on each backend."""
+    with empty_database(request.param, tmp_path, request) as url:
+        yield url
 
 
 @pytest.fixture
