@@ -12,18 +12,21 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from app.crypto import EnvelopeCipher, KeyManager, ReferenceHasher, build_kms
+from app.crypto import EnvelopeCipher, KeyManager, KeyringStore, ReferenceHasher, build_kms
 from app.inference import InferencePool, usable_cores
 from app.settings import Settings
 from app.storage import (
     DatabaseClaim,
     Engine,
     LocalObjectStore,
+    ObjectStore,
     claim_database,
     create_engine_for,
     upgrade_database,
 )
 from app.storage.audit import SYSTEM_CHAIN
+from app.storage.keyring import DatabaseKeyringStore
+from app.storage.objects import DatabaseObjectStore
 from index import IndexBackend, IndexRegistry, LoadReport
 from models.imaging import ImageLimits
 from models.pipeline import FacePipeline
@@ -42,6 +45,24 @@ def quality_policy(settings: Settings) -> QualityPolicy:
         max_pitch_degrees=settings.max_pitch_degrees,
         multiple_faces=settings.multiple_faces,
     )
+
+
+def keyring_store(settings: Settings, engine: Engine) -> KeyringStore | None:
+    """Where the key manager keeps its state: on PostgreSQL a row of the database, so
+    replicas that share it (and the key configuration) share the keys; otherwise None,
+    `build_kms`'s file under `home/keys`."""
+    return DatabaseKeyringStore(engine) if settings.uses_postgresql else None
+
+
+def object_store(settings: Settings, engine: Engine) -> ObjectStore:
+    """Where sealed frames live (`WAJAH_OBJECT_STORE`; `auto`: the database on PostgreSQL,
+    so replicas share them, the directory otherwise)."""
+    choice = settings.object_store
+    if choice == "auto":
+        choice = "database" if settings.uses_postgresql else "local"
+    if choice == "database":
+        return DatabaseObjectStore(engine)
+    return LocalObjectStore(settings.resolved_object_store_dir)
 
 
 @dataclass
@@ -119,7 +140,7 @@ class Runtime:
     kms: KeyManager
     cipher: EnvelopeCipher
     hasher: ReferenceHasher
-    objects: LocalObjectStore
+    objects: ObjectStore
     pipeline: FacePipeline
     model_id: str  # the pipeline's: every stored vector and index is pinned to it
     indexes: IndexBackend
@@ -151,7 +172,7 @@ class Runtime:
         # SQLite serves one process; with PostgreSQL any number of replicas may.
         claim = claim_database(engine) if serving else None
         upgrade_database(engine)
-        kms = build_kms(settings)
+        kms = build_kms(settings, store=keyring_store(settings, engine))
         if not kms.has_org(SYSTEM_CHAIN):
             kms.create_org(SYSTEM_CHAIN)
         pipeline, solo = _pipelines(settings, serving)
@@ -162,7 +183,7 @@ class Runtime:
             kms=kms,
             cipher=EnvelopeCipher(kms),
             hasher=ReferenceHasher(kms),
-            objects=LocalObjectStore(settings.resolved_object_store_dir),
+            objects=object_store(settings, engine),
             pipeline=pipeline,
             model_id=pipeline.model_id,
             indexes=IndexRegistry(

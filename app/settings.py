@@ -47,6 +47,14 @@ class Settings(BaseSettings):
     object_store_dir: Path | None = Field(
         default=None, description="Sealed-frame directory; default `home/objects`."
     )
+    object_store: Literal["auto", "local", "database"] = Field(
+        default="auto",
+        description=(
+            "Where sealed frames live: `local` (the directory above), `database` (a table of "
+            "the database, shared by replicas); `auto` is `database` on PostgreSQL and "
+            "`local` otherwise."
+        ),
+    )
     index_dir: Path | None = Field(
         default=None, description="Index snapshot directory; default `home/indexes`."
     )

@@ -1,7 +1,11 @@
-"""Object store for sealed frames: a narrow interface and a local-directory backend.
+"""Object store for sealed frames: a narrow interface and two backends.
 
 Objects are opaque bytes (already sealed by ``app.crypto``); the store neither knows nor
 cares what is inside. Keys are chosen by the app (e.g. ``frm_<hex>``), never by a client.
+
+* :class:`LocalObjectStore` — a directory: the embedded default, one machine;
+* :class:`DatabaseObjectStore` — a table of the metadata database: replicas that share only
+  the database (PostgreSQL) share the frames, and its backups hold them.
 """
 
 from __future__ import annotations
@@ -14,7 +18,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+
 import crashsafe
+from app.storage.engine import read_transaction, write_transaction
+from app.storage.schema import sealed_objects, utcnow
 
 # Letters, digits, '.', '_', '-'; no separators, no leading dot (temp files start with one,
 # so a key can never name a half-written file), at most 200 characters.
@@ -123,6 +133,100 @@ class LocalObjectStore:
                             yield entry.name
 
 
+def _upsert(dialect: str) -> sa.Insert:
+    """INSERT of a (key, data, created_at) row that replaces the data and time of an
+    existing key, in one statement (no read-then-write race between replicas)."""
+    if dialect == "postgresql":
+        pg = postgresql.insert(sealed_objects)
+        return pg.on_conflict_do_update(
+            index_elements=[sealed_objects.c.key],
+            set_={"data": pg.excluded.data, "created_at": pg.excluded.created_at},
+        )
+    lite = sqlite.insert(sealed_objects)
+    return lite.on_conflict_do_update(
+        index_elements=[sealed_objects.c.key],
+        set_={"data": lite.excluded.data, "created_at": lite.excluded.created_at},
+    )
+
+
 def _subdirectories(directory: Path) -> list[Path]:
     with os.scandir(directory) as entries:
         return sorted(Path(e.path) for e in entries if e.is_dir(follow_symlinks=False))
+
+
+class DatabaseObjectStore:
+    """Objects as rows of ``sealed_objects`` in the metadata database.
+
+    Replicas that share only the database share the frames, and a backup of the database
+    holds them. Each call is a short transaction of its own, committed before it returns (as
+    durable as the database's commit); callers keep writing objects before the transaction
+    that references them, as with the directory store. ``created_at`` is the time of the last
+    write: a ``put`` of an existing key replaces the object and that time, like a file
+    replaced in the directory store.
+    """
+
+    def __init__(self, engine: Engine, *, page_size: int = 1000) -> None:
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        self._engine = engine
+        self._page_size = page_size
+        self._upsert = _upsert(engine.dialect.name)
+
+    def put(self, key: str, data: bytes | bytearray) -> None:
+        validate_key(key)
+        with write_transaction(self._engine) as conn:
+            conn.execute(self._upsert, {"key": key, "data": data, "created_at": utcnow()})
+
+    def get(self, key: str) -> bytes:
+        validate_key(key)
+        with read_transaction(self._engine) as conn:
+            data = conn.execute(
+                sa.select(sealed_objects.c.data).where(sealed_objects.c.key == key)
+            ).scalar_one_or_none()
+        if data is None:
+            raise ObjectNotFoundError(key)
+        return bytes(data)
+
+    def delete(self, key: str) -> bool:
+        validate_key(key)
+        with write_transaction(self._engine) as conn:
+            result = conn.execute(sa.delete(sealed_objects).where(sealed_objects.c.key == key))
+        return result.rowcount == 1
+
+    def exists(self, key: str) -> bool:
+        validate_key(key)
+        with read_transaction(self._engine) as conn:
+            found = conn.execute(
+                sa.select(sa.literal(1)).where(sealed_objects.c.key == key)
+            ).first()
+        return found is not None
+
+    def keys_written_before(self, cutoff: datetime) -> Iterator[str]:
+        if cutoff.tzinfo is None:
+            # A naive moment is ambiguous (local? UTC?); refuse it instead of guessing.
+            raise ValueError("naive cutoff; pass an aware UTC datetime")
+        return self._keys_written_before(cutoff)
+
+    def _keys_written_before(self, cutoff: datetime) -> Iterator[str]:
+        # Pages in key order, each read in a short transaction of its own: callers delete
+        # what they are given while they iterate (the orphan sweep), and no connection or
+        # snapshot stays open between pages.
+        after: str | None = None
+        while True:
+            stmt = (
+                sa.select(sealed_objects.c.key)
+                .where(sealed_objects.c.created_at < cutoff)
+                .order_by(sealed_objects.c.key)
+                .limit(self._page_size)
+            )
+            if after is not None:
+                stmt = stmt.where(sealed_objects.c.key > after)
+            with read_transaction(self._engine) as conn:
+                page = list(conn.execute(stmt).scalars())
+            yield from page
+            if len(page) < self._page_size:
+                return
+            after = page[-1]
+
+    def __repr__(self) -> str:
+        return f"DatabaseObjectStore(dialect={self._engine.dialect.name!r})"
