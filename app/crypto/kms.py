@@ -102,6 +102,7 @@ class KeyManager(Protocol):
     def unwrap_dek(self, org_id: str, wrapped: bytes, context: bytes) -> bytes: ...
     def rewrap_dek(self, org_id: str, wrapped: bytes, context: bytes) -> bytes: ...
     def mac(self, org_id: str, message: bytes) -> bytes: ...
+    def refresh(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -215,6 +216,20 @@ class StatefulKeyManager(ABC):
             self._state = self._checked_format(
                 state if state is not None else self._missing_state()
             )
+
+    def refresh(self) -> None:
+        """Re-read the state: another replica (or the CLI) may have rotated, disabled or
+        destroyed keys. Reservation windows of versions no longer primary are dropped, so new
+        DEKs go under the new primary at once; destroyed versions refuse to unwrap from now on
+        (every unwrap checks the state)."""
+        with self._lock:
+            self._reload()
+            orgs = self._state["orgs"]
+            self._windows = {
+                (org_id, version): window
+                for (org_id, version), window in self._windows.items()
+                if org_id in orgs and orgs[org_id].get("primary") == version
+            }
 
     @property
     def keyring_id(self) -> str:

@@ -2,7 +2,8 @@
 
 A `FeedFollower` thread holds a PostgreSQL connection that LISTENs for the notifications
 every change sends at commit (`app.storage.feed`) and applies them: an org's index catches
-up, a watchlist's namespace is rebuilt, a cached org setting or API key is forgotten. It
+up, a watchlist's namespace is rebuilt, a cached org setting or API key is forgotten, the
+key manager re-reads its state (a key rotated or destroyed elsewhere). It
 blocks on the connection's socket between notifications (no polling). Whenever it
 (re)connects it first catches up on everything by position, since notifications sent while
 it was away are lost, and until then the replica's caches stay off. Searches do not depend
@@ -70,6 +71,7 @@ class FeedFollower:
     def _follow(self, listener: feed.Listener) -> None:
         runtime = self.runtime
         caught_up = indexing.catch_up_all(runtime)
+        runtime.kms.refresh()
         runtime.api_keys.clear(enabled=True)
         runtime.org_settings.clear(enabled=True)
         runtime.feed.listening = True
@@ -104,5 +106,7 @@ def apply_notification(runtime: Runtime, payload: str) -> None:
         runtime.org_settings.forget(ident)
     elif kind == "key":
         runtime.api_keys.forget(ident)
+    elif kind == "keys":
+        runtime.kms.refresh()
     else:
         log.warning("change feed: unknown notification %r", payload)

@@ -14,6 +14,7 @@ names what moved:
     wl:<watchlist_id>   a watchlist's entries, memberships or members' sharing
     cfg:<org_id>        an org's settings
     key:<key_id>        an API key (revoked)
+    keys:<name>         the key manager's state (a KEK rotated, disabled or destroyed)
 
 Notifications only wake; positions decide. A replica that missed some (its listening
 connection dropped) catches up by comparing positions when it reconnects.

@@ -27,6 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from app.crypto.keyring_store import StateDocument, decode_state, encode_state
+from app.storage import feed
 from app.storage.engine import read_transaction, write_transaction
 from app.storage.schema import keyring_state, utcnow
 
@@ -86,6 +87,8 @@ class DatabaseKeyringStore:
                     .where(keyring_state.c.name == self.name)
                     .values(state=text, updated_at=utcnow())
                 )
+                # Other replicas re-read it (a rotation or a destroyed key must reach them).
+                feed.announce(conn, "keys", self.name)
 
     def __repr__(self) -> str:
         return f"DatabaseKeyringStore(name={self.name!r}, dialect={self._engine.dialect.name!r})"

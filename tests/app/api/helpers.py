@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from pathlib import Path
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from httpx import Response
 
 from app.runtime import Runtime
-from app.storage.schema import audit_log, enrollments, frames, subjects
+from app.storage.schema import audit_log, enrollments, frames, subjects, utcnow
 
 
 def b64(data: bytes) -> str:
@@ -39,9 +39,9 @@ def audit_actions(runtime: Runtime, org_id: str) -> list[str]:
         )
 
 
-def object_files(runtime: Runtime) -> list[Path]:
-    root = runtime.settings.resolved_object_store_dir
-    return sorted(p for p in root.rglob("*") if p.is_file())
+def object_keys(runtime: Runtime) -> list[str]:
+    """Every object in the runtime's object store (a directory, or the database)."""
+    return sorted(runtime.objects.keys_written_before(utcnow() + timedelta(days=1)))
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def org_state(runtime: Runtime, org_id: str) -> State:
 
     with runtime.engine.connect() as conn:
         counts = [count(subjects), count(enrollments), count(frames)]
-    return State(*counts, audit_rows(runtime, org_id), len(object_files(runtime)))
+    return State(*counts, audit_rows(runtime, org_id), len(object_keys(runtime)))
 
 
 def enroll(

@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -43,12 +44,13 @@ import pytest
 import sqlalchemy as sa
 
 from app.crypto import Scope
-from app.runtime import Runtime
+from app.runtime import Runtime, object_store
 from app.services import indexing
 from app.services.principal import Principal
 from app.services.subjects import CaptureBundle, enroll_subject
-from app.storage import LocalObjectStore
+from app.settings import Settings
 from app.storage import subjects as subjects_store
+from app.storage import utcnow
 from app.storage.schema import enrollments, frames, idempotency_keys, subjects
 from models.packs import ModelPack
 from tests.app.api.conftest import TEST_ROOT_KEY, Org
@@ -376,13 +378,18 @@ def check_survivors(
     # Every active row is reachable through the index under the face it enrolled.
     assert set(active_subjects) == set().union(*found.values())
 
-    objects = LocalObjectStore(home / "objects")
-    assert all(row.object_key is not None and objects.exists(row.object_key) for row in active)
+    # The server's own object store: a directory in its home (SQLite) or the database.
+    engine = sa.create_engine(database_url)
+    try:
+        objects = object_store(Settings(home=home, database_url=database_url), engine)
+        assert all(row.object_key is not None and objects.exists(row.object_key) for row in active)
+        stored = set(objects.keys_written_before(utcnow() + timedelta(days=1)))
+    finally:
+        engine.dispose()
 
     unacked_but_kept = len(active) - len(acked)
     # A kill between sealing a frame and the commit leaves ciphertext without a row. Its
     # wrapped DEK was never stored, so it is unreadable: a disk leak, reported, not a failure.
-    stored = {p.name for p in (home / "objects").rglob("*") if p.is_file() and p.name[0] != "."}
     orphans = len(stored - frame_keys)
     print(
         f"\ncrash test: {len(ledger.attempts)} enroll attempts, {len(acked)} acknowledged, "

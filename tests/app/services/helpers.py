@@ -3,6 +3,8 @@ what a verb left behind (through the services and storage modules, never raw SQL
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import cv2
 import numpy as np
 
@@ -10,7 +12,7 @@ from app.runtime import Runtime
 from app.services.orgs import audit_page
 from app.services.principal import Principal
 from app.services.subjects import EnrollmentResult
-from app.storage import AuditEntry, frames
+from app.storage import AuditEntry, frames, utcnow
 from models.imaging import decode_image, encode_jpeg
 
 
@@ -40,5 +42,4 @@ def frame_object_keys(runtime: Runtime, org_id: str, *results: EnrollmentResult)
 
 def stored_objects(runtime: Runtime) -> int:
     """How many objects the object store holds (sealed frames of every org)."""
-    root = runtime.settings.resolved_object_store_dir
-    return sum(1 for p in root.rglob("*") if p.is_file())
+    return sum(1 for _ in runtime.objects.keys_written_before(utcnow() + timedelta(days=1)))

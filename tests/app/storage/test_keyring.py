@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
 from app.crypto import (
+    DecryptionError,
     EnvelopeCipher,
     KekState,
     KeyringError,
@@ -29,7 +30,7 @@ from app.crypto import (
 )
 from app.crypto.keyring_store import FileKeyringStore, encode_state
 from app.crypto.kms import WRAP_RESERVATION_BLOCK
-from app.crypto.wire import kek_version_of, parse_wrapped_dek
+from app.crypto.wire import kek_version_of, parse_wrapped_dek, split_blob
 from app.settings import Settings
 from app.storage.engine import create_engine_for
 from app.storage.keyring import DatabaseKeyringStore
@@ -217,3 +218,28 @@ def test_concurrent_wrap_reservations_never_overlap(
         assert count <= reserved[version]
     # Whole blocks or the rest of a version, never more.
     assert all(r % WRAP_RESERVATION_BLOCK == 0 or r == max_wraps for r in reserved.values())
+
+
+def test_a_rotation_and_a_destroyed_version_reach_another_replica_on_refresh(
+    engine: Engine, open_engine: Callable[[], Engine]
+) -> None:
+    """What the change feed does when another replica changes the keys: `refresh`."""
+    a = LocalKeyring(DatabaseKeyringStore(engine), ROOT)
+    b = LocalKeyring(DatabaseKeyringStore(open_engine()), ROOT)
+    a.create_org(ORG)
+    cipher_b = EnvelopeCipher(b)
+    old = cipher_b.seal(PT, org_id=ORG, object_id="frm_1", purpose=Purpose.FRAME)
+    assert kek_version_of(split_blob(old)[0]) == 1
+
+    a.rotate(ORG)
+    b.refresh()
+    # B wraps under the new primary at once, not after its reserved block of v1 runs out.
+    new = cipher_b.seal(PT, org_id=ORG, object_id="frm_2", purpose=Purpose.FRAME)
+    assert kek_version_of(split_blob(new)[0]) == 2
+
+    a.destroy_version(ORG, 1)
+    b.refresh()
+    # Crypto-shredding holds on B too: what v1 wrapped no longer opens there.
+    with pytest.raises(DecryptionError):
+        cipher_b.open(old, org_id=ORG, object_id="frm_1", purpose=Purpose.FRAME)
+    assert cipher_b.open(new, org_id=ORG, object_id="frm_2", purpose=Purpose.FRAME) == PT
