@@ -8,11 +8,19 @@ holds things; it does nothing with them. Keeping the indexes in step with the da
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from app.crypto import EnvelopeCipher, KeyManager, KeyringStore, ReferenceHasher, build_kms
+from app.crypto import (
+    EnvelopeCipher,
+    FileKeyringStore,
+    KeyManager,
+    KeyringStore,
+    ReferenceHasher,
+    build_kms,
+)
 from app.inference import InferencePool, usable_cores
 from app.settings import Settings
 from app.storage import (
@@ -33,6 +41,8 @@ from models.pipeline import FacePipeline
 from models.prepare import resolve_pack
 from models.quality import QualityPolicy
 
+log = logging.getLogger("wajah")
+
 V = TypeVar("V")
 
 
@@ -52,6 +62,17 @@ def keyring_store(settings: Settings, engine: Engine) -> KeyringStore | None:
     replicas that share it (and the key configuration) share the keys; otherwise None,
     `build_kms`'s file under `home/keys`."""
     return DatabaseKeyringStore(engine) if settings.uses_postgresql else None
+
+
+def import_home_keyring(store: KeyringStore, settings: Settings) -> None:
+    """A deployment that kept its keyring in `home/keys` before the database held it: the
+    first start brings the document over, once, so what it sealed still opens."""
+    legacy = FileKeyringStore(settings.home / "keys")
+    document = legacy.load() if store.load() is None else None
+    if document is not None:
+        with store.mutate(lambda: document):
+            pass
+        log.warning("imported the keyring from %s into the database", legacy.location)
 
 
 def object_store(settings: Settings, engine: Engine) -> ObjectStore:
@@ -172,7 +193,10 @@ class Runtime:
         # SQLite serves one process; with PostgreSQL any number of replicas may.
         claim = claim_database(engine) if serving else None
         upgrade_database(engine)
-        kms = build_kms(settings, store=keyring_store(settings, engine))
+        store = keyring_store(settings, engine)
+        if store is not None:
+            import_home_keyring(store, settings)
+        kms = build_kms(settings, store=store)
         if not kms.has_org(SYSTEM_CHAIN):
             kms.create_org(SYSTEM_CHAIN)
         pipeline, solo = _pipelines(settings, serving)

@@ -243,3 +243,28 @@ def test_a_rotation_and_a_destroyed_version_reach_another_replica_on_refresh(
     with pytest.raises(DecryptionError):
         cipher_b.open(old, org_id=ORG, object_id="frm_1", purpose=Purpose.FRAME)
     assert cipher_b.open(new, org_id=ORG, object_id="frm_2", purpose=Purpose.FRAME) == PT
+
+
+def test_a_keyring_kept_in_the_home_moves_into_an_empty_database_once(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """An upgrade: what the file keyring sealed still opens through the database's."""
+    from app.runtime import import_home_keyring
+
+    settings = Settings(home=tmp_path)
+    filed = LocalKeyring(tmp_path / "keys", ROOT)
+    filed.create_org(ORG)
+    sealed = EnvelopeCipher(filed).seal(PT, org_id=ORG, object_id="frm_1", purpose=Purpose.FRAME)
+    store = DatabaseKeyringStore(engine)
+
+    import_home_keyring(store, settings)
+    imported = LocalKeyring(store, ROOT)
+    assert (
+        EnvelopeCipher(imported).open(sealed, org_id=ORG, object_id="frm_1", purpose=Purpose.FRAME)
+        == PT
+    )
+
+    # Once the database holds a keyring, the file is never read again.
+    imported.rotate(ORG)
+    import_home_keyring(store, settings)
+    assert LocalKeyring(store, ROOT).primary_version(ORG) == 2
