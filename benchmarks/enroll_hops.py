@@ -15,6 +15,8 @@ records each call from a function of one wajah module into a function of another
   `app.crypto` (seal/open, hash/verify, API keys) and `app.storage` (one function per
   query; its engine, schema and ids are its own business). A unit entered again later is
   not a new hop;
+* **calls**: the distinct call sites (caller function → callee function) that cross from one
+  hop's unit into another's, each counted once however often it runs;
 * **modules** and **edges**: every module touched (libraries split into their modules) and
   every distinct caller → callee module pair, the finer view.
 
@@ -56,6 +58,7 @@ class CallTracer:
     def __init__(self) -> None:
         self.recording = False
         self.edges: list[tuple[str, str]] = []
+        self.crossings: list[tuple[str, str]] = []  # (caller function, callee function)
         self._lock = threading.Lock()
 
     def __call__(self, frame: Any, event: str, _arg: Any) -> None:
@@ -69,12 +72,24 @@ class CallTracer:
             return
         with self._lock:
             self.edges.append((caller, callee))
+            if _hop_unit(caller) != _hop_unit(callee):
+                site = (
+                    f"{caller}.{frame.f_back.f_code.co_name}",
+                    f"{callee}.{frame.f_code.co_name}",
+                )
+                self.crossings.append(site)
 
     def walk(self) -> dict[str, Any]:
         edges = list(dict.fromkeys(self.edges))
         modules = list(dict.fromkeys(m for edge in edges for m in edge))
         hops = list(dict.fromkeys(_hop_unit(m) for m in modules))
-        return {"hops": hops, "modules": modules, "edges": [f"{a} -> {b}" for a, b in edges]}
+        calls = list(dict.fromkeys(self.crossings))
+        return {
+            "hops": hops,
+            "calls": [f"{a} -> {b}" for a, b in calls],
+            "modules": modules,
+            "edges": [f"{a} -> {b}" for a, b in edges],
+        }
 
 
 def trace_enroll(work: Path) -> dict[str, Any]:
@@ -118,8 +133,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="wajah-hops-") as tmp:
         walk = trace_enroll(Path(tmp))
     print(
-        f"enroll: {len(walk['hops'])} hops, {len(walk['modules'])} modules, "
-        f"{len(walk['edges'])} module-to-module call edges"
+        f"enroll: {len(walk['hops'])} hops, {len(walk['calls'])} calls between them, "
+        f"{len(walk['modules'])} modules, {len(walk['edges'])} module-to-module call edges"
     )
     for n, hop in enumerate(walk["hops"], 1):
         print(f"  {n:2d}. {hop}")
