@@ -37,7 +37,7 @@ from app.errors import IndexNotCurrentError
 from app.runtime import IndexHealth, Runtime
 from app.services.sharing import eligible_orgs
 from app.storage import feed, orgs, read_transaction, subjects, watchlists
-from index import NamespaceIndex, RowsSince
+from index import LoadReport, NamespaceIndex, RowsSince
 
 log = logging.getLogger("wajah")
 
@@ -177,10 +177,8 @@ def replay_all(runtime: Runtime) -> IndexHealth:
     health = IndexHealth(orgs=len(org_ids))
     runtime.health = health
     for org_id in org_ids:
-        seen: list[int] = []
         with changing(runtime, org_id):
-            report = org_index(runtime, org_id).load_or_rebuild(org_changes(runtime, org_id, seen))
-            runtime.positions[org_id] = max(seen, default=report.position)
+            report = _load_org(runtime, org_id)
         health.reports[org_id] = report
         health.vectors += report.count
         log.info(
@@ -194,6 +192,23 @@ def replay_all(runtime: Runtime) -> IndexHealth:
     for watchlist_id in watchlist_ids:
         refresh_watchlist(runtime, watchlist_id)
     return health
+
+
+def _load_org(runtime: Runtime, org_id: str) -> LoadReport:
+    """The org's snapshot plus newer changes, or a rebuild; sets this replica's position."""
+    with read_transaction(runtime.engine) as conn:
+        committed = subjects.current_seq(conn, org_id)
+    seen: list[int] = []
+    report = org_index(runtime, org_id).load_or_rebuild(org_changes(runtime, org_id, seen))
+    if report.position > committed:
+        # A snapshot from the database's future: it was restored from a backup since. Only
+        # a rebuild can drop what the snapshot holds and the database no longer does.
+        log.warning("index %s: snapshot ahead of the database (a restore?); rebuilding", org_id)
+        runtime.indexes.drop(org_id)
+        seen = []
+        report = org_index(runtime, org_id).load_or_rebuild(org_changes(runtime, org_id, seen))
+    runtime.positions[org_id] = max(seen, default=report.position)
+    return report
 
 
 def snapshot_all(runtime: Runtime) -> None:
