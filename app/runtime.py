@@ -9,10 +9,13 @@ holds things; it does nothing with them. Keeping the indexes in step with the da
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
+import crashsafe
 from app.crypto import (
     EnvelopeCipher,
     FileKeyringStore,
@@ -166,6 +169,8 @@ class Runtime:
     model_id: str  # the pipeline's: every stored vector and index is pinned to it
     indexes: IndexBackend
     inference: InferencePool
+    # Who this process is among replicas: kept in its home, so a restart is the same replica.
+    replica_id: str
     health: IndexHealth = field(default_factory=IndexHealth)
     # Per index namespace: the database position this replica's copy includes, and the lock
     # that serialises changing it (see `app.services.indexing`).
@@ -219,6 +224,7 @@ class Runtime:
             org_settings=ReplicaCache(enabled=not settings.uses_postgresql),
             feed=FeedStatus(required=settings.uses_postgresql),
             claim=claim,
+            replica_id=_replica_id(settings.home),
             serving=serving,
         )
 
@@ -234,6 +240,16 @@ class Runtime:
             self.engine.dispose()
             if self.claim is not None:
                 self.claim.release()
+
+
+def _replica_id(home: Path) -> str:
+    path = home / "replica-id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        made = secrets.token_hex(8)
+        crashsafe.write_bytes(path, made.encode())
+        return made
 
 
 def _pipelines(settings: Settings, serving: bool) -> tuple[FacePipeline, FacePipeline | None]:

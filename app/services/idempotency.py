@@ -65,7 +65,7 @@ def reserve(runtime: Runtime, org_id: str, key: str, hashed_request: bytes) -> S
             return _replay(row, hashed_request)
         if row is not None:  # its request died with its process: take the key over
             idempotency.delete(conn, org_id, key)
-        if not idempotency.reserve(conn, org_id, key, hashed_request):
+        if not idempotency.reserve(conn, org_id, key, hashed_request, runtime.replica_id):
             raise IdempotencyInFlightError("a request with this Idempotency-Key is in flight")
     return None
 
@@ -103,9 +103,12 @@ def release_abandoned_reservations(runtime: Runtime) -> int:
     """At server start: reservations left by requests of a previous process are released.
 
     With SQLite (one server) any request in flight before the start died with that process.
-    With PostgreSQL other replicas' requests may be in flight: only reservations older than
-    the lease are released.
+    With PostgreSQL other replicas' requests may be in flight: only this replica's own (it
+    restarted on the same home, so they died with it) and those older than the lease.
     """
-    before = utcnow() - RESERVATION_LEASE if runtime.feed.required else None
+    if not runtime.feed.required:
+        owner, before = None, None
+    else:
+        owner, before = runtime.replica_id, utcnow() - RESERVATION_LEASE
     with write_transaction(runtime.engine) as conn:
-        return idempotency.release_all_unanswered(conn, before)
+        return idempotency.release_unanswered(conn, owner, before)

@@ -30,13 +30,17 @@ def delete(conn: Connection, org_id: str, key: str) -> None:
     )
 
 
-def reserve(conn: Connection, org_id: str, key: str, request_hash: bytes) -> bool:
+def reserve(conn: Connection, org_id: str, key: str, request_hash: bytes, owner: str) -> bool:
     """Insert a reservation (no response yet); False if another one holds the key."""
     try:
         with conn.begin_nested():
             conn.execute(
                 sa.insert(idempotency_keys).values(
-                    org_id=org_id, key=key, request_hash=request_hash, created_at=utcnow()
+                    org_id=org_id,
+                    key=key,
+                    request_hash=request_hash,
+                    created_at=utcnow(),
+                    owner=owner,
                 )
             )
     except IntegrityError:
@@ -63,9 +67,15 @@ def release(conn: Connection, org_id: str, key: str) -> None:
     )
 
 
-def release_all_unanswered(conn: Connection, before: datetime | None = None) -> int:
-    """Drop every reservation without a response (created before ``before``, if given)."""
+def release_unanswered(conn: Connection, owner: str | None, before: datetime | None) -> int:
+    """Drop reservations without a response: every one (both None), or those of ``owner``
+    and those created before ``before``."""
     stmt = sa.delete(idempotency_keys).where(idempotency_keys.c.response_status.is_(None))
-    if before is not None:
-        stmt = stmt.where(idempotency_keys.c.created_at < before)
+    if owner is not None or before is not None:
+        stmt = stmt.where(
+            sa.or_(
+                idempotency_keys.c.owner == owner,
+                idempotency_keys.c.created_at < (before or utcnow()),
+            )
+        )
     return int(conn.execute(stmt).rowcount or 0)

@@ -165,6 +165,8 @@ idempotency_keys = sa.Table(
     sa.Column("response_status", sa.Integer(), nullable=True),
     sa.Column("response_body", sa.LargeBinary(), nullable=True),
     _created_at(),
+    # The replica that reserved it (migration 0004; see app.services.idempotency).
+    sa.Column("owner", sa.String(64), nullable=True),
 )
 
 # Next enrollment seq per org. A row lock on it (UPDATE ... RETURNING) hands out seqs in

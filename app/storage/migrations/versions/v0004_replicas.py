@@ -12,6 +12,8 @@ Create Date: 2026-12-02
 * ``watchlists.change_seq``: the position of a watchlist's index namespace, bumped by every
   change of its entries, memberships or members' sharing settings, so a replica can tell
   whether its copy is current.
+* ``idempotency_keys.owner``: the replica that reserved a key, so a replica restarting on its
+  home releases its own dead reservations at once and leaves other replicas' alone.
 """
 
 from __future__ import annotations
@@ -49,9 +51,13 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("change_seq", sa.BigInteger(), nullable=False, server_default="0")
         )
+    with op.batch_alter_table("idempotency_keys") as batch:
+        batch.add_column(sa.Column("owner", sa.String(64), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("idempotency_keys") as batch:
+        batch.drop_column("owner")
     with op.batch_alter_table("watchlists") as batch:
         batch.drop_column("change_seq")
     op.drop_index(op.f("ix_sealed_objects_created_at"), table_name="sealed_objects")
