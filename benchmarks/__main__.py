@@ -4,9 +4,9 @@
     wajah bench [--quick]                      (the same)
 
 Suites, each in its own subprocess (a crash in one never hides the others' figures):
-pipeline, index, crypto, api, load, peers, pool, calibration, backup. Each prints its own
-tables as it runs and hands its payload back through ``$WAJAH_BENCH_OUT``. Then this writes
-``benchmarks/results/<date>-<host>.json`` (``-quick`` added in quick mode) with the machine
+pipeline, index, crypto, api, load, peers, pool, calibration, backup, replicas. Each prints
+its own tables as it runs and hands its payload back through ``$WAJAH_BENCH_OUT``. Then this
+writes ``benchmarks/results/<date>-<host>.json`` (``-quick`` added in quick mode) with the machine
 (CPU model, cores, memory, library versions, model pack and its FLOPs), the load average
 before and after, every suite's figures with its baseline, and a summary of every issue's
 targets (met / not met); and the PNG charts beside it (latency vs gallery size, throughput
@@ -41,6 +41,7 @@ SUITES = (
     "pool",
     "calibration",
     "backup",
+    "replicas",
 )
 # Baseline each suite runs in the same process and run, for the combined JSON.
 BASELINES = {
@@ -53,6 +54,7 @@ BASELINES = {
     "pool": "the same server with the solo pipeline off (WAJAH_SOLO_INFERENCE_THREADS=1)",
     "calibration": "none (smoke test of the calibration tool)",
     "backup": "the same pg_dump alone, pg_dump at default compression, plain pg_restore",
+    "replicas": "search without the freshness check; GET /v1/org/settings on 045d28c; 1 replica",
 }
 TIMEOUT_S = {"quick": 600, "full": 3600}
 
@@ -381,6 +383,28 @@ def summary(suites: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             target,
             test,
         )
+    replicas = _get(suites, "replicas", "results")
+    for label, measured, goal, check in (
+        (
+            "change-to-visible lag across replicas p99 ms (enrollment)",
+            _get(replicas, "in_process", "enrollment", "lag", "p99_ms"),
+            "≤ 50",
+            lambda v: v <= 50,
+        ),
+        (
+            "search p50 added by the freshness check, ms",
+            _get(replicas, "in_process", "freshness", "added_p50_ms"),
+            "≤ 1",
+            lambda v: v <= 1,
+        ),
+        (
+            "GET /v1/org/settings p50 ms, PostgreSQL",
+            _get(replicas, "http", "org_settings", "this checkout, PostgreSQL", "p50_ms"),
+            "≤ 0.5",
+            lambda v: v <= 0.5,
+        ),
+    ):
+        add(17, label, measured, goal, check)
     return rows
 
 
