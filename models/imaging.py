@@ -88,8 +88,9 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> NDArray[np.u
     except (ImageDimensionsError, CorruptImageError):
         raise
     except Image.DecompressionBombError as exc:  # Pillow's own header check fired first
+        # Pillow's message names its own limit and calls the image a DOS attack: say ours.
         raise ImageDimensionsError(
-            f"the image has too many pixels; the limit is {limits.max_pixels} ({exc})"
+            f"the image has too many pixels; the limit is {limits.max_pixels}"
         ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise CorruptImageError(f"the {kind.upper()} data does not decode: {exc}") from exc

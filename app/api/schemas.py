@@ -6,7 +6,7 @@ import binascii
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, WithJsonSchema
 
 from app.crypto import Scope
 
@@ -194,7 +194,8 @@ class SearchRequest(BaseModel):
         json_schema_extra={"examples": [{"probe": {"image": _B64_EXAMPLE}, "top_k": 5}]},
     )
     probe: ProbeBody
-    top_k: int = Field(5, ge=1, le=100)
+    # Strict: 3.0 and "3" are refused, not coerced (a client sending them has a bug).
+    top_k: StrictInt = Field(5, ge=1, le=100)
 
 
 class SearchCandidate(BaseModel):
@@ -458,7 +459,7 @@ class ScreenRequest(BaseModel):
         json_schema_extra={"examples": [{"probe": {"image": _B64_EXAMPLE}, "top_k": 10}]},
     )
     probe: ProbeBody
-    top_k: int = Field(10, ge=1, le=50)
+    top_k: StrictInt = Field(10, ge=1, le=50)
 
 
 class ScreenHit(BaseModel):

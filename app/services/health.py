@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from app.runtime import Runtime
 from app.services import indexing
 from app.storage import ping
+from index import NamespaceNotFoundError
 
 
 def readiness(runtime: Runtime | None) -> dict[str, Any]:
@@ -22,9 +24,11 @@ def readiness(runtime: Runtime | None) -> dict[str, Any]:
         checks["model_id"] = runtime.model_id
         checks["database"] = ping(runtime.engine)
         checks["indexes"] = bool(runtime.ready)
+        sizes = index_sizes(runtime)
         checks["index"] = {
-            "orgs": runtime.health.orgs,
-            "vectors": runtime.health.vectors,
+            "orgs": sizes.orgs,
+            "vectors": sizes.vectors,
+            "vectors_at_start": runtime.health.vectors,
             "tampered_embeddings": len(runtime.health.tampered),
         }
         # With PostgreSQL other replicas write too: this one must be hearing of it.
@@ -42,3 +46,27 @@ def _position(runtime: Runtime) -> dict[str, Any]:
         "notifications": runtime.feed.notifications,
         **indexing.lag(runtime),
     }
+
+
+@dataclass(frozen=True)
+class IndexSizes:
+    """What this replica's indexes hold right now (not what the start-up replay found)."""
+
+    orgs: int
+    vectors: int
+    watchlists: int
+    watchlist_vectors: int
+
+
+def index_sizes(runtime: Runtime) -> IndexSizes:
+    orgs = vectors = watchlists = watchlist_vectors = 0
+    for namespace in runtime.indexes.namespaces():
+        try:
+            count = runtime.indexes.get(namespace).count
+        except NamespaceNotFoundError:  # dropped since `namespaces()` listed it
+            continue
+        if namespace.startswith(indexing.WATCHLIST_PREFIX):
+            watchlists, watchlist_vectors = watchlists + 1, watchlist_vectors + count
+        else:
+            orgs, vectors = orgs + 1, vectors + count
+    return IndexSizes(orgs, vectors, watchlists, watchlist_vectors)

@@ -87,7 +87,10 @@ def _vector_probe(runtime: Runtime, probe: Probe) -> ProbeVector:
             f"the probe vector has {vector.size} values; model {runtime.model_id} makes "
             f"{runtime.pipeline.dimension}"
         )
-    norm = float(np.linalg.norm(vector)) if np.isfinite(vector).all() else 0.0
-    if not norm > 1e-6:
-        raise InvalidProbeError("the probe vector must be finite and non-zero")
+    # Finite values can still have an infinite norm (128 × 1e308 overflows the sum of
+    # squares): dividing by it would make a zero vector that scores 0 against everything.
+    with np.errstate(over="ignore"):
+        norm = float(np.linalg.norm(vector)) if np.isfinite(vector).all() else 0.0
+    if not (norm > 1e-6 and np.isfinite(norm)):
+        raise InvalidProbeError("the probe vector must be finite, with a finite non-zero norm")
     return ProbeVector((vector / norm).astype(np.float32), "vector", None)
