@@ -36,9 +36,9 @@ cli.add_typer(retention_cli, name="retention")
 console = Console(stderr=True)
 
 
-def _settings() -> Settings:
+def _settings(**overrides: object) -> Settings:
     try:
-        return Settings()
+        return Settings(**overrides)  # type: ignore[arg-type]
     except ValueError as exc:
         console.print(f"[red]invalid settings:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -53,29 +53,39 @@ def _fail(message: str) -> typer.Exit:
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (WAJAH_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (WAJAH_PORT).")] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="PEM certificate chain: serve HTTPS (WAJAH_TLS_CERT).")
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option(help="PEM private key of --tls-cert (WAJAH_TLS_KEY).")
+    ] = None,
 ) -> None:
-    """Start the HTTP service (prepares the default model pack on first start)."""
-    import logging
+    """Start the HTTP(S) service (prepares the default model pack on first start).
 
+    Production mode serves HTTPS itself (--tls-cert/--tls-key) or sits behind a TLS proxy
+    named in WAJAH_TRUSTED_PROXIES; it refuses to serve plain HTTP otherwise."""
     import uvicorn
 
+    from app.logs import configure_logging
     from app.main import create_app
+    from app.serving import ServingConfigError, uvicorn_config
 
-    # The service's own log lines (index replay, retention, integrity alarms) next to uvicorn's.
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    settings = _settings()
+    overrides = {k: v for k, v in (("tls_cert", tls_cert), ("tls_key", tls_key)) if v}
+    settings = _settings(**overrides)
+    # The service's own log lines (index replay, retention, integrity alarms, access).
+    configure_logging(settings.log_format)
+    try:
+        config = uvicorn_config(
+            create_app(settings), settings, host or settings.host, port or settings.port
+        )
+    except ServingConfigError as exc:
+        console.print(f"[red]cannot serve:[/red] {exc}")
+        raise typer.Exit(2) from exc
     try:
         resolve_pack(settings.model_pack, settings.models_dir, settings.model_dir, console.print)
     except ModelPackError as exc:
         raise _fail(str(exc)) from exc
-    uvicorn.run(
-        create_app(settings),
-        host=host or settings.host,
-        port=port or settings.port,
-        log_level="info",
-    )
+    uvicorn.Server(config).run()
 
 
 @models_cli.command("list")

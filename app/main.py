@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.edge import SecurityHeadersMiddleware, add_offline_docs
 from app.api.errors import register_error_handlers
 from app.api.routes import matching, ops, org, subjects, watchlists
 from app.runtime import Runtime
@@ -218,6 +219,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Served by `add_offline_docs` from the service's own files, not a CDN.
+        docs_url=None,
+        redoc_url=None,
         openapi_tags=[
             {"name": "subjects", "description": "Enroll, read, list, retire and erase."},
             {"name": "matching", "description": "Verify (1:1) and search (1:N)."},
@@ -232,8 +236,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     register_error_handlers(app)
     for module in (subjects, matching, watchlists, org, ops):
         app.include_router(module.router)
+    add_offline_docs(app)
     # Added last = outermost: the request id exists before the body limit can refuse.
     app.add_middleware(InFlightMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes(settings))
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(SecurityHeadersMiddleware)
     return app

@@ -40,6 +40,38 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
 
+    # --- the edge: TLS, proxies, logs, admission (see app.serving, app.api.edge) -----------
+    tls_cert: Path | None = Field(
+        default=None, description="PEM certificate chain; with `tls_key`, serve HTTPS."
+    )
+    tls_key: Path | None = Field(default=None, description="PEM private key of `tls_cert`.")
+    trusted_proxies: str = Field(
+        default="",
+        description=(
+            "Comma-separated addresses or networks of TLS-terminating proxies whose "
+            "X-Forwarded-For/-Proto headers are honoured (from no one else)."
+        ),
+    )
+    log_format: Literal["json", "plain"] = Field(
+        default="json", description="`json`: one JSON object per line; `plain`: text."
+    )
+    rate_limit_per_second: float = Field(
+        default=50.0,
+        ge=0,
+        description="Requests per second per API key (token bucket per replica); 0: off.",
+    )
+    rate_limit_burst: int = Field(
+        default=100, ge=1, description="Requests an API key may make at once (bucket size)."
+    )
+    decode_pixel_budget: int = Field(
+        default=80_000_000,
+        ge=10_000,
+        description=(
+            "Pixels this process decodes and analyses at once, over all requests; a frame "
+            "waits for room (bounds memory: about 8 bytes per pixel)."
+        ),
+    )
+
     # --- storage -------------------------------------------------------------------------
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default is a SQLite file under `home`."
@@ -118,6 +150,17 @@ class Settings(BaseSettings):
             "reach the database's position before it answers 503 `index_not_current`."
         ),
     )
+
+    @model_validator(mode="after")
+    def _check_edge(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("set both WAJAH_TLS_CERT and WAJAH_TLS_KEY, or neither")
+        if self.decode_pixel_budget < self.max_image_pixels:
+            raise ValueError(
+                "WAJAH_DECODE_PIXEL_BUDGET must be at least WAJAH_MAX_IMAGE_PIXELS "
+                "(else the largest image allowed could never be decoded)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
