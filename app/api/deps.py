@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from app.crypto import Scope
 from app.errors import ServiceNotReadyError, UnauthorizedError
 from app.runtime import Runtime
-from app.services.principal import Principal, authenticate
+from app.services.principal import Principal, authenticate, authenticate_cached
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -50,6 +50,11 @@ class Caller:
         """The org and key behind the presented key (401/403 otherwise). Blocks: call it on a
         worker thread."""
         return authenticate(self.runtime, self.presented, self.scope)
+
+    def cached_principal(self) -> Principal | None:
+        """The caller from this replica's caches alone, on the event loop; None when that takes
+        the database (then `run` or `principal`)."""
+        return authenticate_cached(self.runtime, self.presented, self.scope)
 
     async def run(
         self,

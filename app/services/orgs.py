@@ -158,13 +158,20 @@ def revoke_api_key(runtime: Runtime, principal: Principal, key_id: str) -> None:
 def org_settings(runtime: Runtime, org_id: str) -> dict[str, Any]:
     """The org's settings (a copy the caller may change), from this replica's cache when it
     can trust it (see `ReplicaCache`)."""
-    cached = runtime.org_settings.get(org_id)
-    if cached is None:
+    settings = cached_org_settings(runtime, org_id)
+    if settings is None:
         generation = runtime.org_settings.generation()
         with read_transaction(runtime.engine) as conn:
-            cached = orgs.org_settings(conn, org_id)
-        runtime.org_settings.put(org_id, cached, generation)
-    return copy.deepcopy(cached)
+            settings = orgs.org_settings(conn, org_id)
+        runtime.org_settings.put(org_id, settings, generation)
+        settings = copy.deepcopy(settings)
+    return settings
+
+
+def cached_org_settings(runtime: Runtime, org_id: str) -> dict[str, Any] | None:
+    """`org_settings` when this replica's cache holds them, without blocking; None otherwise."""
+    cached = runtime.org_settings.get(org_id)
+    return None if cached is None else copy.deepcopy(cached)
 
 
 def effective_threshold(runtime: Runtime, settings: dict[str, Any]) -> tuple[float, str]:

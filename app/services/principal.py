@@ -43,13 +43,35 @@ def authenticate(runtime: Runtime, presented: str, scope: Scope) -> Principal:
     """Resolve a bearer key to a `Principal` holding `scope`; 401/403 errors otherwise.
 
     The key's row comes from this replica's cache when it can trust it (a revocation on any
-    replica reaches it through the change feed); the secret is checked every time.
+    replica reaches it through the change feed); the secret is checked every time. Blocks on
+    the database when the key is not cached or its last use is due to be recorded.
     """
+    principal = _authenticate(runtime, presented, scope, blocking=True)
+    assert principal is not None
+    return principal
+
+
+def authenticate_cached(runtime: Runtime, presented: str, scope: Scope) -> Principal | None:
+    """`authenticate`'s answer when this replica's cache alone can give it, without blocking
+    (so on the event loop); None when it takes the database."""
+    return _authenticate(runtime, presented, scope, blocking=False)
+
+
+class _NeedsDatabase(Exception):
+    pass
+
+
+def _authenticate(
+    runtime: Runtime, presented: str, scope: Scope, *, blocking: bool
+) -> Principal | None:
     now = utcnow()
     found: list[KnownKey] = []
 
     def lookup(key_id: str) -> StoredApiKey | None:
-        known = runtime.api_keys.get(key_id) or _load_key(runtime, key_id)
+        known = runtime.api_keys.get(key_id)
+        if known is None and not blocking:
+            raise _NeedsDatabase
+        known = known or _load_key(runtime, key_id)
         if known is None:
             return None
         found.append(known)
@@ -59,11 +81,15 @@ def authenticate(runtime: Runtime, presented: str, scope: Scope) -> Principal:
         stored = authenticate_api_key(presented, lookup, now=now)
     except InvalidApiKeyError as exc:
         raise UnauthorizedError("invalid API key") from exc
+    except _NeedsDatabase:
+        return None
     principal = Principal(stored.org_id, stored.key_id, stored.scopes)
     if not principal.can(scope):
         raise ForbiddenError(f"this API key lacks the `{scope.value}` scope")
     previous = found[0].last_used_at
     if previous is None or now - previous > LAST_USED_RESOLUTION:
+        if not blocking:
+            return None
         generation = runtime.api_keys.generation()
         with write_transaction(runtime.engine) as conn:
             orgs.touch_api_key(conn, stored.key_id, now)
@@ -113,6 +139,7 @@ def record(
     row = audit.append(
         conn,
         sealer=runtime.cipher,
+        chain_key=runtime.audit_key,
         org_id=org_id,
         actor=actor or (principal.actor if principal else "cli"),
         action=action,
