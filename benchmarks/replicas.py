@@ -227,6 +227,7 @@ def enrollment_lag(a: Any, b: Any, org_id: str, changes: int, warmup: int) -> di
 
     with write_transaction(a.engine) as conn:
         subject_pk = subjects.insert_subject(conn, org_id=org_id, subject_id="lag-subject")
+    assert subject_pk is not None
     rng = np.random.default_rng(SEED)
     dimension, model_id = a.pipeline.dimension, a.model_id
     lag_ms: list[float] = []

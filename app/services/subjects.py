@@ -419,7 +419,7 @@ def _persist(
     duplicates: list[DuplicateCandidate],
 ) -> EnrollmentResult:
     """The enrollment's rows and its audit row, in the caller's transaction."""
-    subject_pk = _store_subject(conn, runtime, request)
+    subject_pk, created = _store_subject(conn, runtime, request)
     bundle_id = new_id("enr")
     reports = _store_embeddings(conn, runtime, request, subject_pk, bundle_id, captured, sealed)
     record(
@@ -442,7 +442,7 @@ def _persist(
     return EnrollmentResult(
         enrollment_id=bundle_id,
         subject_id=request.subject_id,
-        subject_created=request.existing is None,
+        subject_created=created,
         model_id=runtime.model_id,
         threshold=request.threshold,
         frames=reports,
@@ -451,21 +451,35 @@ def _persist(
     )
 
 
-def _store_subject(conn: Connection, runtime: Runtime, request: _CheckedRequest) -> str:
-    """The subject's primary key: a new row, or the existing one with any new PII sealed."""
-    sealed = _seal_pii(runtime, request.org_id, request.subject_id, request.pii)
+def _store_subject(
+    conn: Connection, runtime: Runtime, request: _CheckedRequest
+) -> tuple[str, bool]:
+    """The subject's primary key, and whether this enrollment created it: a new row, or the
+    existing one (locked, checked again, any new PII sealed into it).
+
+    The request was checked before inference, outside this transaction; the subject may have
+    been created or erased since, on any replica. The lock makes an erasure of the subject
+    wait for this enrollment (and then erase it too) or this enrollment see the erasure.
+    """
+    org_id, subject_id = request.org_id, request.subject_id
+    sealed = _seal_pii(runtime, org_id, subject_id, request.pii)
     if request.existing is None:
-        return subjects.insert_subject(
+        created = subjects.insert_subject(
             conn,
-            org_id=request.org_id,
-            subject_id=request.subject_id,
+            org_id=org_id,
+            subject_id=subject_id,
             nik_sealed=sealed.get("nik_sealed"),
             email_sealed=sealed.get("email_sealed"),
             phone_sealed=sealed.get("phone_sealed"),
         )
+        if created is not None:
+            return created, True
+    row = subjects.find_subject(conn, org_id, subject_id, lock=True)
+    if row.status == "erased":
+        raise SubjectErasedError(f"subject {subject_id!r} was erased; use a new subject_id")
     if sealed:
-        subjects.update_subject_pii(conn, request.existing.id, sealed)
-    return str(request.existing.id)
+        subjects.update_subject_pii(conn, row.id, sealed)
+    return str(row.id), False
 
 
 def _store_embeddings(
@@ -679,7 +693,7 @@ def _erase_rows(
     """Erase the subject's rows in the caller's transaction: embeddings erased, frames and
     PII shredded, watchlist copies withdrawn. Returns the receipt, the shredded frames and
     the watchlists whose entries were withdrawn."""
-    row = subjects.find_subject(conn, org_id, subject_id)
+    row = subjects.find_subject(conn, org_id, subject_id, lock=True)
     if row is None:
         raise SubjectNotFoundError(f"no subject {subject_id!r}")
     if row.status == "erased":

@@ -25,6 +25,8 @@ from functools import cache
 from typing import Any, Literal
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from app.storage import feed
@@ -65,27 +67,34 @@ def insert_subject(
     email_sealed: bytes | None = None,
     phone_sealed: bytes | None = None,
     now: datetime | None = None,
-) -> str:
-    """Insert an active subject; returns its primary key (``sub_...``).
+) -> str | None:
+    """Insert an active subject; returns its primary key (``sub_...``), or None when the org
+    already has a subject of that id (then nothing is written).
 
-    A duplicate ``(org_id, subject_id)`` raises ``sqlalchemy.exc.IntegrityError``.
+    On PostgreSQL an insert racing another transaction's insert of the same id waits for it:
+    None once that one commits, the new key if it rolls back. No unique violation escapes.
     """
     pk = new_id("sub")
     moment = now or utcnow()
-    conn.execute(
-        sa.insert(subjects).values(
-            id=pk,
-            org_id=org_id,
-            subject_id=subject_id,
-            nik_sealed=nik_sealed,
-            email_sealed=email_sealed,
-            phone_sealed=phone_sealed,
-            status="active",
-            created_at=moment,
-            updated_at=moment,
-        )
+    values = {
+        "id": pk,
+        "org_id": org_id,
+        "subject_id": subject_id,
+        "nik_sealed": nik_sealed,
+        "email_sealed": email_sealed,
+        "phone_sealed": phone_sealed,
+        "status": "active",
+        "created_at": moment,
+        "updated_at": moment,
+    }
+    insert = sqlite_insert if conn.dialect.name == "sqlite" else postgresql_insert
+    stmt = (
+        insert(subjects)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["org_id", "subject_id"])
+        .returning(subjects.c.id)
     )
-    return pk
+    return conn.execute(stmt).scalar_one_or_none()
 
 
 def allocate_seq(conn: Connection, org_id: str) -> int:
@@ -336,11 +345,17 @@ def enrollment_changes_since(conn: Connection, org_id: str, seq: int) -> Iterato
 # --- subjects ---------------------------------------------------------------------------------
 
 
-def find_subject(conn: Connection, org_id: str, subject_id: str) -> Any:
-    """The org's subject row (every column), or None."""
-    return conn.execute(
-        sa.select(subjects).where(subjects.c.org_id == org_id, subjects.c.subject_id == subject_id)
-    ).first()
+def find_subject(conn: Connection, org_id: str, subject_id: str, *, lock: bool = False) -> Any:
+    """The org's subject row (every column), or None.
+
+    ``lock`` holds the row until the transaction ends (``FOR UPDATE`` on PostgreSQL; SQLite's
+    write transaction already excludes other writers): what changes a subject takes it, so an
+    enrollment and an erasure of one subject on two replicas cannot interleave.
+    """
+    query = sa.select(subjects).where(
+        subjects.c.org_id == org_id, subjects.c.subject_id == subject_id
+    )
+    return conn.execute(query.with_for_update() if lock else query).first()
 
 
 def update_subject_pii(conn: Connection, subject_pk: str, sealed: Mapping[str, bytes]) -> None:

@@ -4,7 +4,9 @@ each frame sealed; a refused bundle changes nothing."""
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -169,6 +171,34 @@ def test_an_erased_subject_cannot_be_enrolled_again(
     assert [(s["subject_id"], s["status"], s["active_embeddings"]) for s in page] == [
         ("cust-1", "erased", 0)
     ]
+
+
+def test_two_first_enrollments_of_one_new_subject_at_once_land_under_one_subject(
+    runtime: Runtime, new_admin: Callable[..., Principal], face_images: dict[str, bytes]
+) -> None:
+    """Both requests find no subject before their inference; only one may create it, the other
+    enrolls into it (on PostgreSQL the second insert waits for the first, no unique
+    violation)."""
+    admin = new_admin()
+    face = face_images["person3"]
+    start = threading.Barrier(2)
+    results: list[Any] = []
+
+    def enroll(frame: bytes) -> None:
+        start.wait()
+        results.append(enroll_subject(runtime, admin, "cust-1", CaptureBundle([frame])))
+
+    threads = [threading.Thread(target=enroll, args=(f,)) for f in (face, recapture(face))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+
+    assert sorted(r.subject_created for r in results) == [False, True]
+    subject = get_subject(runtime, admin, "cust-1")
+    assert len(subject["enrollments"]) == 2
+    page, _ = list_subjects(runtime, admin)
+    assert [(s["subject_id"], s["active_embeddings"]) for s in page] == [("cust-1", 2)]
 
 
 def test_reject_refuses_a_face_enrolled_under_another_subject_and_audits_the_refusal(

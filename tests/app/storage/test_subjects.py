@@ -208,8 +208,9 @@ def test_concurrent_enrollments_become_visible_in_seq_order(engine: Engine) -> N
 def test_constraints_hold(engine: Engine) -> None:
     with engine.begin() as conn:
         org_id, subject_pk = _org_and_subject(conn)
-    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
-        subject_store.insert_subject(conn, org_id=org_id, subject_id="cust-1")
+    with engine.begin() as conn:  # one subject per (org, subject_id): nothing written
+        assert subject_store.insert_subject(conn, org_id=org_id, subject_id="cust-1") is None
+        assert subject_store.find_subject(conn, org_id, "cust-1").id == subject_pk
     with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
         # foreign keys are enforced (SQLite needs PRAGMA foreign_keys=ON for this)
         subject_store.insert_subject(conn, org_id="org_nope", subject_id="cust-2")
@@ -326,3 +327,35 @@ def test_bulk_insert_refuses_mismatched_input(engine: Engine) -> None:
                 enrollment_ids=["e"],
             )
         assert subject_store.current_seq(conn, org_id) == 0
+
+
+def test_a_racing_insert_of_the_same_subject_waits_and_writes_nothing(engine: Engine) -> None:
+    """Two transactions insert one new subject at once: the second waits for the first and
+    gets None, never a unique violation (on SQLite the second cannot start its write before
+    the first ends)."""
+    with engine.begin() as conn:
+        org_id, _ = _org_and_subject(conn)
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite serialises write transactions: there is no race to lose")
+    first = engine.connect()
+    first.begin()
+    created = subject_store.insert_subject(first, org_id=org_id, subject_id="cust-race")
+    assert created is not None
+    outcome: list[str | None] = []
+
+    def second() -> None:
+        with engine.begin() as conn:
+            outcome.append(
+                subject_store.insert_subject(conn, org_id=org_id, subject_id="cust-race")
+            )
+
+    waiter = threading.Thread(target=second)
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive()  # blocked on the first transaction's row
+    first.commit()
+    first.close()
+    waiter.join(10)
+    assert outcome == [None]
+    with engine.connect() as conn:
+        assert subject_store.find_subject(conn, org_id, "cust-race").id == created
