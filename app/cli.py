@@ -244,6 +244,34 @@ def create_org(name: Annotated[str, typer.Argument(help="The organisation's name
     typer.echo(f"api_key={key.plaintext}")
 
 
+@orgs_cli.command("rate-limit")
+def rate_limit(
+    org: Annotated[str, typer.Argument(help="The org id.")],
+    per_second: Annotated[
+        float | None, typer.Option(help="Requests a second per API key (0: no limit).")
+    ] = None,
+    burst: Annotated[int | None, typer.Option(help="Bucket size (default: 2 s worth).")] = None,
+    default: Annotated[
+        bool, typer.Option("--default", help="Remove the override: use WAJAH_RATE_LIMIT_*.")
+    ] = False,
+) -> None:
+    """Override the per-key rate limit for one org's keys (every replica picks it up)."""
+    from app.errors import WajahError
+    from app.services.lifecycle import start_runtime, stop_runtime
+    from app.services.ratelimits import set_rate_limit
+
+    if (per_second is None) != default:
+        raise _fail("give --per-second (and optionally --burst), or --default")
+    runtime = start_runtime(_settings(), serving=False)
+    try:
+        limit = set_rate_limit(runtime, org, per_second, burst)
+    except WajahError as exc:
+        raise _fail(exc.message) from exc
+    finally:
+        stop_runtime(runtime)
+    typer.echo(f"org {org}: rate limit {limit or 'the service default'}")
+
+
 @audit_cli.command("verify")
 def verify_audit(
     org: Annotated[str | None, typer.Option(help="One org's chain (default: every chain).")] = None,

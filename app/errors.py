@@ -28,6 +28,12 @@ class ForbiddenError(WajahError):
     code = "forbidden"
 
 
+class RateLimitedError(WajahError):
+    """The API key used up its request rate; `details["retry_after_s"]` says when to retry."""
+
+    code = "rate_limited"
+
+
 # --- not found: also what another org's ids get (no existence oracle) ----------------------
 
 

@@ -61,6 +61,11 @@ class InferencePool:
             with self._lock:
                 self._requests -= 1
 
+    @property
+    def outstanding(self) -> int:
+        """Captures submitted and not finished (waiting or running): the queue depth."""
+        return self._outstanding
+
     def submit(self, work: Callable[[FacePipeline], T]) -> Future[T]:
         """Run `work(pipeline)` on the pool: on the solo pipeline if nothing else is running
         or waiting and no other request is in flight, else on the shared one."""

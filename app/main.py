@@ -20,9 +20,13 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api import metrics
+from app.api.admission import Admission, RateLimit
 from app.api.edge import SecurityHeadersMiddleware, add_offline_docs
 from app.api.errors import register_error_handlers
+from app.api.observe import InFlight, ObservedRequestsMiddleware
 from app.api.routes import matching, ops, org, subjects, watchlists
+from app.metrics import observe_stage
 from app.runtime import Runtime
 from app.services.idempotency import release_abandoned_reservations
 from app.services.lifecycle import start_runtime, stop_runtime
@@ -203,6 +207,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = runtime is None
         app.state.runtime = runtime or await run_in_threadpool(start_runtime, settings)
+        for pipeline in (app.state.runtime.inference.pipeline, app.state.runtime.inference.solo):
+            if pipeline is not None:
+                pipeline.observe_stage = observe_stage
         if owned:
             await run_in_threadpool(release_abandoned_reservations, app.state.runtime)
         purger = asyncio.create_task(_purge_periodically(app.state.runtime)) if owned else None
@@ -232,14 +239,19 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     )
     app.state.settings = settings
     app.state.runtime = runtime
+    app.state.admission = Admission(
+        RateLimit(settings.rate_limit_per_second, settings.rate_limit_burst)
+    )
 
     register_error_handlers(app)
-    for module in (subjects, matching, watchlists, org, ops):
+    for module in (subjects, matching, watchlists, org, ops, metrics):
         app.include_router(module.router)
     add_offline_docs(app)
     # Added last = outermost: the request id exists before the body limit can refuse.
     app.add_middleware(InFlightMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes(settings))
+    app.state.in_flight = InFlight()
+    app.add_middleware(ObservedRequestsMiddleware, in_flight=app.state.in_flight)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(SecurityHeadersMiddleware)
     return app

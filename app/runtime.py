@@ -39,7 +39,7 @@ from app.storage.audit import SYSTEM_CHAIN
 from app.storage.keyring import DatabaseKeyringStore
 from app.storage.objects import DatabaseObjectStore
 from index import IndexBackend, IndexRegistry, LoadReport
-from models.imaging import ImageLimits
+from models.imaging import ImageLimits, PixelBudget
 from models.pipeline import FacePipeline
 from models.prepare import resolve_pack
 from models.quality import QualityPolicy
@@ -267,4 +267,8 @@ def _pipelines(settings: Settings, serving: bool) -> tuple[FacePipeline, FacePip
         if serving and solo_threads > settings.inference_threads
         else None
     )
+    # One budget for the process: the solo and shared pipelines decode side by side.
+    pipeline.budget = PixelBudget(settings.decode_pixel_budget)
+    if solo is not None:
+        solo.budget = pipeline.budget
     return pipeline, solo

@@ -56,12 +56,12 @@ class Settings(BaseSettings):
         default="json", description="`json`: one JSON object per line; `plain`: text."
     )
     rate_limit_per_second: float = Field(
-        default=50.0,
+        default=100.0,
         ge=0,
         description="Requests per second per API key (token bucket per replica); 0: off.",
     )
     rate_limit_burst: int = Field(
-        default=100, ge=1, description="Requests an API key may make at once (bucket size)."
+        default=200, ge=1, description="Requests an API key may make at once (bucket size)."
     )
     decode_pixel_budget: int = Field(
         default=80_000_000,

@@ -130,6 +130,8 @@ def server_env(
         "WAJAH_MODEL_CACHE_DIR": str(models_dir),
         "WAJAH_INFERENCE_WORKERS": str(workers),
         "WAJAH_INFERENCE_THREADS": str(threads),
+        # Benchmarks measure the service flat out, not admission (older revisions ignore it).
+        "WAJAH_RATE_LIMIT_PER_SECOND": "0",
     }
 
 

@@ -85,6 +85,7 @@ def settings_for(work: Path, models_dir: Path, root_key: str, workers: int, thre
         model_cache_dir=models_dir,
         inference_workers=workers,
         inference_threads=threads,
+        rate_limit_per_second=0,  # the load is the point, not admission
     )
 
 

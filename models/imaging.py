@@ -8,7 +8,10 @@ the pixel limit is checked from the header before a single pixel is decompressed
 from __future__ import annotations
 
 import io
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -56,6 +59,43 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> NDArray[np.u
     Raises a distinct `ImageError` subclass for empty, oversized, unsupported, too many
     pixels, or corrupt/truncated input.
     """
+    return open_image(data, limits).decode()
+
+
+class OpenedImage:
+    """An image whose header has been read and passed the limits; no pixel decoded yet.
+
+    `pixels` is what decoding will cost, so a caller can wait for room in a `PixelBudget`
+    before calling `decode()`.
+    """
+
+    def __init__(self, data: bytes, kind: ImageType, image: Image.Image) -> None:
+        self.data = data
+        self.kind = kind
+        self._image = image
+        self.pixels = image.size[0] * image.size[1]
+
+    def decode(self) -> NDArray[np.uint8]:
+        kind, image = self.kind, self._image
+        try:
+            if kind == "jpeg" and image.mode in ("RGB", "L"):
+                return _decode_jpeg(self.data)
+            image.load()
+            # In place: otherwise an upright image (most are) comes back as a copy.
+            ImageOps.exif_transpose(image, in_place=True)
+            rgb = image if image.mode == "RGB" else image.convert("RGB")
+            # One pass from Pillow's buffer to BGR bytes: half the cost of an RGB array
+            # followed by a channel-reversing copy. The array is read-only (it views the bytes).
+            bgr = rgb.tobytes("raw", "BGR")
+        except CorruptImageError:
+            raise
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise CorruptImageError(f"the {kind.upper()} data does not decode: {exc}") from exc
+        return np.frombuffer(bgr, dtype=np.uint8).reshape(rgb.height, rgb.width, 3)
+
+
+def open_image(data: bytes, limits: ImageLimits | None = None) -> OpenedImage:
+    """Check the bytes and read the header: byte limit, sniffed type, pixel limit."""
     limits = limits or ImageLimits()
     if not data:
         raise EmptyImageError("the image is empty")
@@ -69,24 +109,6 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> NDArray[np.u
             # Pillow warns (and later raises) on large images; our own limit is stricter.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=[kind.upper()])
-            width, height = image.size
-            if width <= 0 or height <= 0:
-                raise CorruptImageError("the image has no pixels")
-            if width * height > limits.max_pixels:
-                raise ImageDimensionsError(
-                    f"the image is {width}×{height} pixels; the limit is {limits.max_pixels}"
-                )
-            if kind == "jpeg" and image.mode in ("RGB", "L"):
-                return _decode_jpeg(data)
-            image.load()
-            # In place: otherwise an upright image (most are) comes back as a copy.
-            ImageOps.exif_transpose(image, in_place=True)
-            rgb = image if image.mode == "RGB" else image.convert("RGB")
-            # One pass from Pillow's buffer to BGR bytes: half the cost of an RGB array
-            # followed by a channel-reversing copy. The array is read-only (it views the bytes).
-            bgr = rgb.tobytes("raw", "BGR")
-    except (ImageDimensionsError, CorruptImageError):
-        raise
     except Image.DecompressionBombError as exc:  # Pillow's own header check fired first
         # Pillow's message names its own limit and calls the image a DOS attack: say ours.
         raise ImageDimensionsError(
@@ -94,7 +116,49 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> NDArray[np.u
         ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise CorruptImageError(f"the {kind.upper()} data does not decode: {exc}") from exc
-    return np.frombuffer(bgr, dtype=np.uint8).reshape(rgb.height, rgb.width, 3)
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise CorruptImageError("the image has no pixels")
+    if width * height > limits.max_pixels:
+        raise ImageDimensionsError(
+            f"the image is {width}×{height} pixels; the limit is {limits.max_pixels}"
+        )
+    return OpenedImage(data, kind, image)
+
+
+class PixelBudget:
+    """How many pixels may be decoded and analysed at once in a process, over all threads.
+
+    A frame holds its pixels from decoding until its face is cropped (the decoded image,
+    Pillow's buffer and the detector's resized copy: about 8 bytes a pixel), so a budget
+    of N pixels bounds that memory at about 8·N bytes however many requests arrive at once.
+    A frame waits for room; one frame is never larger than the budget (the pixel limit is
+    at most the budget).
+    """
+
+    def __init__(self, pixels: int) -> None:
+        if pixels <= 0:
+            raise ValueError("a pixel budget is positive")
+        self.total = pixels
+        self._free = pixels
+        self._room = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        pixels = min(pixels, self.total)
+        with self._room:
+            self._room.wait_for(lambda: self._free >= pixels)
+            self._free -= pixels
+        try:
+            yield
+        finally:
+            with self._room:
+                self._free += pixels
+                self._room.notify_all()
+
+    @property
+    def in_use(self) -> int:
+        return self.total - self._free
 
 
 def _decode_jpeg(data: bytes) -> NDArray[np.uint8]:

@@ -6,6 +6,8 @@ quality gate → embed (batched across the frames of a bundle) → L2-normalise.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +18,7 @@ from models.alignment import align_face
 from models.detector import Detection, FaceDetector, ScrfdDetector, YuNetDetector
 from models.embedder import ArcFaceEmbedder, FaceEmbedder
 from models.errors import FacePipelineError
-from models.imaging import ImageLimits, decode_image
+from models.imaging import ImageLimits, PixelBudget, decode_image, open_image
 from models.packs import ModelPack
 from models.quality import QualityPolicy, QualityReport, assess, choose_face, raise_for_report
 
@@ -61,6 +63,10 @@ class FacePipeline:
         self.embedder = embedder
         self.policy = policy or QualityPolicy()
         self.limits = limits or ImageLimits()
+        # Shared by the pipelines of one process (the service sets both): see `PixelBudget`.
+        self.budget = PixelBudget(self.limits.max_pixels)
+        # A timing hook, `observe_stage(stage, seconds)`, for the service's metrics.
+        self.observe_stage: Callable[[str, float], None] | None = None
 
     @classmethod
     def load(
@@ -112,21 +118,41 @@ class FacePipeline:
         accepted: list[tuple[int, Detection, NDArray[np.uint8], QualityReport]] = []
         for position, data in enumerate(frames):
             try:
-                image = self.decode(data)
-                detections = self.detector.detect(image)
-                face = choose_face(detections, self.policy)
-                crop = align_face(image, face.landmarks)
-                report = assess(image, face, len(detections), self.policy)
-                raise_for_report(report)
+                face, crop, report = self._gate(data)
             except FacePipelineError as error:
                 outcomes.append(FrameOutcome(capture=None, error=error))
                 continue
             outcomes.append(None)
             accepted.append((position, face, crop, report))
+        started = time.perf_counter()
         vectors = self.embedder.embed([crop for _, _, crop, _ in accepted])
+        self._timed("embed", started)
         for (position, face, _, report), vector in zip(accepted, vectors, strict=True):
             outcomes[position] = FrameOutcome(FaceCapture(vector, face, report), None)
         return [o for o in outcomes if o is not None]
+
+    def _gate(self, data: bytes) -> tuple[Detection, NDArray[np.uint8], QualityReport]:
+        """One frame: decode, detect, choose, align, assess. The decoded image is held
+        (inside the pixel budget) only until this returns the 112×112 crop."""
+        started = time.perf_counter()
+        opened = open_image(data, self.limits)
+        with self.budget.hold(opened.pixels):
+            image = opened.decode()
+            started = self._timed("decode", started)
+            detections = self.detector.detect(image)
+            started = self._timed("detect", started)
+            face = choose_face(detections, self.policy)
+            crop = align_face(image, face.landmarks)
+            report = assess(image, face, len(detections), self.policy)
+            raise_for_report(report)
+            self._timed("gate", started)
+        return face, crop, report
+
+    def _timed(self, stage: str, started: float) -> float:
+        now = time.perf_counter()
+        if self.observe_stage is not None:
+            self.observe_stage(stage, now - started)
+        return now
 
     def embed_all_faces(self, image: NDArray[np.uint8]) -> list[tuple[Detection, FloatArray]]:
         """Every detected face with its embedding, no gate (calibration and tests)."""

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Annotated, Concatenate, ParamSpec, TypeVar
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Concatenate, ParamSpec, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
+from app.api.admission import Admission
 from app.crypto import Scope
 from app.errors import ServiceNotReadyError, UnauthorizedError
 from app.runtime import Runtime
@@ -45,16 +46,26 @@ class Caller:
     runtime: Runtime
     presented: str
     scope: Scope
+    admission: Admission | None = None
+    # The request's ASGI state: the principal is noted there for the access log.
+    notes: dict[str, Any] = field(default_factory=dict)
 
     def authenticate(self) -> Principal:
-        """The org and key behind the presented key (401/403 otherwise). Blocks: call it on a
-        worker thread."""
-        return authenticate(self.runtime, self.presented, self.scope)
+        """The org and key behind the presented key (401/403 otherwise), charged to its rate
+        limit (429). Blocks: call it on a worker thread."""
+        return self._admitted(authenticate(self.runtime, self.presented, self.scope), True)
+
+    def _admitted(self, principal: Principal, blocking: bool) -> Principal:
+        self.notes["principal"] = principal
+        if self.admission is not None:
+            self.admission.admit(self.runtime, principal, blocking=blocking)
+        return principal
 
     def cached_principal(self) -> Principal | None:
         """The caller from this replica's caches alone, on the event loop; None when that takes
         the database (then `run` or `principal`)."""
-        return authenticate_cached(self.runtime, self.presented, self.scope)
+        principal = authenticate_cached(self.runtime, self.presented, self.scope)
+        return None if principal is None else self._admitted(principal, False)
 
     async def run(
         self,
@@ -79,7 +90,13 @@ def _caller_for(scope: Scope):  # type: ignore[no-untyped-def]
     async def dependency(request: Request, runtime: RuntimeDep, credentials: Credentials) -> Caller:
         if credentials is None or not credentials.credentials:
             raise UnauthorizedError("missing API key: send `Authorization: Bearer <key>`")
-        caller = Caller(runtime, credentials.credentials, scope)
+        caller = Caller(
+            runtime,
+            credentials.credentials,
+            scope,
+            getattr(request.app.state, "admission", None),
+            request.scope.setdefault("state", {}),
+        )
         # For the 422 handler: a body is judged only after its key (see `app.api.errors`).
         request.state.caller = caller
         return caller

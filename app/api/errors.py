@@ -26,6 +26,7 @@ log = logging.getLogger("wajah.api")
 STATUS: list[tuple[type[Exception], int]] = [
     (domain.UnauthorizedError, 401),
     (domain.ForbiddenError, 403),
+    (domain.RateLimitedError, 429),
     (domain.NotFoundError, 404),
     (domain.IdempotencyKeyReusedError, 422),
     (domain.ConflictError, 409),
@@ -81,6 +82,8 @@ def register_error_handlers(app: FastAPI) -> None:
         if isinstance(error, ModelMismatchError):
             code = domain.ModelPackMismatchError.code
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        if status == 429:
+            headers = {"Retry-After": str(getattr(error, "details", {})["retry_after_s"])}
         return JSONResponse(
             error_body(request, code, str(error), _details(error)), status, headers=headers
         )

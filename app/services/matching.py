@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from app.errors import ConflictError, InvalidProbeError, SubjectNotFoundError
+from app.metrics import SEARCH_SECONDS
 from app.runtime import Runtime
 from app.services import indexing
 from app.services.orgs import effective_threshold, org_settings
@@ -102,9 +103,10 @@ def search_probe(
     candidates: list[dict[str, Any]] = []
     if index.count:
         # A subject may hold several embeddings: ask for more hits than subjects wanted.
-        result = index.search(
-            probe_result.vector, model_id=runtime.model_id, k=top_k * 4, min_score=threshold
-        )
+        with SEARCH_SECONDS.time():
+            result = index.search(
+                probe_result.vector, model_id=runtime.model_id, k=top_k * 4, min_score=threshold
+            )
         hits = result.hits(0)
         by_subject = subject_ids_for_vectors(runtime, org_id, [h.id for h in hits])
         best: dict[str, float] = {}

@@ -8,6 +8,7 @@ from typing import Any
 
 from app.crypto import InvalidApiKeyError, Scope, StoredApiKey, authenticate_api_key
 from app.errors import ForbiddenError, UnauthorizedError
+from app.metrics import AUDIT_WRITE_SECONDS
 from app.runtime import Runtime
 from app.storage import Connection, audit, orgs, read_transaction, utcnow, write_transaction
 
@@ -136,14 +137,15 @@ def record(
     The actor is the calling key, `actor` when given (e.g. a row written into another org's
     log, which must not learn the caller's key id), or "cli" for operator commands.
     """
-    row = audit.append(
-        conn,
-        sealer=runtime.cipher,
-        chain_key=runtime.audit_key,
-        org_id=org_id,
-        actor=actor or (principal.actor if principal else "cli"),
-        action=action,
-        target=target,
-        details=details,
-    )
+    with AUDIT_WRITE_SECONDS.time():
+        row = audit.append(
+            conn,
+            sealer=runtime.cipher,
+            chain_key=runtime.audit_key,
+            org_id=org_id,
+            actor=actor or (principal.actor if principal else "cli"),
+            action=action,
+            target=target,
+            details=details,
+        )
     return row.id

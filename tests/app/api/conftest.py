@@ -39,6 +39,8 @@ def api_settings(home: Path, database_url: str, models_dir: Path) -> Settings:
         model_cache_dir=models_dir,
         root_key=TEST_ROOT_KEY,  # type: ignore[arg-type]
         inference_workers=2,
+        # Suites fire requests back to back with one key; test_admission turns it on.
+        rate_limit_per_second=0,
     )
 
 
