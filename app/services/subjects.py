@@ -633,7 +633,7 @@ def retire_enrollment(runtime: Runtime, principal: Principal, enrollment_id: str
     if not SERVICE_ID.fullmatch(enrollment_id):
         raise EnrollmentNotFoundError(f"no enrollment {enrollment_id!r}")
     with write_transaction(runtime.engine) as conn:
-        rows = subjects.bundle_embeddings(conn, org_id, enrollment_id)
+        rows = subjects.bundle_embeddings(conn, org_id, enrollment_id, lock=True)
         if not rows:
             raise EnrollmentNotFoundError(f"no enrollment {enrollment_id!r}")
         active = [r for r in rows if r.status == "active"]

@@ -426,8 +426,21 @@ def subject_enrollments(conn: Connection, org_id: str, subject_pk: str) -> list[
     )
 
 
-def bundle_embeddings(conn: Connection, org_id: str, bundle_id: str) -> list[Any]:
-    """``(id, vector_id, status)`` of the embeddings of one capture bundle."""
+def bundle_embeddings(
+    conn: Connection, org_id: str, bundle_id: str, *, lock: bool = False
+) -> list[Any]:
+    """``(id, vector_id, status)`` of the embeddings of one capture bundle.
+
+    ``lock`` first takes the bundle's subject row (see `find_subject`), so the statuses read
+    stay true until the transaction ends: an erasure of the subject waits, or was seen.
+    """
+    if lock:
+        owner = sa.select(enrollments.c.subject_pk).where(
+            enrollments.c.org_id == org_id, enrollments.c.bundle_id == bundle_id
+        )
+        conn.execute(
+            sa.select(subjects.c.id).where(subjects.c.id.in_(owner)).with_for_update()
+        ).all()
     return list(
         conn.execute(
             sa.select(enrollments.c.id, enrollments.c.vector_id, enrollments.c.status).where(

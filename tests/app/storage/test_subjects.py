@@ -359,3 +359,40 @@ def test_a_racing_insert_of_the_same_subject_waits_and_writes_nothing(engine: En
     assert outcome == [None]
     with engine.connect() as conn:
         assert subject_store.find_subject(conn, org_id, "cust-race").id == created
+
+
+def test_a_locked_bundle_holds_its_subject_against_an_erasure(engine: Engine) -> None:
+    """Retiring reads a bundle's statuses under its subject's row lock: an erasure, which takes
+    the same row first, waits until the retirement commits."""
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite serialises write transactions: there is no race to lose")
+    with engine.begin() as conn:
+        org_id, subject_pk = _org_and_subject(conn)
+        subject_store.insert_enrollment(
+            conn,
+            org_id=org_id,
+            subject_pk=subject_pk,
+            vector=_vector(1),
+            dimension=DIM,
+            model_id="sface-2021dec",
+            hashed_ref=None,
+            bundle_id="enr_bundle",
+        )
+    retiring = engine.connect()
+    retiring.begin()
+    rows = subject_store.bundle_embeddings(retiring, org_id, "enr_bundle", lock=True)
+    assert [r.status for r in rows] == ["active"]
+    seen: list[str] = []
+
+    def erase() -> None:
+        with engine.begin() as conn:
+            seen.append(subject_store.find_subject(conn, org_id, "cust-1", lock=True).status)
+
+    eraser = threading.Thread(target=erase)
+    eraser.start()
+    eraser.join(0.3)
+    assert eraser.is_alive()  # waits for the retirement's transaction
+    retiring.commit()
+    retiring.close()
+    eraser.join(10)
+    assert seen == ["active"]
