@@ -42,6 +42,7 @@ SUITES = (
     "calibration",
     "backup",
     "replicas",
+    "edge",
 )
 # Baseline each suite runs in the same process and run, for the combined JSON.
 BASELINES = {
@@ -55,6 +56,7 @@ BASELINES = {
     "calibration": "none (smoke test of the calibration tool)",
     "backup": "the same pg_dump alone, pg_dump at default compression, plain pg_restore",
     "replicas": "search without the freshness check; GET /v1/org/settings on 045d28c; 1 replica",
+    "edge": "plain HTTP; wajah serve of 9fe7efc (before the edge); the pixel budget off",
 }
 TIMEOUT_S = {"quick": 600, "full": 3600}
 
