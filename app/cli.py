@@ -275,23 +275,67 @@ def rate_limit(
 @audit_cli.command("verify")
 def verify_audit(
     org: Annotated[str | None, typer.Option(help="One org's chain (default: every chain).")] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="A checkpoint from `wajah audit checkpoint`: also fail when rows it recorded "
+            "are missing or different, or a chain it lists is gone.",
+            dir_okay=False,
+        ),
+    ] = None,
 ) -> None:
-    """Walk the hash chain(s) and name the first broken row."""
-    from app.storage import audit, create_engine_for, read_only, upgrade_database
+    """Verify the keyed hash chain(s) and name every break; exit 1 if anything is wrong."""
+    from app.errors import WajahError
+    from app.services.audit import audit_session, read_checkpoint, verify_log
 
-    settings = _settings()
-    engine = create_engine_for(settings.resolved_database_url)
-    upgrade_database(engine)
-    with engine.connect() as conn, read_only(conn).begin():
-        result = audit.verify_chain(conn, chain=org)
-    engine.dispose()
-    if result.ok:
-        typer.echo(f"audit log intact: {result.checked} rows checked")
-        return
-    raise _fail(
-        f"audit chain {result.chain} broken at row seq {result.first_broken_seq} "
-        f"(id {result.first_broken_id}): {result.reason}"
+    try:
+        with audit_session(_settings()) as (engine, key):
+            anchor = read_checkpoint(checkpoint, key) if checkpoint is not None else None
+            report = verify_log(engine, key, chain=org, checkpoint=anchor)
+    except WajahError as exc:
+        raise _fail(exc.message) from exc
+    if not report.ok:
+        for problem in report.problems:
+            console.print(f"[red]error:[/red] {problem}")
+        raise typer.Exit(1)
+    line = f"audit log intact: {report.checked} rows checked"
+    if report.legacy:
+        line += f" ({report.legacy} written before keying, plain SHA-256)"
+    if anchor is not None:
+        line += f"; nothing missing since the checkpoint of {anchor.created_at}"
+    typer.echo(line)
+
+
+@audit_cli.command("checkpoint")
+def checkpoint_audit(
+    out: Annotated[Path, typer.Option(help="Where to write the checkpoint.", dir_okay=False)],
+) -> None:
+    """Sign every chain's head into a checkpoint file; keep it outside the database."""
+    from app.errors import WajahError
+    from app.services.audit import audit_session, make_checkpoint, write_checkpoint
+
+    try:
+        with audit_session(_settings()) as (engine, key):
+            made = make_checkpoint(engine, key)
+        write_checkpoint(out, made)
+    except WajahError as exc:
+        raise _fail(exc.message) from exc
+    except OSError as exc:
+        raise _fail(f"cannot write {out}: {exc.strerror}") from exc
+    rows = sum(c.rows for c in made.chains)
+    typer.echo(
+        f"checkpoint of {len(made.chains)} chains ({rows} rows) written to {out}; "
+        f"public key {made.public_key.hex()}"
     )
+
+
+@audit_cli.command("public-key")
+def audit_public_key() -> None:
+    """Print the Ed25519 public key (hex) that audit checkpoints are signed with."""
+    from app.services.audit import audit_session
+
+    with audit_session(_settings()) as (_engine, key):
+        typer.echo(key.public_key().hex())
 
 
 @keys_cli.command("rotate")

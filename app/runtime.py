@@ -17,6 +17,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import crashsafe
 from app.crypto import (
+    AuditKey,
     EnvelopeCipher,
     FileKeyringStore,
     KeyManager,
@@ -76,6 +77,18 @@ def import_home_keyring(store: KeyringStore, settings: Settings) -> None:
         with store.mutate(lambda: document):
             pass
         log.warning("imported the keyring from %s into the database", legacy.location)
+
+
+def open_key_manager(settings: Settings, engine: Engine) -> KeyManager:
+    """The configured key manager over this deployment's keyring state (a migrated
+    database's on PostgreSQL), with the system org that seals system audit details."""
+    store = keyring_store(settings, engine)
+    if store is not None:
+        import_home_keyring(store, settings)
+    kms = build_kms(settings, store=store)
+    if not kms.has_org(SYSTEM_CHAIN):
+        kms.create_org(SYSTEM_CHAIN)
+    return kms
 
 
 def object_store(settings: Settings, engine: Engine) -> ObjectStore:
@@ -164,6 +177,7 @@ class Runtime:
     kms: KeyManager
     cipher: EnvelopeCipher
     hasher: ReferenceHasher
+    audit_key: AuditKey  # hashes audit rows, signs audit checkpoints
     objects: ObjectStore
     pipeline: FacePipeline
     model_id: str  # the pipeline's: every stored vector and index is pinned to it
@@ -198,12 +212,7 @@ class Runtime:
         # SQLite serves one process; with PostgreSQL any number of replicas may.
         claim = claim_database(engine) if serving else None
         upgrade_database(engine)
-        store = keyring_store(settings, engine)
-        if store is not None:
-            import_home_keyring(store, settings)
-        kms = build_kms(settings, store=store)
-        if not kms.has_org(SYSTEM_CHAIN):
-            kms.create_org(SYSTEM_CHAIN)
+        kms = open_key_manager(settings, engine)
         pipeline, solo = _pipelines(settings, serving)
         settings.resolved_index_dir.mkdir(parents=True, exist_ok=True)
         return cls(
@@ -212,6 +221,7 @@ class Runtime:
             kms=kms,
             cipher=EnvelopeCipher(kms),
             hasher=ReferenceHasher(kms),
+            audit_key=AuditKey(kms),
             objects=object_store(settings, engine),
             pipeline=pipeline,
             model_id=pipeline.model_id,

@@ -12,6 +12,7 @@ from app.crypto.apikeys import (
     authenticate_api_key,
     generate_api_key,
 )
+from app.crypto.audit import AuditKey, signature_valid
 from app.crypto.envelope import (
     EnvelopeCipher,
     RewrapItem,
@@ -36,6 +37,7 @@ from app.crypto.rootkey import RootKey, generate_root_key_b64, load_root_key
 from app.crypto.wire import Purpose
 
 __all__ = [
+    "AuditKey",
     "CryptoError",
     "DecryptionError",
     "EnvelopeCipher",
@@ -65,4 +67,5 @@ __all__ = [
     "generate_root_key_b64",
     "load_root_key",
     "rewrap_all",
+    "signature_valid",
 ]

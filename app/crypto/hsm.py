@@ -2,7 +2,8 @@
 
 DEKs are wrapped *in the token* with CKM_AES_GCM and the same associated data as the local
 keyring (`GCMParams(nonce, aad)`), so both backends share one wrapped-DEK format. The
-reference key of each org is a non-extractable GENERIC_SECRET used with CKM_SHA256_HMAC.
+reference key of each org, and the keyring's audit key, are non-extractable GENERIC_SECRETs
+used with CKM_SHA256_HMAC.
 Bookkeeping (versions, counters, key labels) lives in the shared state document (a file, or a
 database row that replicas share: `app.crypto.keyring_store`); key material never leaves the
 token. Tested against SoftHSM2.
@@ -21,7 +22,7 @@ from pkcs11.mechanisms import GCMParams
 
 from app.crypto.errors import DecryptionError, KeyringError
 from app.crypto.keyring_store import KeyringStore, StrPath
-from app.crypto.kms import DEFAULT_MAX_WRAPS, Record, StatefulKeyManager
+from app.crypto.kms import DEFAULT_MAX_WRAPS, Record, StatefulKeyManager, _now
 
 _libs: dict[str, Any] = {}
 _libs_lock = threading.Lock()
@@ -153,6 +154,33 @@ class Pkcs11KeyManager(StatefulKeyManager):
 
     def _destroy_reference_key(self, org_id: str, record: Record) -> None:
         self._purge(record["label"])
+
+    def _audit_mac(self, message: bytes) -> bytes:
+        key = self._audit_key()
+        with self._hsm_lock:
+            out: bytes = key.sign(message, mechanism=Mechanism.SHA256_HMAC)
+        return out
+
+    def _audit_key(self) -> Any:
+        """The keyring's audit key: a non-extractable GENERIC_SECRET in the token, made on
+        first use. Its label is fixed by the keyring id, so a state document edited to forget
+        it finds the same key again rather than a new one."""
+        label = self._label("audit", "_keyring", 1)
+        try:
+            return self._find(label)
+        except pkcs11.exceptions.NoSuchKey:
+            pass
+        # Under the store's lock: two replicas meeting an empty token make one key, not two.
+        with self._mutate() as state:
+            try:
+                key = self._find(label)
+            except pkcs11.exceptions.NoSuchKey:
+                self._generate(
+                    label, KeyType.GENERIC_SECRET, MechanismFlag.SIGN | MechanismFlag.VERIFY
+                )
+                key = self._keys[label]
+            state.setdefault("audit_key", {"label": label, "created_at": _now()})
+        return key
 
     def close(self) -> None:
         with self._hsm_lock:

@@ -38,6 +38,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from app.crypto.errors import (
     DecryptionError,
@@ -102,6 +103,7 @@ class KeyManager(Protocol):
     def unwrap_dek(self, org_id: str, wrapped: bytes, context: bytes) -> bytes: ...
     def rewrap_dek(self, org_id: str, wrapped: bytes, context: bytes) -> bytes: ...
     def mac(self, org_id: str, message: bytes) -> bytes: ...
+    def audit_mac(self, message: bytes) -> bytes: ...
     def refresh(self) -> None: ...
     def close(self) -> None: ...
 
@@ -191,6 +193,8 @@ class StatefulKeyManager(ABC):
     def _reference_mac(self, org_id: str, record: Record, message: bytes) -> bytes: ...
     @abstractmethod
     def _destroy_reference_key(self, org_id: str, record: Record) -> None: ...
+    @abstractmethod
+    def _audit_mac(self, message: bytes) -> bytes: ...
 
     # ----- persistence -------------------------------------------------------------------
     def _checked_format(self, state: Record) -> Record:
@@ -456,6 +460,16 @@ class StatefulKeyManager(ABC):
         org = self._known_org(org_id)
         return self._reference_mac(org_id, org["reference_key"], message)
 
+    def audit_mac(self, message: bytes) -> bytes:
+        """HMAC-SHA-256 of `message` under the keyring's audit key (32 bytes).
+
+        One audit key per keyring, not per org: the audit log outlives an org's keys (kept 7
+        years), so crypto-shredding an org must not make its history unverifiable. Neither
+        backend keeps the key where the database can reach it (the local keyring derives it
+        from the root key, the PKCS#11 backend holds it in the token), so write access to the
+        database, `keyring_state` included, is not enough to recompute an audit chain."""
+        return self._audit_mac(message)
+
     def close(self) -> None:  # noqa: B027 - only some backends hold resources
         """Release backend resources (the token session)."""
 
@@ -467,6 +481,7 @@ class StatefulKeyManager(ABC):
 _KEK_AAD = b"wajah/kek/v1\x00"
 _REFKEY_AAD = b"wajah/refkey/v1\x00"
 _ROOT_CHECK_AAD = b"wajah/root-check/v1\x00"
+_AUDIT_KEY_INFO = b"wajah/audit-key/v1"
 
 
 class LocalKeyring(StatefulKeyManager):
@@ -487,6 +502,12 @@ class LocalKeyring(StatefulKeyManager):
         self._root = AESGCM(root_key._material)
         self._keks: dict[tuple[str, int], AESGCM] = {}
         self._ref_keys: dict[str, bytes] = {}
+        # Derived from the root key alone, not stored: every replica with the root key has
+        # it, nothing in the state document can replace it, and the audit log stays
+        # verifiable with the root key even if the state document is lost.
+        self._audit_key = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=None, info=_AUDIT_KEY_INFO
+        ).derive(root_key._material)
         self._open_state()
 
     def _seal_root(self, data: bytes, aad: bytes) -> str:
@@ -563,3 +584,8 @@ class LocalKeyring(StatefulKeyManager):
 
     def _destroy_reference_key(self, org_id: str, record: Record) -> None:
         self._ref_keys.pop(org_id, None)
+
+    def _audit_mac(self, message: bytes) -> bytes:
+        h = crypto_hmac.HMAC(self._audit_key, hashes.SHA256())
+        h.update(message)
+        return h.finalize()

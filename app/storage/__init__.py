@@ -13,7 +13,7 @@ Typical write path (one transaction: the change and its audit row commit togethe
 
     with engine.begin() as conn:
         ref = subjects.insert_enrollment(conn, org_id=..., subject_pk=..., vector=..., ...)
-        audit.append(conn, sealer=cipher, org_id=..., actor=key_id,
+        audit.append(conn, sealer=cipher, chain_key=audit_key, org_id=..., actor=key_id,
                      action="enrollment.create", target=ref.id, details={...})
 
 Services open transactions with `read_transaction(engine)` / `write_transaction(engine)` and

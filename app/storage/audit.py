@@ -16,18 +16,33 @@ Serialising appends
     hash its predecessor committed (READ COMMITTED re-reads the locked row). SQLite has one
     writer at a time (``create_engine_for`` begins every transaction IMMEDIATE).
 
-Canonical row, format version 1 (what is hashed)
+Hash schemes (``hash_scheme`` of each row, migration 0005)
+    Scheme 2, every row written now: ``hash = HMAC-SHA-256(chain key, b"wajah/audit/row/v2"
+    || 0x00 || prev_hash || canonical_row)``, the chain key being the audit key's
+    (``app.crypto.AuditKey``), which neither the database nor anyone with write access to it
+    holds. Scheme 1, rows written before migration 0005: ``hash = SHA-256(prev_hash ||
+    canonical_row)``, kept as written. Schemes never go down along a chain: the first keyed
+    row MACs the last plain row's hash, so the plain rows before it are pinned from then on.
+    ``prev_hash`` of a chain's first row is 32 zero bytes.
+
+Canonical row (what is hashed), format version = hash scheme
     UTF-8 JSON, keys sorted, no whitespace (``separators=(",", ":")``), ``ensure_ascii=True``::
 
         {"action": str, "actor": str, "chain": str, "chain_seq": int,
          "details_sha256": hex SHA-256 of the sealed details blob, "id": str,
          "occurred_at": "YYYY-MM-DDTHH:MM:SS.ffffffZ", "org_id": str | null,
-         "target": str, "v": 1}
+         "target": str, "v": 1 | 2}
 
-    ``hash = SHA-256(prev_hash || canonical_row)``; ``prev_hash`` of a chain's first row is
-    32 zero bytes. The sealed details enter through their digest, so the chain can be
-    verified without any key, yet editing the ciphertext breaks it. ``occurred_at`` is
-    stored as that exact text so it round-trips byte for byte on both databases.
+    The sealed details enter through their digest, so editing the ciphertext breaks the
+    chain. ``occurred_at`` is stored as that exact text so it round-trips byte for byte on
+    both databases.
+
+Chain heads
+    ``audit_heads`` holds each chain's last seq and hash and, once the chain has a keyed row,
+    ``mac = HMAC-SHA-256(chain key, b"wajah/audit/head/v2" || 0x00 || hash)``. Without the key
+    the head cannot be pointed at an earlier row (rows cut from the end). A database rolled
+    back to an older copy carries older heads with valid MACs: only a checkpoint kept outside
+    the database (``app.services.audit``) tells that apart.
 
 Sealing
     Details are canonical JSON sealed with the :class:`DetailSealer` (the app's
@@ -38,27 +53,33 @@ Sealing
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any, Protocol
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from app.storage._upsert import upsert_statement
+from app.storage.engine import read_only
 from app.storage.ids import new_id
-from app.storage.schema import audit_heads, audit_log
+from app.storage.schema import audit_heads, audit_log, orgs
 
-FORMAT_VERSION = 1
+SCHEME_PLAIN = 1  # SHA-256, rows written before migration 0005
+SCHEME_KEYED = 2  # HMAC-SHA-256 under the audit key
 GENESIS_HASH = bytes(32)
 SYSTEM_CHAIN = "_system"
 # Equals app.crypto's Purpose.AUDIT_DETAIL (a StrEnum), which accepts the plain string.
 AUDIT_PURPOSE = "audit_detail"
 MAX_PAGE = 500
 _LIMITS = {"actor": 200, "action": 64, "target": 200}
+_ROW_PREFIX = b"wajah/audit/row/v2\x00"
+_HEAD_PREFIX = b"wajah/audit/head/v2\x00"
 
 
 class DetailSealer(Protocol):
@@ -71,6 +92,13 @@ class DetailSealer(Protocol):
     def seal(self, plaintext: bytes, *, org_id: str, object_id: str, purpose: Any) -> bytes: ...
 
     def open(self, blob: bytes, *, org_id: str, object_id: str, purpose: Any) -> bytes: ...
+
+
+class ChainKey(Protocol):
+    """What the audit log needs from ``app.crypto.AuditKey``: HMAC-SHA-256 under the chain
+    key, 32 bytes."""
+
+    def mac(self, message: bytes) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +116,7 @@ class AuditRecord:
     details_sealed: bytes
     prev_hash: bytes
     hash: bytes
+    hash_scheme: int = SCHEME_KEYED
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +150,23 @@ class VerifyResult:
     first_broken_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ChainReport:
+    """One chain as a verifying walk found it."""
+
+    chain: str
+    result: VerifyResult  # ok, or where and why the chain first breaks
+    rows: int  # rows in the chain (all of them, not only those that verified)
+    legacy: int  # plain SHA-256 rows (scheme 1); always the chain's first ones
+    last_seq: int  # the last row that verified (0: none)
+    last_hash: bytes
+    last_at: str | None
+
+    @property
+    def org_id(self) -> str | None:
+        return None if self.chain == SYSTEM_CHAIN else self.chain
+
+
 def chain_for(org_id: str | None) -> str:
     return SYSTEM_CHAIN if org_id is None else org_id
 
@@ -133,6 +179,7 @@ def format_timestamp(moment: datetime) -> str:
 
 def canonical_row(
     *,
+    scheme: int,
     id: str,
     chain: str,
     chain_seq: int,
@@ -145,7 +192,7 @@ def canonical_row(
 ) -> bytes:
     """The bytes hashed for one row (format documented in the module docstring)."""
     row = {
-        "v": FORMAT_VERSION,
+        "v": scheme,
         "id": id,
         "chain": chain,
         "chain_seq": chain_seq,
@@ -160,7 +207,17 @@ def canonical_row(
 
 
 def chain_hash(prev_hash: bytes, canonical: bytes) -> bytes:
+    """Scheme 1 (rows written before migration 0005): plain SHA-256."""
     return hashlib.sha256(prev_hash + canonical).digest()
+
+
+def keyed_chain_hash(key: ChainKey, prev_hash: bytes, canonical: bytes) -> bytes:
+    """Scheme 2: HMAC-SHA-256 under the chain key."""
+    return key.mac(_ROW_PREFIX + prev_hash + canonical)
+
+
+def head_mac(key: ChainKey, last_hash: bytes) -> bytes:
+    return key.mac(_HEAD_PREFIX + last_hash)
 
 
 # Every append runs the same three statements, built once: building them per call (and
@@ -169,7 +226,7 @@ _INSERT_ROW = sa.insert(audit_log)
 _SET_HEAD_HASH = (
     sa.update(audit_heads)
     .where(audit_heads.c.chain == sa.bindparam("head_chain"))
-    .values(hash=sa.bindparam("head_hash"))
+    .values(hash=sa.bindparam("head_hash"), mac=sa.bindparam("head_mac"))
 )
 
 
@@ -189,6 +246,7 @@ def append(
     conn: Connection,
     *,
     sealer: DetailSealer,
+    chain_key: ChainKey,
     org_id: str | None,
     actor: str,
     action: str,
@@ -198,7 +256,8 @@ def append(
 ) -> AuditRecord:
     """Append one audit row to ``org_id``'s chain in the caller's open transaction.
 
-    ``details`` must be JSON-serialisable; it is sealed, never stored in the clear.
+    ``details`` must be JSON-serialisable; it is sealed, never stored in the clear. The row
+    is hashed under ``chain_key`` (scheme 2).
     """
     if not conn.in_transaction():
         # Outside a transaction the row would commit on its own, apart from its change.
@@ -230,9 +289,16 @@ def append(
         "target": target,
         "details_sealed": sealed,
     }
-    digest = chain_hash(prev_hash, canonical_row(**fields))  # type: ignore[arg-type]
-    conn.execute(_INSERT_ROW, {**fields, "prev_hash": prev_hash, "hash": digest})
-    conn.execute(_SET_HEAD_HASH, {"head_chain": chain, "head_hash": digest})
+    canonical = canonical_row(scheme=SCHEME_KEYED, **fields)  # type: ignore[arg-type]
+    digest = keyed_chain_hash(chain_key, prev_hash, canonical)
+    conn.execute(
+        _INSERT_ROW,
+        {**fields, "prev_hash": prev_hash, "hash": digest, "hash_scheme": SCHEME_KEYED},
+    )
+    conn.execute(
+        _SET_HEAD_HASH,
+        {"head_chain": chain, "head_hash": digest, "head_mac": head_mac(chain_key, digest)},
+    )
     return AuditRecord(
         id=row_id,
         chain=chain,
@@ -291,31 +357,72 @@ def list_audit(
     return AuditPage(entries=entries, next_cursor=next_cursor)
 
 
-def verify_chain(conn: Connection, *, chain: str | None = None) -> VerifyResult:
+@contextmanager
+def snapshot(engine: Engine) -> Iterator[Connection]:
+    """A read-only transaction that sees one moment of the whole log: REPEATABLE READ on
+    PostgreSQL (under READ COMMITTED a walk racing appends would see a head newer than the
+    rows it read), a deferred read transaction on SQLite (WAL readers see one snapshot)."""
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        else:
+            conn = read_only(conn)
+        with conn.begin():
+            yield conn
+
+
+def verify_chain(
+    conn: Connection, *, chain_key: ChainKey, chain: str | None = None
+) -> VerifyResult:
     """Walk one chain (or every chain) and report the first row that breaks it.
 
     ``first_broken_seq`` is the first position that fails (for a deleted row: the missing
     seq; ``first_broken_id`` is then the row found in its place). A row is broken when its
-    ``chain_seq`` is not the expected next number (a row was
-    deleted or rows were reordered), when its ``prev_hash`` is not its predecessor's hash,
-    or when its stored hash is not ``SHA-256(prev_hash || canonical_row)`` (it was edited).
-    Rows removed from the end are caught against the chain head. Keys are not needed.
+    ``chain_seq`` is not the expected next number (a row was deleted or rows were
+    reordered), when its ``prev_hash`` is not its predecessor's hash, when it is unkeyed
+    after a keyed row (downgraded), or when its stored hash is not what its scheme makes of
+    it (it was edited). Rows removed from the end are caught against the chain head and its
+    MAC.
     """
-    chains = [chain] if chain is not None else _all_chains(conn)
     checked = 0
-    for name in chains:
-        result = _verify_one(conn, name)
-        checked += result.checked
-        if not result.ok:
+    for report in walk_chains(conn, chain_key=chain_key, chain=chain):
+        checked += report.result.checked
+        if not report.result.ok:
             return VerifyResult(
                 ok=False,
                 checked=checked,
-                first_broken_seq=result.first_broken_seq,
-                reason=result.reason,
-                chain=name,
-                first_broken_id=result.first_broken_id,
+                first_broken_seq=report.result.first_broken_seq,
+                reason=report.result.reason,
+                chain=report.chain,
+                first_broken_id=report.result.first_broken_id,
             )
     return VerifyResult(ok=True, checked=checked)
+
+
+def walk_chains(
+    conn: Connection, *, chain_key: ChainKey, chain: str | None = None
+) -> list[ChainReport]:
+    """Verify one chain (or every chain), each to its first break; see :func:`verify_chain`."""
+    chains = [chain] if chain is not None else _all_chains(conn)
+    return [_verify_one(conn, name, chain_key) for name in chains]
+
+
+def orgs_without_chain(conn: Connection) -> list[str]:
+    """Orgs that have neither audit rows nor a chain head: every org gets rows when it is
+    created, so its chain was deleted."""
+    has_head = sa.exists().where(audit_heads.c.chain == orgs.c.id)
+    has_rows = sa.exists().where(audit_log.c.chain == orgs.c.id)
+    stmt = sa.select(orgs.c.id).where(~has_head, ~has_rows).order_by(orgs.c.id)
+    return list(conn.execute(stmt).scalars())
+
+
+def row_hash_at(conn: Connection, chain: str, seq: int) -> bytes | None:
+    """The stored hash of ``chain``'s row ``seq``, None when there is no such row."""
+    stmt = sa.select(audit_log.c.hash).where(
+        audit_log.c.chain == chain, audit_log.c.chain_seq == seq
+    )
+    found = conn.execute(stmt).scalar_one_or_none()
+    return None if found is None else bytes(found)
 
 
 def _all_chains(conn: Connection) -> list[str]:
@@ -324,51 +431,108 @@ def _all_chains(conn: Connection) -> list[str]:
     return sorted(names)
 
 
-def _verify_one(conn: Connection, chain: str) -> VerifyResult:
-    expected_seq, prev_hash, checked = 1, GENESIS_HASH, 0
+def _row_problem(
+    row: sa.Row[Any], expected_seq: int, prev_hash: bytes, prev_scheme: int
+) -> str | None:
+    seq, scheme = int(row.chain_seq), int(row.hash_scheme)
+    if seq != expected_seq:
+        return f"expected seq {expected_seq}, found {seq}: rows missing or moved"
+    if bytes(row.prev_hash) != prev_hash:
+        return "prev_hash is not the previous row's hash: rows missing or moved"
+    if scheme not in (SCHEME_PLAIN, SCHEME_KEYED):
+        return f"unknown hash scheme {scheme}: row edited"
+    if scheme < prev_scheme:
+        return "unkeyed row after keyed rows: rows rewritten without the audit key"
+    return None
+
+
+def _row_hash(row: sa.Row[Any], prev_hash: bytes, chain_key: ChainKey) -> bytes:
+    scheme = int(row.hash_scheme)
+    canonical = canonical_row(
+        scheme=scheme,
+        id=row.id,
+        chain=row.chain,
+        chain_seq=int(row.chain_seq),
+        org_id=row.org_id,
+        occurred_at=row.occurred_at,
+        actor=row.actor,
+        action=row.action,
+        target=row.target,
+        details_sealed=bytes(row.details_sealed),
+    )
+    if scheme == SCHEME_PLAIN:
+        return chain_hash(prev_hash, canonical)
+    return keyed_chain_hash(chain_key, prev_hash, canonical)
+
+
+@dataclass
+class _Walk:
+    """Where a walk along one chain has got to."""
+
+    expected_seq: int = 1
+    prev_hash: bytes = GENESIS_HASH
+    prev_scheme: int = SCHEME_PLAIN
+    checked: int = 0
+    legacy: int = 0
+    last_at: str | None = None
+
+
+def _verify_one(conn: Connection, chain: str, chain_key: ChainKey) -> ChainReport:
+    walk, rows = _Walk(), 0
+    broken: VerifyResult | None = None
     for row in _rows(conn, chain):
-        seq = int(row.chain_seq)
-        reason = None
+        rows += 1
+        if broken is not None:
+            continue  # count the rest; the first break is what is reported
+        reason = _row_problem(row, walk.expected_seq, walk.prev_hash, walk.prev_scheme)
         digest = b""
-        if seq != expected_seq:
-            reason = f"expected seq {expected_seq}, found {seq}: rows missing or moved"
-        elif bytes(row.prev_hash) != prev_hash:
-            reason = "prev_hash is not the previous row's hash: rows missing or moved"
-        else:
-            canonical = canonical_row(
-                id=row.id,
-                chain=row.chain,
-                chain_seq=seq,
-                org_id=row.org_id,
-                occurred_at=row.occurred_at,
-                actor=row.actor,
-                action=row.action,
-                target=row.target,
-                details_sealed=bytes(row.details_sealed),
-            )
-            digest = chain_hash(prev_hash, canonical)
+        if reason is None:
+            digest = _row_hash(row, walk.prev_hash, chain_key)
             if bytes(row.hash) != digest:
                 reason = "hash does not match the row's contents: row edited"
         if reason is not None:
             # The position where the chain first fails, and the row found there.
-            return VerifyResult(False, checked, expected_seq, reason, chain, str(row.id))
-        checked += 1
-        expected_seq, prev_hash = seq + 1, digest
+            broken = VerifyResult(
+                False, walk.checked, walk.expected_seq, reason, chain, str(row.id)
+            )
+            continue
+        walk.checked += 1
+        walk.legacy += int(row.hash_scheme) == SCHEME_PLAIN
+        walk.expected_seq, walk.prev_hash = walk.expected_seq + 1, digest
+        walk.prev_scheme, walk.last_at = int(row.hash_scheme), row.occurred_at
+    result = broken or _check_head(conn, chain, chain_key, walk)
+    return ChainReport(
+        chain=chain,
+        result=result,
+        rows=rows,
+        legacy=walk.legacy,
+        last_seq=walk.expected_seq - 1,
+        last_hash=walk.prev_hash,
+        last_at=walk.last_at,
+    )
 
+
+def _check_head(conn: Connection, chain: str, chain_key: ChainKey, walk: _Walk) -> VerifyResult:
     head = conn.execute(sa.select(audit_heads).where(audit_heads.c.chain == chain)).first()
+    last_seq = walk.expected_seq - 1
+
+    def broken(reason: str) -> VerifyResult:
+        return VerifyResult(False, walk.checked, walk.expected_seq, reason, chain)
+
     if head is None:
-        if checked:
-            return VerifyResult(False, checked, 1, "chain head missing", chain)
-        return VerifyResult(ok=True, checked=0)
-    if int(head.seq) != expected_seq - 1 or bytes(head.hash) != prev_hash:
-        return VerifyResult(
-            ok=False,
-            checked=checked,
-            first_broken_seq=expected_seq,
-            reason=f"chain head is at seq {head.seq}: rows after {expected_seq - 1} missing",
-            chain=chain,
-        )
-    return VerifyResult(ok=True, checked=checked)
+        return broken("chain head missing") if walk.checked else VerifyResult(True, 0)
+    if int(head.seq) != last_seq or bytes(head.hash) != walk.prev_hash:
+        return broken(f"chain head is at seq {head.seq}: rows after {last_seq} missing")
+    mac = None if head.mac is None else bytes(head.mac)
+    if walk.prev_scheme == SCHEME_KEYED:
+        if mac is None or not hmac.compare_digest(mac, head_mac(chain_key, walk.prev_hash)):
+            return broken(
+                f"chain head (seq {last_seq}) is not signed by the audit key: the head was "
+                "rewritten, rows after it may be missing"
+            )
+    elif mac is not None:
+        return broken("chain head is signed but its last row is unkeyed: rows rewritten")
+    return VerifyResult(ok=True, checked=walk.checked)
 
 
 def _rows(conn: Connection, chain: str) -> Iterator[sa.Row[Any]]:

@@ -196,6 +196,9 @@ audit_log = sa.Table(
     sa.Column("details_sealed", sa.LargeBinary(), nullable=False),
     sa.Column("prev_hash", sa.LargeBinary(32), nullable=False),
     sa.Column("hash", sa.LargeBinary(32), nullable=False),
+    # How ``hash`` is made (migration 0005): 1 plain SHA-256 (rows written before it),
+    # 2 HMAC-SHA-256 under the audit key.
+    sa.Column("hash_scheme", sa.SmallInteger(), nullable=False, server_default="1"),
     sa.UniqueConstraint("chain", "chain_seq"),
 )
 
@@ -207,6 +210,9 @@ audit_heads = sa.Table(
     sa.Column("chain", sa.String(40), primary_key=True),
     sa.Column("seq", sa.BigInteger(), nullable=False),
     sa.Column("hash", sa.LargeBinary(32), nullable=False),
+    # The audit key's MAC of ``hash`` (migration 0005; NULL while the last row is unkeyed), so
+    # the head cannot be pointed at an earlier row without the key.
+    sa.Column("mac", sa.LargeBinary(32), nullable=True),
 )
 
 # --- shared watchlists (migration 0003) ------------------------------------------------------

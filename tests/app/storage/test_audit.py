@@ -2,14 +2,22 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from app.crypto import DecryptionError, EnvelopeCipher, LocalKeyring
+from app.crypto import AuditKey, DecryptionError, EnvelopeCipher, LocalKeyring
 from app.storage import audit
-from app.storage.audit import GENESIS_HASH, VerifyResult, canonical_row, chain_hash
+from app.storage.audit import (
+    GENESIS_HASH,
+    VerifyResult,
+    canonical_row,
+    chain_hash,
+    head_mac,
+    keyed_chain_hash,
+)
 from app.storage.roles import restrict_app_role
 from app.storage.schema import audit_heads, audit_log
 
@@ -23,8 +31,18 @@ def orgs(keyring: LocalKeyring) -> None:
         keyring.create_org(org)
 
 
+class Keys(NamedTuple):
+    sealer: EnvelopeCipher
+    chain_key: AuditKey
+
+
+@pytest.fixture
+def keys(sealer: EnvelopeCipher, keyring: LocalKeyring) -> Keys:
+    return Keys(sealer, AuditKey(keyring))
+
+
 def _append(
-    engine: Engine, sealer: EnvelopeCipher, org: str | None, n: int, *, start: int = 0
+    engine: Engine, keys: Keys, org: str | None, n: int, *, start: int = 0
 ) -> list[audit.AuditRecord]:
     records = []
     for i in range(start, start + n):
@@ -32,7 +50,8 @@ def _append(
             records.append(
                 audit.append(
                     conn,
-                    sealer=sealer,
+                    sealer=keys.sealer,
+                    chain_key=keys.chain_key,
                     org_id=org,
                     actor="key_admin",
                     action="subject.enroll",
@@ -62,13 +81,15 @@ def _tamper(engine: Engine, *statements: str) -> None:
             conn.exec_driver_sql(statement)
 
 
-def _verify(engine: Engine, chain: str | None = None) -> VerifyResult:
+def _verify(engine: Engine, keys: Keys, chain: str | None = None) -> VerifyResult:
     with engine.connect() as conn:
-        return audit.verify_chain(conn, chain=chain)
+        return audit.verify_chain(conn, chain_key=keys.chain_key, chain=chain)
 
 
 def test_canonical_row_and_hash_are_pinned() -> None:
+    """Scheme 1, the plain SHA-256 of rows written before migration 0005."""
     canonical = canonical_row(
+        scheme=audit.SCHEME_PLAIN,
         id="aud_0001",
         chain="org_a",
         chain_seq=1,
@@ -90,8 +111,8 @@ def test_canonical_row_and_hash_are_pinned() -> None:
     )
 
 
-def test_append_links_rows_into_a_chain(engine: Engine, sealer: EnvelopeCipher, orgs: None) -> None:
-    records = _append(engine, sealer, ORG_A, 3)
+def test_append_links_rows_into_a_chain(engine: Engine, keys: Keys, orgs: None) -> None:
+    records = _append(engine, keys, ORG_A, 3)
     assert [r.chain_seq for r in records] == [1, 2, 3]
     assert records[0].prev_hash == GENESIS_HASH
     assert [r.prev_hash for r in records[1:]] == [r.hash for r in records[:2]]
@@ -107,43 +128,44 @@ def test_append_links_rows_into_a_chain(engine: Engine, sealer: EnvelopeCipher, 
         )
         fields = {k: getattr(row, k) for k in ("id", "chain", "chain_seq", "org_id")}
         fields |= {k: getattr(row, k) for k in ("occurred_at", "actor", "action", "target")}
-        expected = chain_hash(
-            bytes(row.prev_hash),
-            canonical_row(**fields, details_sealed=bytes(row.details_sealed)),
+        canonical = canonical_row(
+            scheme=audit.SCHEME_KEYED, **fields, details_sealed=bytes(row.details_sealed)
         )
-        assert bytes(row.hash) == expected
+        expected = keyed_chain_hash(keys.chain_key, bytes(row.prev_hash), canonical)
+        assert (bytes(row.hash), row.hash_scheme) == (expected, audit.SCHEME_KEYED)
+        # Without the key the same row hashes to something else.
+        assert chain_hash(bytes(row.prev_hash), canonical) != expected
     assert (head.chain, head.seq, bytes(head.hash)) == (ORG_A, 3, records[2].hash)
-    assert _verify(engine) == VerifyResult(ok=True, checked=3)
+    assert bytes(head.mac) == head_mac(keys.chain_key, records[2].hash)
+    assert _verify(engine, keys) == VerifyResult(ok=True, checked=3)
 
 
-def test_chains_are_per_org_with_a_system_chain(
-    engine: Engine, sealer: EnvelopeCipher, orgs: None
-) -> None:
-    a = _append(engine, sealer, ORG_A, 2)
-    b = _append(engine, sealer, ORG_B, 1)
-    system = _append(engine, sealer, None, 1)
+def test_chains_are_per_org_with_a_system_chain(engine: Engine, keys: Keys, orgs: None) -> None:
+    a = _append(engine, keys, ORG_A, 2)
+    b = _append(engine, keys, ORG_B, 1)
+    system = _append(engine, keys, None, 1)
     assert [(r.chain, r.chain_seq) for r in a + b + system] == [
         (ORG_A, 1),
         (ORG_A, 2),
         (ORG_B, 1),
         ("_system", 1),
     ]
-    assert _verify(engine) == VerifyResult(ok=True, checked=4)
-    assert _verify(engine, ORG_B) == VerifyResult(ok=True, checked=1)
+    assert _verify(engine, keys) == VerifyResult(ok=True, checked=4)
+    assert _verify(engine, keys, ORG_B) == VerifyResult(ok=True, checked=1)
 
 
 def test_list_audit_pages_newest_first_with_details_opened(
-    engine: Engine, sealer: EnvelopeCipher, orgs: None
+    engine: Engine, keys: Keys, orgs: None
 ) -> None:
-    records = _append(engine, sealer, ORG_A, 3)
-    _append(engine, sealer, ORG_B, 1, start=100)
+    records = _append(engine, keys, ORG_A, 3)
+    _append(engine, keys, ORG_B, 1, start=100)
     with engine.connect() as conn:
-        first = audit.list_audit(conn, sealer=sealer, org_id=ORG_A, limit=2)
+        first = audit.list_audit(conn, sealer=keys.sealer, org_id=ORG_A, limit=2)
         assert first.next_cursor is not None
         second = audit.list_audit(
-            conn, sealer=sealer, org_id=ORG_A, cursor=first.next_cursor, limit=2
+            conn, sealer=keys.sealer, org_id=ORG_A, cursor=first.next_cursor, limit=2
         )
-        other = audit.list_audit(conn, sealer=sealer, org_id=ORG_B)
+        other = audit.list_audit(conn, sealer=keys.sealer, org_id=ORG_B)
     assert [e.seq for e in first.entries] == [3, 2]
     assert first.next_cursor == 2
     assert [e.seq for e in second.entries] == [1]
@@ -160,51 +182,69 @@ def test_list_audit_pages_newest_first_with_details_opened(
     assert entry.hash == records[0].hash.hex()
     assert [e.target for e in other.entries] == ["enr_100"]
     with engine.connect() as conn, pytest.raises(ValueError, match="limit"):
-        audit.list_audit(conn, sealer=sealer, org_id=ORG_A, limit=0)
+        audit.list_audit(conn, sealer=keys.sealer, org_id=ORG_A, limit=0)
 
 
-def test_details_are_sealed_and_bound_to_their_row(
-    engine: Engine, sealer: EnvelopeCipher, orgs: None
-) -> None:
-    first, second = _append(engine, sealer, ORG_A, 2)
+def test_details_are_sealed_and_bound_to_their_row(engine: Engine, keys: Keys, orgs: None) -> None:
+    first, second = _append(engine, keys, ORG_A, 2)
     assert b"3171234567890123" not in first.details_sealed
     assert b"nik" not in first.details_sealed
     with pytest.raises(DecryptionError):
         # Sealed details moved onto another row do not open.
-        sealer.open(
+        keys.sealer.open(
             first.details_sealed, org_id=ORG_A, object_id=second.id, purpose=audit.AUDIT_PURPOSE
         )
 
 
-def test_rolled_back_append_leaves_no_trace(
-    engine: Engine, sealer: EnvelopeCipher, orgs: None
-) -> None:
-    _append(engine, sealer, ORG_A, 1)
+def test_rolled_back_append_leaves_no_trace(engine: Engine, keys: Keys, orgs: None) -> None:
+    _append(engine, keys, ORG_A, 1)
     with pytest.raises(RuntimeError, match="boom"), engine.begin() as conn:
         audit.append(
-            conn, sealer=sealer, org_id=ORG_A, actor="a", action="x", target="t", details={}
+            conn,
+            sealer=keys.sealer,
+            chain_key=keys.chain_key,
+            org_id=ORG_A,
+            actor="a",
+            action="x",
+            target="t",
+            details={},
         )
         raise RuntimeError("boom")
-    (record,) = _append(engine, sealer, ORG_A, 1, start=1)
+    (record,) = _append(engine, keys, ORG_A, 1, start=1)
     assert record.chain_seq == 2
-    assert _verify(engine) == VerifyResult(ok=True, checked=2)
+    assert _verify(engine, keys) == VerifyResult(ok=True, checked=2)
 
 
-def test_append_refuses_bad_input(engine: Engine, sealer: EnvelopeCipher, orgs: None) -> None:
+def test_append_refuses_bad_input(engine: Engine, keys: Keys, orgs: None) -> None:
     with engine.connect() as conn:
         conn.commit()  # end the autobegun transaction: append must refuse to run outside one
         with pytest.raises(RuntimeError, match="inside the transaction"):
             audit.append(
-                conn, sealer=sealer, org_id=ORG_A, actor="a", action="x", target="t", details={}
+                conn,
+                sealer=keys.sealer,
+                chain_key=keys.chain_key,
+                org_id=ORG_A,
+                actor="a",
+                action="x",
+                target="t",
+                details={},
             )
     with engine.begin() as conn, pytest.raises(ValueError, match=r"action must be 1\.\.64"):
         audit.append(
-            conn, sealer=sealer, org_id=ORG_A, actor="a", action="x" * 65, target="t", details={}
+            conn,
+            sealer=keys.sealer,
+            chain_key=keys.chain_key,
+            org_id=ORG_A,
+            actor="a",
+            action="x" * 65,
+            target="t",
+            details={},
         )
     with engine.begin() as conn, pytest.raises(ValueError, match="naive"):
         audit.append(
             conn,
-            sealer=sealer,
+            sealer=keys.sealer,
+            chain_key=keys.chain_key,
             org_id=ORG_A,
             actor="a",
             action="x",
@@ -223,22 +263,20 @@ def test_append_refuses_bad_input(engine: Engine, sealer: EnvelopeCipher, orgs: 
     ids=["update", "delete"],
 )
 def test_update_and_delete_are_refused(
-    engine: Engine, sealer: EnvelopeCipher, orgs: None, statement: str
+    engine: Engine, keys: Keys, orgs: None, statement: str
 ) -> None:
-    _append(engine, sealer, ORG_A, 2)
+    _append(engine, keys, ORG_A, 2)
     verb = statement.split()[0]
     with (
         pytest.raises(sa.exc.DBAPIError, match=f"audit_log is append-only: {verb} refused"),
         engine.begin() as conn,
     ):
         conn.exec_driver_sql(statement)
-    assert _verify(engine) == VerifyResult(ok=True, checked=2)
+    assert _verify(engine, keys) == VerifyResult(ok=True, checked=2)
 
 
-def test_replace_onto_an_existing_row_is_refused(
-    engine: Engine, sealer: EnvelopeCipher, orgs: None
-) -> None:
-    (record,) = _append(engine, sealer, ORG_A, 1)
+def test_replace_onto_an_existing_row_is_refused(engine: Engine, keys: Keys, orgs: None) -> None:
+    (record,) = _append(engine, keys, ORG_A, 1)
     if engine.dialect.name == "sqlite":
         statements = [
             # same id
@@ -266,22 +304,20 @@ def test_replace_onto_an_existing_row_is_refused(
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
-def test_truncate_is_refused_on_postgres(
-    engine: Engine, sealer: EnvelopeCipher, orgs: None
-) -> None:
-    _append(engine, sealer, ORG_A, 1)
+def test_truncate_is_refused_on_postgres(engine: Engine, keys: Keys, orgs: None) -> None:
+    _append(engine, keys, ORG_A, 1)
     with (
         pytest.raises(sa.exc.DBAPIError, match="audit_log is append-only: TRUNCATE refused"),
         engine.begin() as conn,
     ):
         conn.exec_driver_sql("TRUNCATE audit_log")
-    assert _verify(engine) == VerifyResult(ok=True, checked=1)
+    assert _verify(engine, keys) == VerifyResult(ok=True, checked=1)
 
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 def test_app_role_cannot_rewrite_audit_even_without_triggers(
-    engine: Engine, sealer: EnvelopeCipher, orgs: None
+    engine: Engine, keys: Keys, orgs: None
 ) -> None:
     role = f"wajah_app_{engine.url.query['options'][-12:]}"
     with engine.begin() as conn:
@@ -293,7 +329,14 @@ def test_app_role_cannot_rewrite_audit_even_without_triggers(
         with engine.begin() as conn:
             conn.exec_driver_sql(f'SET LOCAL ROLE "{role}"')
             record = audit.append(
-                conn, sealer=sealer, org_id=ORG_A, actor="a", action="x", target="t", details={}
+                conn,
+                sealer=keys.sealer,
+                chain_key=keys.chain_key,
+                org_id=ORG_A,
+                actor="a",
+                action="x",
+                target="t",
+                details={},
             )
         for statement in (
             "UPDATE audit_log SET actor = 'mallory'",
@@ -307,7 +350,7 @@ def test_app_role_cannot_rewrite_audit_even_without_triggers(
                 conn.exec_driver_sql(f'SET LOCAL ROLE "{role}"')
                 conn.exec_driver_sql(statement)
         assert record.chain_seq == 1
-        assert _verify(engine) == VerifyResult(ok=True, checked=1)
+        assert _verify(engine, keys) == VerifyResult(ok=True, checked=1)
     finally:
         with engine.begin() as conn:
             conn.exec_driver_sql(f'DROP OWNED BY "{role}"')
@@ -317,10 +360,10 @@ def test_app_role_cannot_rewrite_audit_even_without_triggers(
 # --- verify_chain names the first broken row ----------------------------------------------
 
 
-def test_verify_detects_an_edited_row(engine: Engine, sealer: EnvelopeCipher, orgs: None) -> None:
-    records = _append(engine, sealer, ORG_A, 4)
+def test_verify_detects_an_edited_row(engine: Engine, keys: Keys, orgs: None) -> None:
+    records = _append(engine, keys, ORG_A, 4)
     _tamper(engine, "UPDATE audit_log SET actor = 'mallory' WHERE chain_seq = 2")
-    assert _verify(engine) == VerifyResult(
+    assert _verify(engine, keys) == VerifyResult(
         ok=False,
         checked=1,
         first_broken_seq=2,
@@ -330,10 +373,8 @@ def test_verify_detects_an_edited_row(engine: Engine, sealer: EnvelopeCipher, or
     )
 
 
-def test_verify_detects_edited_sealed_details(
-    engine: Engine, sealer: EnvelopeCipher, orgs: None
-) -> None:
-    records = _append(engine, sealer, ORG_A, 3)
+def test_verify_detects_edited_sealed_details(engine: Engine, keys: Keys, orgs: None) -> None:
+    records = _append(engine, keys, ORG_A, 3)
     with engine.connect() as conn:
         blob = conn.execute(
             sa.select(audit_log.c.details_sealed).where(audit_log.c.chain_seq == 3)
@@ -345,7 +386,7 @@ def test_verify_detects_edited_sealed_details(
             .where(audit_log.c.chain_seq == 3)
             .values(details_sealed=bytes(blob)[:-1] + bytes([blob[-1] ^ 1]))
         )
-    result = _verify(engine)
+    result = _verify(engine, keys)
     assert (result.ok, result.checked, result.first_broken_seq, result.first_broken_id) == (
         False,
         2,
@@ -354,10 +395,10 @@ def test_verify_detects_edited_sealed_details(
     )
 
 
-def test_verify_detects_a_deleted_row(engine: Engine, sealer: EnvelopeCipher, orgs: None) -> None:
-    records = _append(engine, sealer, ORG_A, 4)
+def test_verify_detects_a_deleted_row(engine: Engine, keys: Keys, orgs: None) -> None:
+    records = _append(engine, keys, ORG_A, 4)
     _tamper(engine, "DELETE FROM audit_log WHERE chain_seq = 2")
-    assert _verify(engine) == VerifyResult(
+    assert _verify(engine, keys) == VerifyResult(
         ok=False,
         checked=1,
         first_broken_seq=2,
@@ -367,10 +408,8 @@ def test_verify_detects_a_deleted_row(engine: Engine, sealer: EnvelopeCipher, or
     )
 
 
-def test_verify_detects_a_deleted_row_renumbered(
-    engine: Engine, sealer: EnvelopeCipher, orgs: None
-) -> None:
-    records = _append(engine, sealer, ORG_A, 3)
+def test_verify_detects_a_deleted_row_renumbered(engine: Engine, keys: Keys, orgs: None) -> None:
+    records = _append(engine, keys, ORG_A, 3)
     # Hide the gap: delete row 2, move row 3 into its place, fix up the head.
     _tamper(
         engine,
@@ -378,7 +417,7 @@ def test_verify_detects_a_deleted_row_renumbered(
         "UPDATE audit_log SET chain_seq = 2 WHERE chain_seq = 3",
         "UPDATE audit_heads SET seq = 2",
     )
-    assert _verify(engine) == VerifyResult(
+    assert _verify(engine, keys) == VerifyResult(
         ok=False,
         checked=1,
         first_broken_seq=2,
@@ -388,15 +427,15 @@ def test_verify_detects_a_deleted_row_renumbered(
     )
 
 
-def test_verify_detects_reordered_rows(engine: Engine, sealer: EnvelopeCipher, orgs: None) -> None:
-    records = _append(engine, sealer, ORG_A, 4)
+def test_verify_detects_reordered_rows(engine: Engine, keys: Keys, orgs: None) -> None:
+    records = _append(engine, keys, ORG_A, 4)
     _tamper(
         engine,
         "UPDATE audit_log SET chain_seq = -1 WHERE chain_seq = 2",
         "UPDATE audit_log SET chain_seq = 2 WHERE chain_seq = 3",
         "UPDATE audit_log SET chain_seq = 3 WHERE chain_seq = -1",
     )
-    assert _verify(engine) == VerifyResult(
+    assert _verify(engine, keys) == VerifyResult(
         ok=False,
         checked=1,
         first_broken_seq=2,
@@ -406,25 +445,21 @@ def test_verify_detects_reordered_rows(engine: Engine, sealer: EnvelopeCipher, o
     )
 
 
-def test_verify_detects_rows_cut_from_the_end(
-    engine: Engine, sealer: EnvelopeCipher, orgs: None
-) -> None:
-    _append(engine, sealer, ORG_B, 1)
-    _append(engine, sealer, ORG_A, 3)
+def test_verify_detects_rows_cut_from_the_end(engine: Engine, keys: Keys, orgs: None) -> None:
+    _append(engine, keys, ORG_B, 1)
+    _append(engine, keys, ORG_A, 3)
     _tamper(engine, "DELETE FROM audit_log WHERE chain = 'org_a' AND chain_seq = 3")
-    assert _verify(engine) == VerifyResult(
+    assert _verify(engine, keys) == VerifyResult(
         ok=False,
         checked=2,
         first_broken_seq=3,
         reason="chain head is at seq 3: rows after 2 missing",
         chain=ORG_A,
     )
-    assert _verify(engine, ORG_B) == VerifyResult(ok=True, checked=1)
+    assert _verify(engine, keys, ORG_B) == VerifyResult(ok=True, checked=1)
 
 
-def test_concurrent_appends_keep_the_chain_valid(
-    engine: Engine, sealer: EnvelopeCipher, orgs: None
-) -> None:
+def test_concurrent_appends_keep_the_chain_valid(engine: Engine, keys: Keys, orgs: None) -> None:
     threads, per_thread = 8, 10
     barrier = threading.Barrier(threads)
     errors: list[BaseException] = []
@@ -437,7 +472,8 @@ def test_concurrent_appends_keep_the_chain_valid(
                 with engine.begin() as conn:
                     audit.append(
                         conn,
-                        sealer=sealer,
+                        sealer=keys.sealer,
+                        chain_key=keys.chain_key,
                         org_id=org,
                         actor=f"thread_{t}",
                         action="match.verify",
@@ -463,4 +499,4 @@ def test_concurrent_appends_keep_the_chain_valid(
             for chain in (ORG_A, ORG_B)
         }
     assert seqs == {ORG_A: list(range(1, 65)), ORG_B: list(range(1, 17))}
-    assert _verify(engine) == VerifyResult(ok=True, checked=80)
+    assert _verify(engine, keys) == VerifyResult(ok=True, checked=80)

@@ -38,10 +38,10 @@ def _tables(engine: Engine) -> set[str]:
 
 
 def test_upgrade_fresh_database_to_head(bare_engine: Engine) -> None:
-    assert head_revision() == "0004"
+    assert head_revision() == "0005"
     upgrade_database(bare_engine)
     with bare_engine.connect() as conn:
-        assert current_revision(conn) == "0004"
+        assert current_revision(conn) == "0005"
     assert _tables(bare_engine) == TABLES
 
 
@@ -64,7 +64,7 @@ def test_upgrade_from_url_is_idempotent(database_url: URL) -> None:
     engine = create_engine_for(database_url)
     try:
         with engine.connect() as conn:
-            assert current_revision(conn) == "0004"
+            assert current_revision(conn) == "0005"
     finally:
         engine.dispose()
 

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from app.crypto import EnvelopeCipher, LocalKeyring
+from app.crypto import AuditKey, EnvelopeCipher, LocalKeyring
 from app.storage import audit
 from app.storage import frames as frame_store
 from app.storage import orgs as org_store
@@ -84,6 +84,7 @@ def test_enrollment_and_audit_commit_together_or_not_at_all(
         audit.append(
             conn,
             sealer=sealer,
+            chain_key=AuditKey(keyring),
             org_id=org_id,
             actor="key_1",
             action="enrollment.create",
@@ -102,6 +103,7 @@ def test_enrollment_and_audit_commit_together_or_not_at_all(
         audit.append(
             conn,
             sealer=sealer,
+            chain_key=AuditKey(keyring),
             org_id=org_id,
             actor="key_1",
             action="enrollment.create",
