@@ -312,12 +312,24 @@ def main() -> None:
     parser.add_argument(
         "--against", default=None, help="revision for the A/B (default: before the edge)"
     )
+    parser.add_argument("--only", default="tls,overhead,rss", help="parts to run")
     args = parser.parse_args()
+    parts = set(args.only.split(","))
     rounds = args.rounds or (20 if args.quick else 300)
     against = args.against or BEFORE_EDGE
     work = Path(tempfile.mkdtemp(prefix="wajah-bench-edge-"))
     results: dict[str, Any] = {"quick": args.quick}
 
+    if "tls" in parts:
+        tls(work, rounds, results)
+    if "overhead" in parts:
+        overhead(work, against, rounds, results)
+    if "rss" in parts:
+        rss(work, 4 if args.quick else 16, results)
+    write_results("edge", results)
+
+
+def tls(work: Path, rounds: int, results: dict[str, Any]) -> None:
     results["tls"] = https_vs_http(work, rounds)
     p50 = results["tls"]["p50_ms"]
     print_table(
@@ -326,6 +338,8 @@ def main() -> None:
         [[name, v, round(v / p50["http"], 3)] for name, v in p50.items()],
     )
 
+
+def overhead(work: Path, against: str, rounds: int, results: dict[str, Any]) -> None:
     results["edge_overhead"] = edge_overhead(work, against, rounds * 3)
     ab = results["edge_overhead"]
     print_table(
@@ -335,8 +349,9 @@ def main() -> None:
     )
     print(f"overhead per request: {ab['overhead_ms']} ms p50 (goal <= 0.2 ms)")
 
+
+def rss(work: Path, concurrent: int, results: dict[str, Any]) -> None:
     width, height = (7000, 5700)
-    concurrent = 4 if args.quick else 16
     png = large_png(width, height)
     results["rss"] = {
         "image": {"width": width, "height": height, "bytes": len(png)},
@@ -360,7 +375,6 @@ def main() -> None:
             for name, r in (("off", rss["before"]), ("80 MP", rss["after"]))
         ],
     )
-    write_results("edge", results)
 
 
 if __name__ == "__main__":

@@ -87,11 +87,16 @@ class OpenedImage:
             # One pass from Pillow's buffer to BGR bytes: half the cost of an RGB array
             # followed by a channel-reversing copy. The array is read-only (it views the bytes).
             bgr = rgb.tobytes("raw", "BGR")
+            height, width = rgb.height, rgb.width
         except CorruptImageError:
             raise
         except (OSError, SyntaxError, ValueError) as exc:
             raise CorruptImageError(f"the {kind.upper()} data does not decode: {exc}") from exc
-        return np.frombuffer(bgr, dtype=np.uint8).reshape(rgb.height, rgb.width, 3)
+        finally:
+            # Pillow's own buffer (4 bytes a pixel) must not outlive the decode: the caller
+            # keeps this object while it detects, and a 40 MP frame's buffer is 160 MB.
+            image.close()
+        return np.frombuffer(bgr, dtype=np.uint8).reshape(height, width, 3)  # once only
 
 
 def open_image(data: bytes, limits: ImageLimits | None = None) -> OpenedImage:
