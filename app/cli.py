@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -336,6 +337,49 @@ def audit_public_key() -> None:
 
     with audit_session(_settings()) as (_engine, key):
         typer.echo(key.public_key().hex())
+
+
+@keys_cli.command("issue")
+def issue_key(
+    org: Annotated[str, typer.Option(help="The org to issue the key to.")],
+    scopes: Annotated[
+        str, typer.Option(help="Comma-separated scopes: admin, enroll, match, watchlist.")
+    ],
+    name: Annotated[str, typer.Option(help="What the key is for.")] = "issued by an operator",
+    expires: Annotated[
+        datetime | None,
+        typer.Option(
+            formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d"],
+            help="Expiry, e.g. 2027-01-01 (UTC) or 2027-01-01T00:00:00+07:00.",
+        ),
+    ] = None,
+) -> None:
+    """Issue an API key to an org and print it (shown exactly once; audited as `cli`).
+
+    For an org that lost or let expire every admin key; day-to-day keys come from
+    POST /v1/api-keys.
+    """
+    from app.crypto import Scope
+    from app.errors import WajahError
+    from app.services.lifecycle import start_runtime, stop_runtime
+    from app.services.orgs import issue_operator_key
+
+    try:
+        wanted = [Scope(s.strip()) for s in scopes.split(",") if s.strip()]
+    except ValueError:
+        allowed = ", ".join(s.value for s in Scope)
+        raise _fail(f"unknown scope in {scopes!r}; allowed: {allowed}") from None
+    if expires is not None and expires.tzinfo is None:
+        expires = expires.replace(tzinfo=UTC)
+    runtime = start_runtime(_settings(), serving=False)
+    try:
+        key = issue_operator_key(runtime, org, name, wanted, expires)
+    except WajahError as exc:
+        raise _fail(exc.message) from exc
+    finally:
+        stop_runtime(runtime)
+    console.print(f"issued key {key.key_id} to org {org} (store it now, it is not kept):")
+    typer.echo(f"api_key={key.plaintext}")
 
 
 @keys_cli.command("rotate")

@@ -129,6 +129,18 @@ class ModelPackMismatchError(ConflictError):
     code = "model_pack_mismatch"
 
 
+class OwnKeyRevocationError(ConflictError):
+    """A key may not revoke itself: the org would learn of its lock-out only afterwards."""
+
+    code = "cannot_revoke_own_key"
+
+
+class LastAdminKeyError(ConflictError):
+    """Revoking this key would leave the org without a working admin key."""
+
+    code = "last_admin_key"
+
+
 class ServiceNotReadyError(WajahError):
     code = "not_ready"
 

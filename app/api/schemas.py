@@ -6,9 +6,18 @@ import binascii
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    WithJsonSchema,
+)
 
 from app.crypto import Scope
+from app.services import text
 
 DuplicateCheck = Literal["off", "flag", "reject"]
 
@@ -34,15 +43,30 @@ Base64Image = Annotated[
 ]
 
 
+def _clean_text(value: str) -> str:
+    if not text.is_clean(value):
+        raise ValueError(text.MESSAGE)
+    return value
+
+
+# Every free-text field of a request: no control characters, no lone surrogates (422 before
+# the service; see `app.services.text`). The pattern tells generated clients and fuzzers.
+Text = Annotated[
+    str,
+    AfterValidator(_clean_text),
+    Field(json_schema_extra={"pattern": text.JSON_SCHEMA_PATTERN}),
+]
+
+
 class Pii(BaseModel):
     """Optional customer PII; sealed at rest and shown only to the owning org."""
 
     model_config = ConfigDict(extra="forbid")
-    nik: str | None = Field(
+    nik: Text | None = Field(
         None, description="Indonesian NIK, 16 digits.", examples=["3171234567890123"]
     )
-    email: str | None = Field(None, examples=["budi@example.co.id"])
-    phone: str | None = Field(None, examples=["+6281234567890"])
+    email: Text | None = Field(None, examples=["budi@example.co.id"])
+    phone: Text | None = Field(None, examples=["+6281234567890"])
 
 
 class EnrollJson(BaseModel):
@@ -145,7 +169,7 @@ class ProbeBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     image: Base64Image | None = Field(None, description="Base64 JPEG, PNG or WebP.")
     vector: list[float] | None = Field(None, description="Embedding from the same model pack.")
-    model_id: str | None = Field(None, description="Required with `vector`.")
+    model_id: Text | None = Field(None, description="Required with `vector`.")
 
 
 class VerifyRequest(BaseModel):
@@ -155,7 +179,7 @@ class VerifyRequest(BaseModel):
             "examples": [{"subject_id": "cust-0042", "probe": {"image": _B64_EXAMPLE}}]
         },
     )
-    subject_id: str = Field(..., min_length=1, max_length=128)
+    subject_id: Text = Field(..., min_length=1, max_length=128)
     probe: ProbeBody
 
 
@@ -279,7 +303,7 @@ class ApiKeyCreate(BaseModel):
             "examples": [{"name": "onboarding backend", "scopes": ["enroll", "match"]}]
         },
     )
-    name: str = Field(..., min_length=1, max_length=200)
+    name: Text = Field(..., min_length=1, max_length=200)
     scopes: list[Scope] = Field(..., min_length=1)
     expires_at: datetime | None = None
 
@@ -323,7 +347,7 @@ class OrgSettingsPatch(BaseModel):
         },
     )
     threshold: float | None = Field(None, description="Cosine threshold; null = the pack's.")
-    threshold_calibration: str | None = Field(None, max_length=500)
+    threshold_calibration: Text | None = Field(None, max_length=500)
     duplicate_policy: DuplicateCheck | None = None
     retention: Retention | None = None
     watchlist_sharing: bool | None = Field(
@@ -389,8 +413,8 @@ class WatchlistCreate(BaseModel):
         extra="forbid",
         json_schema_extra={"examples": [{"name": "consortium confirmed fraud", "region": "ID"}]},
     )
-    name: str = Field(..., min_length=1, max_length=200)
-    region: str | None = Field(
+    name: Text = Field(..., min_length=1, max_length=200)
+    region: Text | None = Field(
         None, min_length=2, max_length=32, description="Default: the deployment's region."
     )
 
@@ -416,7 +440,7 @@ class Invitation(BaseModel):
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [{"org_id": "org_..."}]}
     )
-    org_id: str = Field(..., min_length=1, max_length=40)
+    org_id: Text = Field(..., min_length=1, max_length=40)
 
 
 class Membership(BaseModel):
@@ -437,8 +461,8 @@ class EntryCreate(BaseModel):
             ]
         },
     )
-    reason_code: str = Field(..., min_length=1, max_length=64, examples=["confirmed_fraud"])
-    subject_id: str | None = Field(None, min_length=1, max_length=128)
+    reason_code: Text = Field(..., min_length=1, max_length=64, examples=["confirmed_fraud"])
+    subject_id: Text | None = Field(None, min_length=1, max_length=128)
     probe: ProbeBody | None = None
 
 

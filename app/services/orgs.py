@@ -9,11 +9,18 @@ from datetime import datetime
 from typing import Any
 
 from app.crypto import Scope, generate_api_key
-from app.errors import ApiKeyNotFoundError, InvalidSettingsError
+from app.errors import (
+    ApiKeyNotFoundError,
+    InvalidSettingsError,
+    LastAdminKeyError,
+    NotFoundError,
+    OwnKeyRevocationError,
+)
 from app.runtime import Runtime
 from app.services import indexing
 from app.services.principal import Principal, record
 from app.services.sharing import DATA_RESIDENCIES
+from app.services.text import SERVICE_ID, check_text
 from app.storage import (
     AuditPage,
     Connection,
@@ -47,7 +54,7 @@ class IssuedKey:
 
 def create_org(runtime: Runtime, name: str) -> tuple[str, IssuedKey]:
     """Create an org with its keys in the KMS and a first admin key (shown once)."""
-    name = name.strip()
+    name = check_text(name, "an org name").strip()
     if not 1 <= len(name) <= 200:
         raise InvalidSettingsError("an org name is 1..200 characters")
     with write_transaction(runtime.engine) as conn:
@@ -76,6 +83,9 @@ def _insert_key(
     scopes: list[Scope],
     expires_at: datetime | None,
 ) -> IssuedKey:
+    check_text(name, "a key name")
+    if not 1 <= len(name) <= 200:
+        raise InvalidSettingsError("a key name is 1..200 characters")
     generated = generate_api_key()
     orgs.insert_api_key(
         conn,
@@ -105,12 +115,34 @@ def issue_api_key(
     scopes: list[Scope],
     expires_at: datetime | None,
 ) -> IssuedKey:
+    _check_expiry(expires_at)
+    with write_transaction(runtime.engine) as conn:
+        return _insert_key(conn, runtime, principal, principal.org_id, name, scopes, expires_at)
+
+
+def issue_operator_key(
+    runtime: Runtime,
+    org_id: str,
+    name: str,
+    scopes: list[Scope],
+    expires_at: datetime | None,
+) -> IssuedKey:
+    """A key issued by an operator on the command line (audited as `cli`), not by an API
+    caller: how an org whose admin keys are all gone or expired gets one back."""
+    _check_expiry(expires_at)
+    if not scopes:
+        raise InvalidSettingsError("name at least one scope")
+    with write_transaction(runtime.engine) as conn:
+        if not SERVICE_ID.fullmatch(org_id) or not orgs.org_exists(conn, org_id):
+            raise NotFoundError(f"no org {org_id!r}")
+        return _insert_key(conn, runtime, None, org_id, name, scopes, expires_at)
+
+
+def _check_expiry(expires_at: datetime | None) -> None:
     if expires_at is not None and expires_at.tzinfo is None:
         raise InvalidSettingsError("expires_at needs a UTC offset, e.g. 2027-01-01T00:00:00Z")
     if expires_at is not None and expires_at <= utcnow():
         raise InvalidSettingsError("expires_at must be in the future")
-    with write_transaction(runtime.engine) as conn:
-        return _insert_key(conn, runtime, principal, principal.org_id, name, scopes, expires_at)
 
 
 def list_api_keys(runtime: Runtime, principal: Principal) -> list[dict[str, Any]]:
@@ -131,9 +163,18 @@ def list_api_keys(runtime: Runtime, principal: Principal) -> list[dict[str, Any]
 
 
 def revoke_api_key(runtime: Runtime, principal: Principal, key_id: str) -> None:
+    """Revoke one of the org's keys, never in a way that locks the org out: not the calling
+    key itself, not the last working admin key (checked under the org's key lock, so two
+    admins revoking each other on two replicas cannot both succeed)."""
     if not KEY_ID.fullmatch(key_id):  # e.g. NUL bytes, which PostgreSQL refuses to compare
         raise ApiKeyNotFoundError(f"no API key {key_id!r}")
+    if key_id == principal.key_id:
+        raise OwnKeyRevocationError(
+            "an API key cannot revoke itself; revoke it with another admin key"
+        )
     with write_transaction(runtime.engine) as conn:
+        feed.lock_for_transaction(conn, f"api-keys:{principal.org_id}")
+        _keep_an_admin(conn, principal.org_id, revoking=key_id)
         revoked = orgs.revoke_api_key(conn, principal.org_id, key_id, utcnow())
         if revoked is None:
             raise ApiKeyNotFoundError(f"no API key {key_id!r}")
@@ -150,6 +191,22 @@ def revoke_api_key(runtime: Runtime, principal: Principal, key_id: str) -> None:
         )
         feed.announce(conn, "key", key_id)
     runtime.api_keys.forget(key_id)
+
+
+def _keep_an_admin(conn: Connection, org_id: str, *, revoking: str) -> None:
+    now = utcnow()
+    working_admins = {
+        r.key_id
+        for r in orgs.org_api_keys(conn, org_id)
+        if Scope.ADMIN.value in r.scopes
+        and r.revoked_at is None
+        and (r.expires_at is None or r.expires_at > now)
+    }
+    if revoking in working_admins and working_admins == {revoking}:
+        raise LastAdminKeyError(
+            "this is the org's last working admin key; issue another admin key first "
+            "(or, locked out, `wajah keys issue --org ID --scopes admin`)"
+        )
 
 
 # --- settings -------------------------------------------------------------------------------
@@ -248,7 +305,10 @@ def _changed_settings(
                 )
             threshold = float(threshold)
         updated["threshold"] = threshold
-        updated["threshold_calibration"] = changes.get("threshold_calibration")
+        calibration = changes.get("threshold_calibration")
+        if calibration is not None:
+            check_text(calibration, "threshold_calibration")
+        updated["threshold_calibration"] = calibration
     if "duplicate_policy" in changes:
         if changes["duplicate_policy"] not in DUPLICATE_POLICIES:
             raise InvalidSettingsError(f"duplicate_policy must be one of {DUPLICATE_POLICIES}")

@@ -34,7 +34,7 @@ from app.errors import (
     TooManyFramesError,
 )
 from app.runtime import Runtime
-from app.services import idempotency, indexing
+from app.services import idempotency, indexing, text
 from app.services.orgs import DUPLICATE_POLICIES, effective_threshold, org_settings
 from app.services.principal import Principal, record
 from app.services.watchlists import screen_everywhere
@@ -52,9 +52,6 @@ from app.storage import (
 from models.pipeline import FaceCapture, FrameOutcome
 
 SUBJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
-# Ids the service generates (`enr_<hex>`). Anything else cannot exist, and must not reach the
-# database either: PostgreSQL refuses text with NUL bytes with an error, not an empty result.
-SERVICE_ID = re.compile(r"[A-Za-z0-9_]{1,40}")
 NIK = re.compile(r"\d{16}")
 EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{2,63}")
 PHONE = re.compile(r"\+?\d{8,15}")
@@ -78,6 +75,8 @@ def check_pii(pii: Mapping[str, str | None]) -> dict[str, str]:
             raise InvalidPiiError(f"unknown PII field {name!r}; allowed: nik, email, phone")
         if value is None:
             continue
+        if not text.is_clean(value):
+            raise InvalidPiiError(f"{name} {text.MESSAGE}", field=name)
         value = value.strip()
         pattern = {"nik": NIK, "email": EMAIL, "phone": PHONE}[name]
         if not pattern.fullmatch(value):
@@ -630,7 +629,7 @@ def list_subjects(
 
 def retire_enrollment(runtime: Runtime, principal: Principal, enrollment_id: str) -> dict[str, Any]:
     org_id = principal.org_id
-    if not SERVICE_ID.fullmatch(enrollment_id):
+    if not text.SERVICE_ID.fullmatch(enrollment_id):
         raise EnrollmentNotFoundError(f"no enrollment {enrollment_id!r}")
     with write_transaction(runtime.engine) as conn:
         rows = subjects.bundle_embeddings(conn, org_id, enrollment_id, lock=True)

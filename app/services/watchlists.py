@@ -37,6 +37,7 @@ from app.services.orgs import effective_threshold, org_settings
 from app.services.principal import Principal, record
 from app.services.probes import Probe, probe_vector
 from app.services.sharing import eligible_orgs, residency_allows
+from app.services.text import SERVICE_ID, check_text
 from app.storage import (
     Connection,
     feed,
@@ -85,7 +86,7 @@ class WatchlistClosedError(ConflictError):
 
 def _visible(conn: Connection, watchlist_id: str, org_id: str) -> Any:
     """The watchlist if `org_id` owns it or is invited/active in it; else 404 (no oracle)."""
-    row = watchlists.find(conn, watchlist_id)
+    row = watchlists.find(conn, watchlist_id) if SERVICE_ID.fullmatch(watchlist_id) else None
     if row is None:
         raise WatchlistNotFoundError(f"no watchlist {watchlist_id!r}")
     if row.owner_org_id == org_id or watchlists.membership(conn, watchlist_id, org_id) in (
@@ -143,10 +144,10 @@ def _view(conn: Connection, row: Any, org_id: str) -> dict[str, Any]:
 def create_watchlist(
     runtime: Runtime, principal: Principal, name: str, region: str | None
 ) -> dict[str, Any]:
-    name = name.strip()
+    name = check_text(name, "a watchlist name").strip()
     if not 1 <= len(name) <= 200:
         raise InvalidRequestError("a watchlist name is 1..200 characters")
-    region = region or runtime.settings.region
+    region = check_text(region or runtime.settings.region, "region")
     org_id = principal.org_id
     with write_transaction(runtime.engine) as conn:
         _require_sharing(conn, org_id)
@@ -182,6 +183,7 @@ def list_watchlists(runtime: Runtime, principal: Principal) -> list[dict[str, An
 def invite(
     runtime: Runtime, principal: Principal, watchlist_id: str, org_id: str
 ) -> dict[str, Any]:
+    check_text(org_id, "org_id")  # then an id of no org is a plain 404
     with write_transaction(runtime.engine) as conn:
         row = _owned(conn, watchlist_id, principal.org_id)  # members can't invite
         if row.status != "open":
@@ -264,7 +266,11 @@ def remove_member(
 ) -> dict[str, Any]:
     with read_transaction(runtime.engine) as conn:
         row = _visible(conn, watchlist_id, principal.org_id)
-        state = watchlists.membership(conn, watchlist_id, org_id)
+        state = (
+            watchlists.membership(conn, watchlist_id, org_id)
+            if SERVICE_ID.fullmatch(org_id)
+            else None
+        )
     if row.owner_org_id != principal.org_id:
         raise WatchlistNotFoundError(f"no watchlist {watchlist_id!r}")
     if org_id == principal.org_id:
@@ -407,6 +413,8 @@ def withdraw(
     org_id = principal.org_id
     if not entry_ids:
         raise InvalidRequestError("name at least one entry_id")
+    if unknown := [e for e in entry_ids if not SERVICE_ID.fullmatch(e)]:
+        raise WatchlistEntryNotFoundError(f"no entry {unknown[0]!r} of yours here")
     with read_transaction(runtime.engine) as conn:
         _visible(conn, watchlist_id, org_id)
     with write_transaction(runtime.engine) as conn:

@@ -209,3 +209,74 @@ def test_retention_sweeps_sealed_frames_no_row_references(
     assert result.exit_code == 0, result.output
     assert "deleted 1 orphaned sealed frames" in result.stdout
     assert runner.invoke(cli, ["audit", "verify"], env=env).exit_code == 0
+
+
+def test_keys_issue_gives_a_locked_out_org_a_working_key(env: dict[str, str]) -> None:
+    runner = CliRunner()
+    created = runner.invoke(cli, ["orgs", "create", "A"], env=env)
+    org_id = dict(line.split("=", 1) for line in created.stdout.splitlines() if "=" in line)[
+        "org_id"
+    ]
+
+    issued = runner.invoke(
+        cli,
+        ["keys", "issue", "--org", org_id, "--scopes", "admin,match", "--expires", "2099-01-01"],
+        env=env,
+    )
+
+    assert issued.exit_code == 0, issued.output
+    plaintext = issued.stdout.split("api_key=", 1)[1].split()[0]
+    assert issued.stdout.count(plaintext) == 1
+    runtime = start_runtime(Settings(**{k[6:].lower(): v for k, v in env.items()}), serving=False)
+    try:
+        from app.services.orgs import list_api_keys
+        from app.services.principal import authenticate
+
+        principal = authenticate(runtime, plaintext, Scope.ADMIN)
+        assert principal.org_id == org_id and principal.can(Scope.MATCH)
+        listed = {k["key_id"]: k for k in list_api_keys(runtime, principal)}
+        assert listed[principal.key_id]["expires_at"].year == 2099
+    finally:
+        stop_runtime(runtime)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--org", "org_nope", "--scopes", "admin"], "no org 'org_nope'"),
+        (["--org", "org_x\x01", "--scopes", "admin"], "no org"),
+        (["--org", "ORG", "--scopes", "root"], "unknown scope in 'root'"),
+        (["--org", "ORG", "--scopes", ","], "name at least one scope"),
+        (["--org", "ORG", "--scopes", "admin", "--name", "a\x00b"], "control characters"),
+        (["--org", "ORG", "--scopes", "admin", "--name", ""], "1..200 characters"),
+        (["--org", "ORG", "--scopes", "admin", "--expires", "2001-01-01"], "in the future"),
+        (["--org", "ORG", "--scopes", "admin", "--expires", "soon"], "Invalid value"),
+        (["--scopes", "admin"], "Missing option '--org'"),
+    ],
+)
+def test_keys_issue_refuses_bad_input_and_issues_nothing(
+    env: dict[str, str], args: list[str], message: str
+) -> None:
+    runner = CliRunner()
+    created = runner.invoke(cli, ["orgs", "create", "A"], env=env)
+    org_id = dict(line.split("=", 1) for line in created.stdout.splitlines() if "=" in line)[
+        "org_id"
+    ]
+    runtime = start_runtime(Settings(**{k[6:].lower(): v for k, v in env.items()}), serving=False)
+    try:
+        from app.storage import orgs as org_store
+
+        def key_count() -> int:
+            with read_transaction(runtime.engine) as conn:
+                return len(org_store.org_api_keys(conn, org_id))
+
+        before = key_count()
+        result = runner.invoke(
+            cli, ["keys", "issue", *[org_id if a == "ORG" else a for a in args]], env=env
+        )
+        assert result.exit_code != 0
+        assert message in result.output
+        assert "api_key=" not in result.output
+        assert key_count() == before
+    finally:
+        stop_runtime(runtime)

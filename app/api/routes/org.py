@@ -56,8 +56,17 @@ async def list_keys(caller: AdminDep) -> list[ApiKeyInfo]:
 @router.delete(
     "/v1/api-keys/{key_id}",
     status_code=204,
-    responses={**ERRORS, 404: {"model": ErrorBody}},
+    responses={
+        **ERRORS,
+        404: {"model": ErrorBody, "description": "`api_key_not_found`"},
+        409: {
+            "model": ErrorBody,
+            "description": "`cannot_revoke_own_key` (the calling key) or `last_admin_key` "
+            "(the org's last working admin key): an org cannot lock itself out.",
+        },
+    },
     summary="Revoke an API key",
+    description="Revoking a revoked key again is a no-op (204), so retries are safe.",
 )
 async def revoke_key(key_id: str, caller: AdminDep) -> Response:
     await caller.run(service.revoke_api_key, key_id)

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from httpx import Response
 from PIL import Image
 
+from app.crypto.apikeys import parse_api_key
 from app.main import max_body_bytes
 from app.runtime import Runtime
 from models.imaging import encode_jpeg
@@ -489,6 +490,7 @@ def test_keys_and_settings_refuse_bad_input(client: TestClient, org: Org) -> Non
         return client.patch("/v1/org/settings", headers=org.admin, json=body)
 
     nan = {**org.admin, "content-type": "application/json"}
+    own_key_id = parse_api_key(org.admin_key).key_id
     cases: dict[str, tuple[Callable[[], Response], tuple[int, str]]] = {
         "key no name": (lambda: key({"scopes": ["match"]}), (422, "invalid_request")),
         "key empty name": (
@@ -531,6 +533,10 @@ def test_keys_and_settings_refuse_bad_input(client: TestClient, org: Org) -> Non
         "revoke NUL": (
             lambda: client.delete("/v1/api-keys/k%00", headers=org.admin),
             (404, "api_key_not_found"),
+        ),
+        "revoke own key": (
+            lambda: client.delete(f"/v1/api-keys/{own_key_id}", headers=org.admin),
+            (409, "cannot_revoke_own_key"),
         ),
         "revoke 300 chars": (
             lambda: client.delete(f"/v1/api-keys/{'k' * 300}", headers=org.admin),
