@@ -43,6 +43,7 @@ SUITES = (
     "backup",
     "replicas",
     "edge",
+    "audit",
 )
 # Baseline each suite runs in the same process and run, for the combined JSON.
 BASELINES = {
@@ -57,6 +58,7 @@ BASELINES = {
     "backup": "the same pg_dump alone, pg_dump at default compression, plain pg_restore",
     "replicas": "search without the freshness check; GET /v1/org/settings on 045d28c; 1 replica",
     "edge": "plain HTTP; wajah serve of 9fe7efc (before the edge); the pixel budget off",
+    "audit": "app.storage.audit.append of 2cdcf7d (plain SHA-256), interleaved in one process",
 }
 TIMEOUT_S = {"quick": 600, "full": 3600}
 
