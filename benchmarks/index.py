@@ -1,10 +1,21 @@
 """Index figures: exact and float16 search, add, removal, snapshots, mate recall, baselines.
 
-    python benchmarks/index.py [--quick] [--sizes 10000,100000] [--dims 128,512]
+    python -m benchmarks.index [--quick] [--sizes 10000,100000] [--dims 128,512]
+                               [--load capture|none] [--samples N]
 
 Full mode measures 10k, 100k and 1M vectors at 128-d (default pack) and 512-d (ArcFace) in one
 namespace; --quick uses 2k and 20k vectors (under a minute). Prints a table and writes
 benchmarks/results/index-<date>.json.
+
+Single-query latency is measured against numpy fairly: wajah float32, wajah float16 and numpy
+take turns sample by sample (order reversed every other round), so that all three see the same
+machine, in two phases: idle, and while a capture loop runs beside them (``--load capture``,
+the default): a separate process running ``FacePipeline.capture`` on one 640x480 JPEG of the
+default pack in a loop with one onnxruntime thread, i.e. a real inference loop that keeps one
+core busy, as the service's own inference does. The JSON keeps the idle phase under
+``results[].float32.search_single``, ``results[].float16.search_single`` and
+``results[].numpy_brute_force``, the loaded one under ``results[].under_load``, and both
+phases' ratios under ``results[].search_vs_numpy``.
 
 Data is face-like, not uniform: N identity centres, one enrolled capture each and one probe
 capture for a sample of identities, every capture the centre plus Gaussian noise whose size
@@ -22,13 +33,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,7 +53,13 @@ import faiss
 import numpy as np
 import psutil
 
-from benchmarks.common import RESULTS_DIR, emit, machine_info, percentile, print_table
+from benchmarks.common import (
+    RESULTS_DIR,
+    emit,
+    machine_info,
+    percentile,
+    print_table,
+)
 from index import IndexRegistry, VectorIndex
 
 MODEL = "bench-model"
@@ -177,80 +197,220 @@ def stats(ms: list[float]) -> dict[str, float]:
     }
 
 
+# A real inference loop in its own process: the default pack's capture of one JPEG, one
+# onnxruntime thread, forever. PR_SET_PDEATHSIG kills it with this benchmark, even when paused.
+CAPTURE_LOOP = """
+import ctypes, signal, sys
+from pathlib import Path
+ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+from benchmarks.pipeline import single_face_jpeg
+from models.pipeline import FacePipeline
+from models.prepare import prepare_default_pack
+pipeline = FacePipeline.load(prepare_default_pack(Path(sys.argv[1])), threads=1)
+frame = single_face_jpeg()
+pipeline.capture(frame)
+print("ready", flush=True)
+while True:
+    pipeline.capture(frame)
+"""
+LOAD_DESCRIPTION = (
+    "capture loop: a separate process running FacePipeline.capture (default pack, one "
+    "onnxruntime thread) on one 640x480 JPEG back to back"
+)
+
+
+class CaptureLoad:
+    """The capture loop, paused (SIGSTOP) except inside :meth:`running`."""
+
+    def __init__(self, models_dir: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", CAPTURE_LOOP, str(models_dir)],
+            cwd=Path(__file__).resolve().parents[1],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "ready":
+            self.close()
+            raise RuntimeError("the capture loop did not start")
+        self.proc.send_signal(signal.SIGSTOP)
+        self._ps = psutil.Process(self.proc.pid)
+
+    def _cpu_s(self) -> float:
+        t = self._ps.cpu_times()
+        return float(t.user + t.system)
+
+    @contextmanager
+    def running(self) -> Iterator[dict[str, Any]]:
+        """Resume the loop for the block; the dict gets the cores it used meanwhile."""
+        record: dict[str, Any] = {"load": LOAD_DESCRIPTION}
+        self.proc.send_signal(signal.SIGCONT)
+        time.sleep(1.0)  # past its first frames, and the scheduler has placed it
+        cpu, start = self._cpu_s(), time.perf_counter()
+        try:
+            yield record
+        finally:
+            record["load_cpu_cores"] = round(
+                (self._cpu_s() - cpu) / (time.perf_counter() - start), 3
+            )
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+# numpy's OpenBLAS keeps a worker thread spinning for about 0.1 s after each call (measured:
+# 90 ms of CPU while the caller sleeps), which takes a core from whatever runs next. Every timed
+# call therefore starts after a pause longer than that, as a request arriving alone would.
+GAP_S = 0.12
+
+
+def interleaved_search(
+    indexes: dict[str, VectorIndex],
+    x: np.ndarray,
+    probes: np.ndarray,
+    samples: int,
+    gap_s: float,
+    warmup: int = 3,
+) -> dict[str, dict[str, float]]:
+    """Single-query latency of wajah float32, float16 and numpy, taking turns each round
+    (in reverse order every other round), each call ``gap_s`` after the previous one."""
+    turns = {name: iter(range(1 << 30)) for name in ("float32", "float16", "numpy")}
+
+    def probe(name: str) -> np.ndarray:
+        return probes[next(turns[name]) % len(probes)]
+
+    def numpy_search() -> None:
+        scores = x @ probe("numpy")
+        top = np.argpartition(-scores, K)[:K]
+        top[np.argsort(-scores[top])]
+
+    calls: dict[str, Callable[[], object]] = {
+        storage: lambda s=storage: indexes[s].search(probe(s), model_id=MODEL, k=K)
+        for storage in ("float32", "float16")
+    }
+    calls["numpy"] = numpy_search
+    order = list(calls)
+    timings: dict[str, list[float]] = {name: [] for name in order}
+    for round_ in range(warmup + samples):
+        for name in order if round_ % 2 == 0 else order[::-1]:
+            time.sleep(gap_s)
+            started = time.perf_counter()
+            calls[name]()
+            if round_ >= warmup:
+                timings[name].append((time.perf_counter() - started) * 1000)
+    return {name: stats(ms) for name, ms in timings.items()}
+
+
+def vs_numpy(timed: dict[str, dict[str, float]]) -> dict[str, float]:
+    numpy = timed["numpy"]["p50_ms"]
+    return {
+        "float32_over_numpy": round(timed["float32"]["p50_ms"] / numpy, 3),
+        "float16_over_numpy_float32": round(timed["float16"]["p50_ms"] / numpy, 3),
+    }
+
+
+def build(
+    registry: IndexRegistry, storage: str, x: np.ndarray
+) -> tuple[VectorIndex, dict[str, Any]]:
+    """A namespace of ``x``: bulk adds, then single adds; their rates and the memory used."""
+    n, d = x.shape
+    ids = np.arange(n, dtype=np.int64)
+    index = registry.get_or_create(
+        f"bench-{n}-{d}-{storage}",
+        dimension=d,
+        model_id=MODEL,
+        storage=storage,  # type: ignore[arg-type]
+    )
+    r: dict[str, Any] = {}
+    singles = min(2000, n // 10)
+    bulk = n - singles
+    with PeakRss() as rss:
+        start = time.perf_counter()
+        for s in range(0, bulk, 10_000):
+            index.add(ids[s : min(bulk, s + 10_000)], x[s : min(bulk, s + 10_000)], model_id=MODEL)
+        r["add_bulk_vectors_per_s"] = round(bulk / (time.perf_counter() - start))
+        # Single-row adds after the bulk load: the case that stalled an IndexIDMap2.
+        single = latencies(
+            lambda i: index.add(
+                ids[bulk + i : bulk + i + 1], x[bulk + i : bulk + i + 1], model_id=MODEL
+            ),
+            singles,
+            warmup=0,
+        )
+    r["add_single"] = stats(single)
+    r["peak_rss_over_raw"] = round(rss.peak / (x.nbytes // (2 if storage == "float16" else 1)), 3)
+    r["memory_bytes_per_vector"] = round(index.memory_bytes() / index.count, 1)
+    return index, r
+
+
+def upkeep(
+    index: VectorIndex, probes: np.ndarray, mates: np.ndarray, q_samples: int, flight: int
+) -> dict[str, Any]:
+    """Throughput in flight, mate recall, snapshot write/load, removals, compaction."""
+    n, n_probes = index.count, len(probes)
+    r: dict[str, Any] = {}
+    index.set_micro_batch(False)
+    r["qps_16_in_flight_unbatched"] = round(in_flight(index, probes, flight // 2), 1)
+    index.set_micro_batch(True)
+    r["qps_16_in_flight_micro_batched"] = round(in_flight(index, probes, flight), 1)
+    r["mate_recall"] = mate_recall(index, probes, mates)
+    info = index.snapshot(position=n)
+    r["snapshot_write_s"] = round(info.seconds, 3)
+    r["snapshot_bytes"] = info.bytes
+    os.posix_fadvise(os.open(info.path, os.O_RDONLY), 0, 0, os.POSIX_FADV_DONTNEED)
+    report = index.load_or_rebuild(lambda position: [])
+    assert report.source == "snapshot", report
+    r["snapshot_load_s"] = round(report.seconds, 3)
+    # Removal: one id per call, then a search with the tombstones, then compaction.
+    victims = np.random.default_rng(1).choice(n, size=1000, replace=False)
+    r["remove_one"] = stats(latencies(lambda i: index.remove([int(victims[i])]), 1000, 0))
+    r["search_single_with_1000_tombstones"] = stats(
+        latencies(lambda i: index.search(probes[i % n_probes], model_id=MODEL, k=K), q_samples // 2)
+    )
+    start = time.perf_counter()
+    index.compact()
+    r["compact_s"] = round(time.perf_counter() - start, 3)
+    return r
+
+
 def bench_one(
-    registry: IndexRegistry, n: int, d: int, bandwidth: dict[str, float], quick: bool
+    registry: IndexRegistry,
+    n: int,
+    d: int,
+    bandwidth: dict[str, float],
+    quick: bool,
+    load: CaptureLoad | None,
+    samples: int | None,
 ) -> dict[str, Any]:
     n_probes = 200 if quick else 500
     x, probes, mates = face_like(n, d, n_probes, seed=n + d)
-    ids = np.arange(n, dtype=np.int64)
-    raw_bytes = x.nbytes
-    out: dict[str, Any] = {"n": n, "d": d, "raw_vector_bytes": raw_bytes}
+    out: dict[str, Any] = {"n": n, "d": d, "raw_vector_bytes": x.nbytes}
     scale = max(1, n // 100_000)
-    q_samples = max(30, 300 // scale)
+    q_samples = samples or (30 if quick else max(40, 300 // scale))
     flight_total = max(160, 640 // scale)
 
+    indexes: dict[str, VectorIndex] = {}
     for storage in ("float32", "float16"):
-        name = f"bench-{n}-{d}-{storage}"
-        index = registry.get_or_create(name, dimension=d, model_id=MODEL, storage=storage)  # type: ignore[arg-type]
-        r: dict[str, Any] = {}
-        singles = min(2000, n // 10)
-        bulk = n - singles
-        with PeakRss() as rss:
-            start = time.perf_counter()
-            for s in range(0, bulk, 10_000):
-                index.add(
-                    ids[s : min(bulk, s + 10_000)], x[s : min(bulk, s + 10_000)], model_id=MODEL
-                )
-            r["add_bulk_vectors_per_s"] = round(bulk / (time.perf_counter() - start))
-            # Single-row adds after the bulk load: the case that stalled an IndexIDMap2.
-            single = latencies(
-                lambda i, index=index, b=bulk: index.add(
-                    ids[b + i : b + i + 1], x[b + i : b + i + 1], model_id=MODEL
-                ),
-                singles,
-                warmup=0,
-            )
-        r["add_single"] = stats(single)
-        r["peak_rss_over_raw"] = round(
-            rss.peak / (raw_bytes // (2 if storage == "float16" else 1)), 3
-        )
-        r["memory_bytes_per_vector"] = round(index.memory_bytes() / index.count, 1)
-        r["search_single"] = stats(
-            latencies(
-                lambda i, index=index: index.search(probes[i % n_probes], model_id=MODEL, k=K),
-                q_samples,
-            )
-        )
-        index.set_micro_batch(False)
-        r["qps_16_in_flight_unbatched"] = round(in_flight(index, probes, flight_total // 2), 1)
-        index.set_micro_batch(True)
-        r["qps_16_in_flight_micro_batched"] = round(in_flight(index, probes, flight_total), 1)
-        r["mate_recall"] = mate_recall(index, probes, mates)
-        # Snapshot write and load.
-        info = index.snapshot(position=n)
-        r["snapshot_write_s"] = round(info.seconds, 3)
-        r["snapshot_bytes"] = info.bytes
-        os.posix_fadvise(os.open(info.path, os.O_RDONLY), 0, 0, os.POSIX_FADV_DONTNEED)
-        with PeakRss() as rss:
-            report = index.load_or_rebuild(lambda position: [])
-        assert report.source == "snapshot", report
-        r["snapshot_load_s"] = round(report.seconds, 3)
-        # Removal: one id per call, then a search with the tombstones, then compaction.
-        victims = np.random.default_rng(1).choice(n, size=1000, replace=False)
-        r["remove_one"] = stats(
-            latencies(lambda i, index=index, v=victims: index.remove([int(v[i])]), 1000, 0)
-        )
-        r["search_single_with_1000_tombstones"] = stats(
-            latencies(
-                lambda i, index=index: index.search(probes[i % n_probes], model_id=MODEL, k=K),
-                q_samples // 2,
-            )
-        )
-        start = time.perf_counter()
-        index.compact()
-        r["compact_s"] = round(time.perf_counter() - start, 3)
-        out[storage] = r
-        registry.drop(name)
+        indexes[storage], out[storage] = build(registry, storage, x)
+    # Quick mode is a smoke test: no pauses, fewer samples.
+    gap_s = 0.0 if quick else GAP_S
+    idle = interleaved_search(indexes, x, probes, q_samples, gap_s)
+    for storage in ("float32", "float16"):
+        out[storage]["search_single"] = idle[storage]
+    out["numpy_brute_force"] = idle["numpy"]
+    out["search_vs_numpy"] = {"idle": vs_numpy(idle)}
+    if load is not None:
+        with load.running() as loaded:
+            timed = interleaved_search(indexes, x, probes, q_samples, gap_s)
+        loaded.update({s: {"search_single": timed[s]} for s in ("float32", "float16")})
+        out["under_load"] = {**loaded, "numpy_brute_force": timed["numpy"]}
+        out["search_vs_numpy"]["capture_loop"] = vs_numpy(timed)
+    for storage, index in indexes.items():
+        out[storage].update(upkeep(index, probes, mates, q_samples, flight_total))
+        registry.drop(index.namespace)
+    del indexes
 
     # Baselines in the same process and run.
     flat = faiss.IndexFlatIP(d)
@@ -258,15 +418,44 @@ def bench_one(
     out["faiss_flat_batch1"] = stats(
         latencies(lambda i: flat.search(probes[i % n_probes : i % n_probes + 1], K), q_samples)
     )
-
-    def numpy_search(i: int) -> None:
-        scores = x @ probes[i % n_probes]
-        top = np.argpartition(-scores, K)[:K]
-        top[np.argsort(-scores[top])]
-
-    out["numpy_brute_force"] = stats(latencies(numpy_search, max(10, q_samples // 3)))
     out.update(bandwidth_limits(n, d, bandwidth))
     return out
+
+
+def print_comparison(results: list[dict[str, Any]]) -> None:
+    """The interleaved single-query comparison with numpy, idle and under the capture loop."""
+    rows = []
+    for r in results:
+        phases = [("idle", r, None)]
+        if "under_load" in r:
+            phases.append(("capture loop", r["under_load"], r["under_load"]["load_cpu_cores"]))
+        for phase, timed, cores in phases:
+            numpy = timed["numpy_brute_force"]
+            f32, f16 = timed["float32"]["search_single"], timed["float16"]["search_single"]
+            rows.append(
+                [
+                    f"{r['n']:,}x{r['d']}",
+                    phase,
+                    "-" if cores is None else cores,
+                    numpy["samples"],
+                    numpy["p50_ms"],
+                    f32["p50_ms"],
+                    f16["p50_ms"],
+                    round(f32["p50_ms"] / numpy["p50_ms"], 3),
+                    round(f16["p50_ms"] / numpy["p50_ms"], 3),
+                    numpy["p99_ms"],
+                    f32["p99_ms"],
+                    f16["p99_ms"],
+                ]
+            )
+    header = "size phase load-cores samples numpy-p50 f32-p50 f16-p50 f32/numpy f16/numpy"
+    header += " numpy-p99 f32-p99 f16-p99"
+    print_table(
+        "single query, interleaved with numpy x @ q + argpartition (ms; goal f32/numpy <= 1.05,"
+        " f16/numpy <= 0.55)",
+        header.split(),
+        rows,
+    )
 
 
 def main() -> None:
@@ -276,6 +465,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, under a minute")
     parser.add_argument("--sizes", help="comma-separated vector counts")
     parser.add_argument("--dims", default="128,512", help="comma-separated dimensions")
+    parser.add_argument(
+        "--load",
+        choices=("capture", "none"),
+        default="capture",
+        help="the loaded phase of the search comparison: a capture loop beside it, or none",
+    )
+    parser.add_argument("--samples", type=int, help="search samples per phase and engine")
     args = parser.parse_args()
     sizes = (
         [int(s) for s in args.sizes.split(",")]
@@ -294,11 +490,18 @@ def main() -> None:
         tempfile.TemporaryDirectory(dir=RESULTS_DIR.parent) as tmp,
         IndexRegistry(Path(tmp), threads=threads) as registry,
     ):
-        for d in dims:
-            for n in sizes:
-                started = time.perf_counter()
-                results.append(bench_one(registry, n, d, bandwidth, args.quick))
-                print(f"  {n} x {d} done in {time.perf_counter() - started:.1f} s", flush=True)
+        load = CaptureLoad(Path(tmp) / "models") if args.load == "capture" else None
+        try:
+            for d in dims:
+                for n in sizes:
+                    started = time.perf_counter()
+                    results.append(
+                        bench_one(registry, n, d, bandwidth, args.quick, load, args.samples)
+                    )
+                    print(f"  {n} x {d} done in {time.perf_counter() - started:.1f} s", flush=True)
+        finally:
+            if load is not None:
+                load.close()
 
     rows = []
     for r in results:
@@ -334,8 +537,10 @@ def main() -> None:
     print_table(
         "index figures (ms unless noted; qps16 = queries/s, 16 in flight)", header.split(), rows
     )
+    print_comparison(results)
     payload = {
         "suite": "index",
+        "load": LOAD_DESCRIPTION if args.load == "capture" else None,
         "when": datetime.now(UTC).isoformat(),
         "machine": machine_info(),
         "mode": "quick" if args.quick else "full",

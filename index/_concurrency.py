@@ -64,10 +64,14 @@ class SearchPool:
     OpenMP's thread count is a per-thread setting: a Python thread that never set it gets the
     process default (all cores), so two concurrent scans from request threads would start
     2 x ncores OpenMP threads that busy-wait against each other. Here every scan runs on a
-    pool thread pinned to one OpenMP thread, and a big index is split into as many pieces as
-    there are pool threads, so one query uses every core and many queries never oversubscribe
-    them. (Measured on 2 cores, 1M x 512: one query 186 ms from the calling thread, 81 ms
-    split over this pool.)
+    pool thread pinned to one OpenMP thread.
+
+    A big index is shared between the pool threads by work stealing (:meth:`share`): every
+    thread takes the next small piece until none is left, so the pieces go to whichever
+    threads the kernel actually runs. A static split into one equal group per thread waits
+    for its slowest group: with one of 2 cores busy (a capture loop), the group whose thread
+    shares that core ran at half speed and the search took 1.8x numpy's (whose sgemv holds up
+    better); measured on 2 cores, 1M x 512, see benchmarks/index.py --load.
     """
 
     def __init__(self, threads: int) -> None:
@@ -87,8 +91,42 @@ class SearchPool:
         futures: list[Future[R]] = [self._executor.submit(fn, item) for item in items]
         return [f.result() for f in futures]
 
+    def share(self, work: Callable[[Iterator[T]], R], items: Sequence[T], threads: int) -> list[R]:
+        """Run ``work`` on up to ``threads`` pool threads over one shared queue of ``items``.
+
+        Each call of ``work`` gets the same iterator and consumes items from it until it is
+        exhausted; it returns one result (e.g. its running top-k). A thread that starts late,
+        because the pool is busy with other searches, finds fewer items or none, so a search
+        never waits for a pool thread that has nothing left to do for it.
+        """
+        queue = _SharedIterator(items)
+        helpers = max(1, min(threads, self.threads, len(items)))
+        if helpers == 1:
+            return [self._executor.submit(work, queue).result()]
+        futures: list[Future[R]] = [self._executor.submit(work, queue) for _ in range(helpers)]
+        return [f.result() for f in futures]
+
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True)
+
+
+class _SharedIterator(Iterator[T]):
+    """An iterator over a sequence that several threads may advance at once."""
+
+    __slots__ = ("_items", "_lock", "_next")
+
+    def __init__(self, items: Sequence[T]) -> None:
+        self._items = items
+        self._lock = threading.Lock()
+        self._next = 0
+
+    def __next__(self) -> T:
+        with self._lock:
+            i = self._next
+            if i >= len(self._items):
+                raise StopIteration
+            self._next = i + 1
+        return self._items[i]
 
 
 class _Request(Generic[T, R]):

@@ -29,10 +29,12 @@ Storage = Literal["float32", "float16"]
 ROW_BITS = 32
 _ROW_MASK = (1 << ROW_BITS) - 1
 # Segments start small so that thousands of tiny namespaces stay cheap, then double up to a
-# cap that keeps one zero-filled allocation short (64 MiB) and gives the search pool enough
-# pieces to share a big namespace between cores.
+# cap that keeps one zero-filled allocation short and makes a segment the piece of work that
+# the search threads take in turn (see SearchPool.share): 16 MiB is about 1.2 ms of scanning
+# on one core here, so a thread slowed by a busy core holds the search up by at most that,
+# while the per-piece overhead (a FAISS call, a top-k fold) stays near 2 %.
 FIRST_SEGMENT_ROWS = 1024
-MAX_SEGMENT_BYTES = 64 << 20
+MAX_SEGMENT_BYTES = 16 << 20
 
 
 def dtype_of(storage: Storage) -> type[np.floating[Any]]:

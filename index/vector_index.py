@@ -6,17 +6,19 @@ here must be. FAISS scans the vectors exactly (``IndexFlatIP``), or, opt-in, a f
 recall. No approximate layout (HNSW, IVF) is offered: on face-like 512-d data HNSW missed far
 too many mates at a useful efSearch.
 
-Search path: a namespace's segments are split into one group per search-pool thread; each
-group is scanned segment by segment for the whole batch of queries: by FAISS's scalar scan
-for one or two queries, by one sgemm per segment for bigger float32 batches (see
-``index._gemm``); the per-group top-k lists are merged by score, ties by id.
+Search path: the search-pool threads take a namespace's segments (16 MiB each at most) one
+at a time from a shared queue until none is left, so a thread on a busy core simply takes
+fewer; each segment is scanned for the whole batch of queries: by FAISS's scalar scan for one
+or two queries, by one sgemm per segment for bigger float32 batches (see ``index._gemm``);
+each thread folds its hits into one top k as it goes, and those are merged by score, ties
+by id.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,8 @@ from .errors import (
 from .snapshot import SnapshotHeader, read_snapshot, write_snapshot
 
 _REPLAY_BATCH = 4096
+# A scanning thread folds its hits into one top k once it holds this many times k of them.
+_FOLD_COLUMNS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +183,13 @@ class VectorIndex:
     def _scan(
         self, q: NDArray[np.float32], k: int, floor: float | None
     ) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
-        segments = [s for s in self._store.segments if s.size]
+        # Biggest first, so that the last pieces taken are the small ones (less straggling).
+        segments = sorted((s for s in self._store.segments if s.size), key=lambda s: -s.size)
+        if not segments:
+            return (
+                np.full((len(q), k), -1, dtype=np.int64),
+                np.full((len(q), k), -np.inf, dtype=np.float32),
+            )
         # A tombstone is a zero vector scoring exactly 0, so it can only take the place of a
         # live hit when scores <= 0 are wanted; only then ask FAISS for extra rows.
         include_dead = floor is None or floor <= 0
@@ -189,44 +199,35 @@ class VectorIndex:
             else None
         )
 
-        def scan(group: list[Segment]) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
-            parts_i, parts_s = [], []
-            for seg in group:
+        def scan(pieces: Iterator[Segment]) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+            """The top k of the segments this thread takes, folded as it goes."""
+            parts_i: list[NDArray[np.int64]] = []
+            parts_s: list[NDArray[np.float32]] = []
+            columns = 0
+            for seg in pieces:
                 kk = min(k + (seg.dead if include_dead else 0), seg.size)
                 if gemm is not None:
                     scores, rows = gemm.search(q, seg.vectors[: seg.size], kk)
                 else:
                     scores, rows = seg.search(q, kk)
-                ids = np.where(rows >= 0, seg.ids[rows], -1)
-                parts_i.append(ids)
+                parts_i.append(np.where(rows >= 0, seg.ids[rows], -1))
                 parts_s.append(scores)
+                columns += kk
+                if len(parts_i) > 1 and columns >= _FOLD_COLUMNS * k:
+                    ids, best = _top_k(np.hstack(parts_i), np.hstack(parts_s), k)
+                    parts_i, parts_s, columns = [ids], [best], k
+            if not parts_i:  # a helper that found every piece taken
+                return np.empty((len(q), 0), dtype=np.int64), np.empty((len(q), 0), np.float32)
             return _top_k(np.hstack(parts_i), np.hstack(parts_s), k)
 
-        if not segments:
-            return (
-                np.full((len(q), k), -1, dtype=np.int64),
-                np.full((len(q), k), -np.inf, dtype=np.float32),
-            )
-        groups = self._groups(segments)
-        parts = [scan(g) for g in groups] if self._pool is None else self._pool.map(scan, groups)
+        if self._pool is None:
+            return scan(iter(segments))
+        # Below a few MB a second thread costs more in hand-off than it saves in scanning.
+        small = sum(s.size for s in segments) * self.dimension < (1 << 20)
+        parts = self._pool.share(scan, segments, 1 if small else self._pool.threads)
         if len(parts) == 1:
             return parts[0]
         return _top_k(np.hstack([p[0] for p in parts]), np.hstack([p[1] for p in parts]), k)
-
-    def _groups(self, segments: list[Segment]) -> list[list[Segment]]:
-        """Split segments into one group per pool thread, balanced by rows."""
-        threads = self._pool.threads if self._pool is not None else 1
-        total = sum(s.size for s in segments)
-        # Below a few MB a second thread costs more in hand-off than it saves in scanning.
-        if threads == 1 or total * self.dimension < (1 << 20):
-            return [segments]
-        groups: list[list[Segment]] = [[] for _ in range(threads)]
-        loads = [0] * threads
-        for seg in sorted(segments, key=lambda s: -s.size):
-            i = loads.index(min(loads))
-            groups[i].append(seg)
-            loads[i] += seg.size
-        return [g for g in groups if g]
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -442,8 +443,17 @@ def _top_k(
     """Best ``k`` per row by score, ties by ascending id; pad with -1 / -inf."""
     scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32, copy=False)
     n = ids.shape[1]
-    # A full sort, not argpartition, so that ties at the cut-off resolve by id too. Rows here
-    # are k per segment, a few hundred at most. lexsort's last key is primary.
+    if n > 2 * k:
+        # Only columns scoring at least the k-th best can be in the top k (ties at the cut-off
+        # included, so that ids settle them): select those in linear time, sort only them.
+        kth = np.partition(scores, n - k, axis=1)[:, n - k : n - k + 1]
+        keep = int((scores >= kth).sum(axis=1).max())
+        if keep < n:
+            cut = np.argpartition(scores, n - keep, axis=1)[:, n - keep :]
+            ids = np.take_along_axis(ids, cut, axis=1)
+            scores = np.take_along_axis(scores, cut, axis=1)
+            n = keep
+    # lexsort's last key is primary.
     order = np.lexsort((ids, -scores), axis=1)[:, :k]
     ids = np.take_along_axis(ids, order, axis=1)
     scores = np.take_along_axis(scores, order, axis=1)
