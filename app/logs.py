@@ -1,7 +1,7 @@
 """Log lines: one JSON object per line (default) or plain text (`WAJAH_LOG_FORMAT`).
 
 A JSON line always has `time` (UTC, ISO 8601 with milliseconds), `level`, `logger` and
-`message`; an access line (`app.api.observe`) adds `request_id`, `method`, `route`, `path`,
+`message`; an access line (`app.api.edge`) adds `request_id`, `method`, `route`, `path`,
 `status`, `latency_ms`, `org_id` and `key_id`. Whatever a caller passes in `extra=` under
 `ACCESS_FIELDS` is copied; nothing else of a record is, so a stray attribute cannot leak.
 Nothing here ever formats a request body, a header or a key: the access log is built from

@@ -6,7 +6,7 @@ import re
 
 from fastapi.testclient import TestClient
 
-from app.main import max_body_bytes
+from app.api.edge import max_body_bytes
 from app.runtime import Runtime
 
 
