@@ -68,8 +68,8 @@ class Admission:
     def admit(self, runtime: Runtime, principal: Principal, *, blocking: bool = True) -> None:
         """Charge the key one request; `RateLimitedError` when its bucket is empty.
 
-        Not `blocking` (on the event loop): an org's override is used only if this replica
-        has its settings cached, the default otherwise."""
+        Not `blocking` (on the event loop): the org's settings are read from this replica's
+        cache only (`Caller.cached_principal` comes here only when they are cached)."""
         if blocking:
             setting = org_settings(runtime, principal.org_id).get("rate_limit")
         else:

@@ -62,10 +62,13 @@ class Caller:
         return principal
 
     def cached_principal(self) -> Principal | None:
-        """The caller from this replica's caches alone, on the event loop; None when that takes
-        the database (then `run` or `principal`)."""
+        """The caller from this replica's caches alone, on the event loop, charged to its rate
+        limit; None, charging nothing, when that takes the database (then `run` or
+        `principal`): the key is not cached, or its org's settings (its own limit) are not."""
         principal = authenticate_cached(self.runtime, self.presented, self.scope)
-        return None if principal is None else self._admitted(principal, False)
+        if principal is None or self.runtime.org_settings.get(principal.org_id) is None:
+            return None
+        return self._admitted(principal, False)
 
     async def run(
         self,

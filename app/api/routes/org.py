@@ -6,6 +6,7 @@ import dataclasses
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
+from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import AdminDep
 from app.api.schemas import (
@@ -99,9 +100,12 @@ async def get_settings(caller: AdminDep) -> OrgSettings:
     # A cache hit needs no worker thread: the hop costs about a third of this request.
     principal = caller.cached_principal()
     if principal is not None:
-        cached = service.cached_org_settings(caller.runtime, principal.org_id)
-        if cached is not None:
-            return _settings_view(caller.runtime, cached)
+        settings = service.cached_org_settings(caller.runtime, principal.org_id)
+        if settings is None:  # forgotten a moment ago: read them, but charge no second time
+            settings = await run_in_threadpool(
+                service.org_settings, caller.runtime, principal.org_id
+            )
+        return _settings_view(caller.runtime, settings)
 
     def read(runtime: Runtime, principal: Principal) -> OrgSettings:
         return _settings_view(runtime, service.org_settings(runtime, principal.org_id))

@@ -149,3 +149,33 @@ def test_the_service_shares_one_budget_between_its_pipelines(runtime: Runtime) -
     assert pool.pipeline.budget.total == runtime.settings.decode_pixel_budget
     if pool.solo is not None:
         assert pool.solo.budget is pool.pipeline.budget
+
+
+def test_a_settings_read_costs_one_token_whether_or_not_it_is_cached(
+    limited: TestClient, new_org: Callable[[], Org], runtime: Runtime
+) -> None:
+    """`GET /v1/org/settings` may be answered on the event loop from the caches or on a
+    worker thread from the database; either way the key is charged once."""
+    org = new_org()
+    statuses = []
+    for _ in range(3):
+        # The key stays cached, the settings are not: the event loop cannot answer alone.
+        runtime.org_settings.clear()
+        statuses.append(limited.get("/v1/org/settings", headers=org.admin).status_code)
+    assert statuses == [200, 200, 200]
+    refused = limited.get("/v1/org/settings", headers=org.admin)
+    assert (refused.status_code, error_code(refused)) == (429, "rate_limited")
+
+
+def test_the_event_loop_path_never_charges_an_org_by_the_wrong_limit(
+    limited: TestClient, new_org: Callable[[], Org], runtime: Runtime
+) -> None:
+    """An org with a generous override whose settings this replica has forgotten (the key
+    still cached) is charged by its own limit, not by the default's burst of 3."""
+    generous = new_org()
+    set_rate_limit(runtime, generous.org_id, 1000.0, 50)
+    statuses = []
+    for _ in range(10):
+        runtime.org_settings.clear()
+        statuses.append(limited.get("/v1/org/settings", headers=generous.admin).status_code)
+    assert statuses == [200] * 10
