@@ -28,6 +28,7 @@ from .backend import (
 from .errors import (
     DimensionMismatchError,
     DuplicateIdError,
+    IndexUnavailableError,
     InvalidIdError,
     InvalidQueryError,
     InvalidVectorError,
@@ -51,6 +52,7 @@ __all__ = [
     "Hit",
     "IndexBackend",
     "IndexRegistry",
+    "IndexUnavailableError",
     "InvalidIdError",
     "InvalidQueryError",
     "InvalidVectorError",

@@ -77,3 +77,10 @@ class RegistryLockedError(VectorIndexError):
     """Another process holds the snapshot directory of a registry."""
 
     code = "registry_locked"
+
+
+class IndexUnavailableError(VectorIndexError):
+    """A remote index (Milvus) cannot be reached or did not answer in time; nothing the
+    caller was told succeeded is lost (the database holds it), so a retry later works."""
+
+    code = "index_unavailable"

@@ -50,6 +50,29 @@ def postgres_database() -> Iterator[URL]:
 
 
 @pytest.fixture(scope="session")
+def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real Milvus server (the `milvus` extra's 2.3.5 standalone) for this test run."""
+    from tests import milvus_server
+
+    try:
+        import pymilvus  # noqa: F401
+
+        server = milvus_server.running_server(tmp_path_factory.mktemp("milvus"))
+        uri = server.__enter__()
+    except Exception as exc:  # ImportError, a port or start-up failure: say which
+        if not milvus_server.required():
+            pytest.skip(
+                f"no Milvus server for the `milvus` tests ({exc!r}); "
+                'install them with pip install -c requirements.lock -e ".[test,milvus]"'
+            )
+        pytest.fail(f"the Milvus test server did not start: {exc!r}")
+    try:
+        yield uri
+    finally:
+        server.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
 def group_photo_path() -> Path:
     """t1.jpg: a group photo of six people."""
     return INSIGHTFACE_IMAGES / "t1.jpg"

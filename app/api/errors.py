@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import errors as domain
 from app.api.deps import Caller
-from index import ModelMismatchError, VectorIndexError
+from index import IndexUnavailableError, ModelMismatchError, VectorIndexError
 from models import errors as pipeline
 
 log = logging.getLogger("wajah.api")
@@ -40,6 +40,8 @@ STATUS: list[tuple[type[Exception], int]] = [
     (pipeline.ImageError, 422),
     (pipeline.QualityError, 422),
     (ModelMismatchError, 409),
+    # A remote index (Milvus) down or slow: nothing is lost, the client retries later.
+    (IndexUnavailableError, 503),
     (VectorIndexError, 422),
 ]
 

@@ -11,6 +11,7 @@ An entry opens a backend whose state lives under ``root``: opening the same root
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,9 +27,32 @@ def embedded(root: Path) -> IndexBackend:
     return IndexRegistry(root / "snapshots", threads=2)
 
 
+class Milvus:
+    """The Milvus backend on the session's real server (the ``milvus_uri`` fixture binds
+    ``uri``): each ``root`` is a collection-name prefix of its own, so tests and hypothesis
+    examples never see each other's collections on the shared server."""
+
+    #: Creating a collection takes about 2.5 s (the server waits for it to load): property
+    #: tests run fewer, smaller examples on this backend.
+    heavy = True
+    test_prefix = "wt"
+
+    def __init__(self, uri: str = "") -> None:
+        self.uri = uri
+
+    def bound(self, uri: str) -> Milvus:
+        return Milvus(uri)
+
+    def __call__(self, root: Path) -> IndexBackend:
+        from index.milvus import MilvusBackend
+
+        prefix = self.test_prefix + hashlib.sha256(str(root).encode()).hexdigest()[:12]
+        return MilvusBackend(self.uri, prefix=prefix, timeout_s=60)
+
+
+milvus = Milvus()
+
 BACKENDS = [
     pytest.param(embedded, id="embedded"),
-    # The Milvus backend joins here, for example as Milvus Lite in a file under ``root``
-    # (with its marker registered in pyproject.toml):
-    #   pytest.param(milvus, id="milvus", marks=pytest.mark.milvus),
+    pytest.param(milvus, id="milvus", marks=pytest.mark.milvus),
 ]

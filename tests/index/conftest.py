@@ -9,7 +9,7 @@ from numpy.typing import NDArray
 
 from index import IndexBackend, IndexRegistry
 
-from .backends import BACKENDS, OpenBackend
+from .backends import BACKENDS, Milvus, OpenBackend
 
 MODEL = "test-model-v1"
 
@@ -72,7 +72,28 @@ def open_backend(request: pytest.FixtureRequest) -> OpenBackend:
     """Each backend in turn (session-scoped: a factory holds no state, and hypothesis tests
     may take it)."""
     opener: OpenBackend = request.param
+    if isinstance(opener, Milvus):  # the real server, started once per session
+        return opener.bound(request.getfixturevalue("milvus_uri"))
     return opener
+
+
+@pytest.fixture(autouse=True)
+def _drop_test_collections(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test on the Milvus backend, drop the collections it made on the shared
+    server (each keeps memory on the query node while loaded)."""
+    yield
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is None or not isinstance(callspec.params.get("open_backend"), Milvus):
+        return
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri=request.getfixturevalue("milvus_uri"))
+    try:
+        for name in client.list_collections():
+            if name.startswith(Milvus.test_prefix):
+                client.drop_collection(name)
+    finally:
+        client.close()
 
 
 @pytest.fixture

@@ -87,9 +87,10 @@ def test_snapshot_then_replay_of_newer_rows(open_backend: OpenBackend, tmp_path:
     with closing(open_backend(tmp_path)) as backend:  # a restart
         loaded = backend.get_or_create("org", dimension=D, model_id=MODEL)
         report = loaded.load_or_rebuild(db.rows_since)
-        assert (report.source, report.position, report.loaded, report.replayed) == (
-            "snapshot", snap_at, 200, 102,
-        )  # fmt: skip
+        assert (report.source, report.position, report.replayed) == ("snapshot", snap_at, 102)
+        # A snapshot may hold changes after its position too (replaying them is idempotent):
+        # the embedded index loads the 200 rows its file holds, Milvus the 298 it kept.
+        assert report.loaded in (200, 298)
         assert db.calls == [snap_at]
         assert live_ids(loaded, x[0]) == expected
         assert loaded.count == 298
