@@ -9,6 +9,10 @@ An operator tool beside `app.cli`, not a domain service: it drives `pg_dump`, `p
     keys/keyring.json    the key manager's state file, where there is one (org KEKs wrapped
                          under the root key, or handles of HSM keys)
     objects/...          the sealed-frame directory, where there is one
+    erasures.jsonl       the erasure log as it was when the backup finished (JSON lines:
+                         org_id, subject_id, erased_at, receipt_sha256; no PII): give it to
+                         `wajah restore --erasures` to restore an older backup after the
+                         database itself was lost
 
 The keyring file and the frame directory are copied whenever they exist, whatever the
 database: with SQLite they hold that state; with PostgreSQL it lives in tables of its own
@@ -31,6 +35,15 @@ Manifest (JSON, format ``wajah-backup/1``)::
     objects           {"dir": "objects", "count": n, "bytes": n} when frames were copied
     root_key          "not included: back it up separately"
 
+What a restore keeps from the database it replaces (read before anything is dropped, kept
+in `WAJAH_HOME/restore-carry.json` until the restore is done, so a crash midway loses none
+of it): the erasure log, put back and re-applied (`app.services.rights.reapply_erasures`:
+a subject erased after the backup stays erased); and, when the backup was made under the
+same keyring (same ``keyring_id``), the keyring state and the subject keys, which are newer
+than the backup's: KEK versions destroyed and keys of subjects erased since then stay gone,
+and a keyring rewrapped under a new root key (`wajah keys rotate-root`) keeps opening the
+restored data. A backup of another keyring (a new deployment) brings its own.
+
 A backup is safe while servers run: PostgreSQL is dumped from one exported snapshot (the row
 counts are read in it), SQLite copied in one step of its backup API, and the files after the
 database, so every frame the database copy references was already written (frames are sealed
@@ -41,6 +54,7 @@ it runs (it refuses when one holds this home's index directory, and waits at mos
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import hashlib
 import json
@@ -52,6 +66,7 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, closing, contextmanager, nullcontext
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -68,9 +83,12 @@ from app.storage import (
     claim_database,
     create_engine_for,
     current_revision,
+    rights,
     upgrade_database,
+    write_transaction,
 )
 from app.storage.migrate import alembic_config
+from app.storage.rights import Erasure
 from index.registry import SNAPSHOT_SUFFIX
 
 FORMAT = "wajah-backup/1"
@@ -78,6 +96,9 @@ MANIFEST = "manifest.json"
 PG_DUMP_FILE = "database.dump"
 SQLITE_FILE = "database.sqlite"
 KEYRING_FILE = "keys/keyring.json"  # relative to WAJAH_HOME and to the backup
+ERASURES_FILE = "erasures.jsonl"
+CARRY_FILE = "restore-carry.json"  # in WAJAH_HOME while a restore runs
+CARRY_FORMAT = "wajah-restore-carry/1"
 OBJECTS_DIR = "objects"
 ROOT_KEY_NOTE = "not included: back it up separately"
 COUNTED_TABLES = ("enrollments", "subjects", "audit_log")
@@ -120,6 +141,7 @@ def backup(settings: Settings, out: Path, step: Step = _quiet) -> dict[str, Any]
             "wajah_version": metadata.version("wajah"),
             **database,
             **_copy_files(settings, out, step),
+            "erasures": _write_erasures(url, out / ERASURES_FILE),
             "root_key": ROOT_KEY_NOTE,
         }
         crashsafe.write_bytes(out / MANIFEST, json.dumps(manifest, indent=2).encode(), mode=0o600)
@@ -244,14 +266,21 @@ def _copy_sqlite(url: URL, out: Path, step: Step) -> dict[str, Any]:
 
 
 def restore(
-    settings: Settings, source: Path, *, overwrite: bool = False, step: Step = _quiet
+    settings: Settings,
+    source: Path,
+    *,
+    overwrite: bool = False,
+    step: Step = _quiet,
+    erasures: Path | None = None,
 ) -> dict[str, Any]:
     """Restore the backup in `source` over the configured service; migrate it to head.
 
     Refuses, changing nothing, a backup of another format, kind or schema, a dump whose
     SHA-256 differs from the manifest's, a schema revision this version does not know, a
     database holding data unless `overwrite`, and a home whose server is running. Returns
-    the row counts and revision after the restore.
+    the row counts and revision after the restore, and ``erasures_to_reapply``: subjects
+    the erasure log (the replaced database's, and `erasures`, a backup's `erasures.jsonl`)
+    names that the backup still holds (`app.services.rights.reapply_erasures` erases them).
     """
     manifest = read_manifest(source)
     url = make_url(settings.resolved_database_url)
@@ -264,7 +293,10 @@ def restore(
     _check_revision(manifest)
     with step("checking the dump's SHA-256"):
         _check_sha256(source / manifest["dump"]["file"], manifest["dump"]["sha256"])
+    extra = read_erasures(erasures) if erasures is not None else []
     with _index_lock(settings.resolved_index_dir), _sqlite_claim(url):
+        with step("keeping the erasure log, keyring state and subject keys"):
+            carried = _carry(settings, url, extra)
         if kind == "postgresql":
             _restore_postgres(manifest, source, url, overwrite, step)
         else:
@@ -277,9 +309,16 @@ def restore(
             engine = create_engine_for(url)
             try:
                 upgrade_database(engine)
+                with step("putting back the erasure log, keyring state and subject keys"):
+                    pending = _put_back(engine, carried, settings)
+                (settings.home / CARRY_FILE).unlink(missing_ok=True)
                 with engine.connect() as conn:
                     revision = current_revision(conn)
-                    return {"alembic_revision": revision, "row_counts": _counts(conn)}
+                    return {
+                        "alembic_revision": revision,
+                        "row_counts": _counts(conn),
+                        "erasures_to_reapply": pending,
+                    }
             finally:
                 engine.dispose()
 
@@ -495,7 +534,9 @@ def _restore_sqlite(
 
 
 def _restore_files(manifest: dict[str, Any], source: Path, settings: Settings, step: Step) -> None:
-    if KEYRING_FILE in manifest.get("files", {}):
+    if KEYRING_FILE in manifest.get("files", {}) and not _keeps_keyring_file(
+        settings, source / KEYRING_FILE
+    ):
         with step("restoring the keyring state"):
             saved = manifest["files"][KEYRING_FILE]
             _check_sha256(source / KEYRING_FILE, saved["sha256"])
@@ -524,6 +565,196 @@ def _replace_tree(source: Path, target: Path, expected: dict[str, Any]) -> None:
     os.replace(staging, target)
     crashsafe.fsync_dir(target.parent)
     shutil.rmtree(retired, ignore_errors=True)
+
+
+# --- what a restore keeps from the database it replaces ----------------------------------------
+
+
+@dataclass
+class Carried:
+    """Read from the database before a restore replaces it (see the module docstring)."""
+
+    erasures: list[Erasure] = field(default_factory=list)
+    subject_keys: list[dict[str, Any]] = field(default_factory=list)
+    keyring_rows: list[dict[str, Any]] = field(default_factory=list)
+    keyring_file_id: str | None = None  # keyring_id of WAJAH_HOME/keys/keyring.json
+
+
+def _carry(settings: Settings, url: URL, extra: list[Erasure]) -> Carried:
+    """What the restore must keep, from the current database (if there is one), from the
+    carry file of a restore that stopped midway (it came from a newer database), and from
+    an erasures file; written to the carry file before anything is dropped."""
+    carry_path = settings.home / CARRY_FILE
+    carried = _read_carry(carry_path) if carry_path.is_file() else Carried()
+    if url.get_backend_name() == "postgresql" or Path(url.database or "").is_file():
+        engine = create_engine_for(url)
+        try:
+            with engine.connect() as conn:
+                current = Carried(
+                    rights.erasures(conn),
+                    rights.carried_rows(conn, "subject_keys"),
+                    rights.carried_rows(conn, "keyring_state"),
+                )
+        except sa.exc.OperationalError as exc:
+            raise BackupError(f"cannot reach the database: {exc.orig}") from None
+        finally:
+            engine.dispose()
+        if not carry_path.is_file():
+            carried.subject_keys, carried.keyring_rows = current.subject_keys, current.keyring_rows
+        carried.erasures += current.erasures
+    carried.erasures += extra
+    carried.keyring_file_id = _keyring_id_of(settings.home / KEYRING_FILE)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    crashsafe.write_bytes(carry_path, _encode_carry(carried), mode=0o600)
+    return carried
+
+
+def _put_back(engine: sa.Engine, carried: Carried, settings: Settings) -> int:
+    """Put the carried rows into the restored (and migrated) database, in one transaction;
+    how many logged erasures the restored database still has to re-apply."""
+    with write_transaction(engine) as conn:
+        restored_ids = {_state_id(r["state"]) for r in rights.carried_rows(conn, "keyring_state")}
+        restored_ids.add(_keyring_id_of(settings.home / KEYRING_FILE))
+        current_ids = {_state_id(r["state"]) for r in carried.keyring_rows}
+        current_ids.add(carried.keyring_file_id)
+        if (restored_ids & current_ids) - {None}:
+            # The same keyring, and ours is newer: destroyed versions and erased subjects'
+            # keys stay gone; a rotated root key keeps opening what the backup sealed.
+            if carried.keyring_rows:
+                rights.replace_rows(conn, "keyring_state", carried.keyring_rows)
+            orgs = rights.org_ids(conn)
+            keys = [k for k in carried.subject_keys if k["org_id"] in orgs]
+            rights.replace_rows(conn, "subject_keys", keys)
+        for entry in carried.erasures:
+            rights.log_erasure(conn, entry)
+        return len(rights.erased_subjects_still_live(conn))
+
+
+def _keyring_id_of(path: Path) -> str | None:
+    try:
+        return _state_id(path.read_text("utf-8"))
+    except OSError:
+        return None
+
+
+def _state_id(text: str) -> str | None:
+    try:
+        state = json.loads(text)
+    except ValueError:
+        return None
+    found = state.get("keyring_id") if isinstance(state, dict) else None
+    return str(found) if found else None
+
+
+def _keeps_keyring_file(settings: Settings, backed_up: Path) -> bool:
+    """Keep this home's keyring file rather than the backup's: it is the same keyring,
+    and newer."""
+    current = _keyring_id_of(settings.home / KEYRING_FILE)
+    return current is not None and current == _keyring_id_of(backed_up)
+
+
+def _write_erasures(url: URL, target: Path) -> dict[str, Any]:
+    """The erasure log as JSON lines beside the backup (read after the database copy, so it
+    holds at least every erasure the copy does)."""
+    engine = create_engine_for(url)
+    try:
+        with engine.connect() as conn:
+            entries = rights.erasures(conn)
+    finally:
+        engine.dispose()
+    data = b"".join(json.dumps(_erasure_json(e), sort_keys=True).encode() + b"\n" for e in entries)
+    crashsafe.write_bytes(target, data, mode=0o600)
+    return {"file": ERASURES_FILE, "count": len(entries)}
+
+
+def _erasure_json(entry: Erasure) -> dict[str, str]:
+    return {
+        "org_id": entry.org_id,
+        "subject_id": entry.subject_id,
+        "erased_at": entry.erased_at.isoformat(),
+        "receipt_sha256": entry.receipt_sha256,
+    }
+
+
+def read_erasures(path: Path) -> list[Erasure]:
+    """An erasures file (`erasures.jsonl` of a backup); refuses anything malformed."""
+    try:
+        lines = path.read_text("utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BackupError(f"cannot read erasures file {path}: {exc}") from None
+    entries = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            moment = datetime.fromisoformat(item["erased_at"])
+            entry = Erasure(
+                str(item["org_id"]), str(item["subject_id"]), moment, str(item["receipt_sha256"])
+            )
+        except (ValueError, TypeError, KeyError):
+            raise BackupError(f"{path} line {number} is not an erasure-log entry") from None
+        if moment.tzinfo is None or not _HEX64.fullmatch(entry.receipt_sha256):
+            raise BackupError(f"{path} line {number} is not an erasure-log entry")
+        entries.append(entry)
+    return entries
+
+
+def _encode_carry(carried: Carried) -> bytes:
+    def plain(row: dict[str, Any]) -> dict[str, Any]:
+        return {
+            k: {"b64": base64.b64encode(bytes(v)).decode()}
+            if isinstance(v, bytes | memoryview)
+            else {"t": v.isoformat()}
+            if isinstance(v, datetime)
+            else v
+            for k, v in row.items()
+        }
+
+    return json.dumps(
+        {
+            "format": CARRY_FORMAT,
+            "erasures": [_erasure_json(e) for e in carried.erasures],
+            "subject_keys": [plain(r) for r in carried.subject_keys],
+            "keyring_rows": [plain(r) for r in carried.keyring_rows],
+        }
+    ).encode()
+
+
+def _read_carry(path: Path) -> Carried:
+    def typed(row: dict[str, Any]) -> dict[str, Any]:
+        return {
+            k: base64.b64decode(v["b64"])
+            if isinstance(v, dict) and "b64" in v
+            else datetime.fromisoformat(v["t"])
+            if isinstance(v, dict) and "t" in v
+            else v
+            for k, v in row.items()
+        }
+
+    try:
+        doc = json.loads(path.read_text("utf-8"))
+        if doc.get("format") != CARRY_FORMAT:
+            raise ValueError("format")
+        erasures = [
+            Erasure(
+                e["org_id"],
+                e["subject_id"],
+                datetime.fromisoformat(e["erased_at"]),
+                e["receipt_sha256"],
+            )
+            for e in doc["erasures"]
+        ]
+        return Carried(
+            erasures,
+            [typed(r) for r in doc["subject_keys"]],
+            [typed(r) for r in doc["keyring_rows"]],
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BackupError(
+            f"{path} (left by a restore that stopped midway) is damaged: {exc}; it holds the "
+            "erasure log of the database that restore replaced: repair it or remove it"
+        ) from None
 
 
 # --- helpers ------------------------------------------------------------------------------------

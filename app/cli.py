@@ -424,6 +424,70 @@ def rotate_keys(
         raise _fail(f"{len(report.failed)} frames could not be rewrapped; rerun with --resume")
 
 
+@keys_cli.command("shred")
+def shred_keys(
+    org: Annotated[
+        str | None, typer.Option(help="Only this org (default: every org with erasures).")
+    ] = None,
+) -> None:
+    """Make erasures hold against backups now: rotate each org's subject-key KEK, rewrap the
+    live subject keys, destroy the older versions (the server does it every hour)."""
+    from app.services.lifecycle import start_runtime, stop_runtime
+    from app.services.rights import shred_erasures
+
+    runtime = start_runtime(_settings(), serving=False)
+    try:
+        destroyed = shred_erasures(runtime, org)
+    finally:
+        stop_runtime(runtime)
+    for org_id, versions in destroyed.items():
+        typer.echo(f"org {org_id}: destroyed subject-key KEK versions {versions or 'none'}")
+    typer.echo(f"shredded {len(destroyed)} orgs")
+
+
+@keys_cli.command("rotate-root")
+def rotate_root_key(
+    new_key_file: Annotated[
+        Path, typer.Option(help="A file holding the new root key (one base64 line, 32 bytes).")
+    ],
+) -> None:
+    """Rewrap the local keyring under a new root key: older copies of the keyring (in
+    backups) then open only with the old root key, so destroy it. Stop every server first;
+    start them with the new key."""
+    from app.crypto import LocalKeyring, RootKeyError, load_root_key
+    from app.crypto.errors import KeyStateError
+    from app.services.lifecycle import start_runtime, stop_runtime
+
+    settings = _settings()
+    try:
+        new_root = load_root_key(
+            production=str(settings.mode) == "production",
+            root_key=None,
+            root_key_file=new_key_file,
+            home=settings.home,
+        )
+    except RootKeyError as exc:
+        raise _fail(str(exc)) from exc
+    runtime = start_runtime(settings, serving=False)
+    try:
+        if not isinstance(runtime.kms, LocalKeyring):
+            raise _fail(
+                "the PKCS#11 backend keeps its keys in the token: use the HSM's own key "
+                "backup and destruction"
+            )
+        try:
+            count = runtime.kms.rotate_root(new_root)
+        except KeyStateError as exc:
+            raise _fail(str(exc)) from exc
+    finally:
+        stop_runtime(runtime)
+    typer.echo(f"rewrapped {count} keys under the new root key")
+    console.print(
+        f"now start every server with WAJAH_ROOT_KEY_FILE={new_key_file} (or its value in "
+        "WAJAH_ROOT_KEY), then destroy the old root key and every copy of it"
+    )
+
+
 @retention_cli.command("run")
 def run_retention() -> None:
     """Crypto-shred every sealed frame past its org's retention and delete sealed frames left
@@ -503,9 +567,9 @@ def make_backup(
     help=(
         "Restore a backup over the configured database and migrate it to this version."
         "\n\nStop every server that uses the database first: the restore replaces its "
-        "contents (and this home's keyring state and sealed frames) under them. Everything "
-        "done after the backup is undone, erasures included: erase those subjects again "
-        "afterwards."
+        "contents (and this home's sealed frames) under them. Everything done after the "
+        "backup is undone except erasures: the erasure log (and, for the same keyring, the "
+        "newer keyring state and subject keys) is kept and re-applied."
     ),
 )
 def restore_backup(
@@ -513,15 +577,32 @@ def restore_backup(
     yes: Annotated[
         bool, typer.Option("--yes", help="Overwrite a database that holds data.")
     ] = False,
+    erasures: Annotated[
+        Path | None,
+        typer.Option(
+            help="A newer backup's erasures.jsonl, when the database it replaces was lost."
+        ),
+    ] = None,
 ) -> None:
-    """`wajah restore`: `app.backup.restore` with progress and a reminder of what it undid."""
+    """`wajah restore`: `app.backup.restore` with progress, then the logged erasures again."""
     from app.backup import BackupError, read_manifest, restore
+    from app.services.lifecycle import start_runtime, stop_runtime
+    from app.services.rights import reapply_erasures
 
+    settings = _settings()
     try:
         created_at = read_manifest(source)["created_at"]
-        after = restore(_settings(), source, overwrite=yes, step=_step)
+        after = restore(settings, source, overwrite=yes, step=_step, erasures=erasures)
     except BackupError as exc:
         raise _fail(str(exc)) from exc
+    if after["erasures_to_reapply"]:
+        with _step(f"erasing again {after['erasures_to_reapply']} subjects erased since"):
+            runtime = start_runtime(settings, serving=False)
+            try:
+                erased = reapply_erasures(runtime)
+            finally:
+                stop_runtime(runtime)
+        typer.echo(f"erased again {len(erased)} subjects the backup still held")
     counts = after["row_counts"]
     typer.echo(
         f"restored the backup of {created_at}: {counts['enrollments']} enrollments, "
@@ -529,8 +610,8 @@ def restore_backup(
         f"(schema revision {after['alembic_revision']})"
     )
     console.print(
-        f"[yellow]every change after {created_at} is undone, erasures included: "
-        "erase again the subjects erased since then[/yellow]"
+        f"[yellow]every change after {created_at} is undone, except erasures: the erasure "
+        "log was kept and re-applied[/yellow]"
     )
 
 

@@ -286,6 +286,8 @@ class ErasureReceipt(BaseModel):
     frames_shredded: int
     pii_shredded: list[str]
     watchlist_entries_withdrawn: int = 0
+    subject_key_destroyed: bool = False
+    idempotency_records_deleted: int = 0
     receipt_sha256: str = Field(..., description="SHA-256 of the canonical receipt JSON.")
     audit_id: str
 
@@ -507,3 +509,56 @@ class ScreenResponse(BaseModel):
 
 
 EnrollmentResponse.model_rebuild()  # it refers to ScreenHit, defined above it in reading order
+
+
+# --- data-subject rights: export and rectification (app.services.rights) ----------------------
+
+
+class PiiPatch(BaseModel):
+    """The PII fields to change: a value sets or changes one, `null` clears it, a field left
+    out stays as it is."""
+
+    model_config = ConfigDict(extra="forbid")
+    nik: Text | None = Field(None, examples=["3171234567890123"])
+    email: Text | None = Field(None, examples=["budi@example.co.id"])
+    phone: Text | None = Field(None, examples=["+6281234567890"])
+
+
+class RectifyRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"pii": {"email": "budi.baru@example.co.id", "phone": None}}]
+        },
+    )
+    pii: PiiPatch
+
+
+class RectifyResponse(BaseModel):
+    subject_id: str
+    pii_fields: dict[str, Literal["set", "cleared", "unchanged"]] = Field(
+        ..., description="What happened to each field; never a value."
+    )
+    updated_at: str
+    audit_id: str
+
+
+class SubjectExport(BaseModel):
+    """One subject's data (see README, "Data-subject rights"); `sha256` is over the canonical
+    JSON of the document without `sha256` and `audit_id`."""
+
+    model_config = ConfigDict(extra="allow")
+    format: Literal["wajah-subject-export/1"]
+    exported_at: str
+    org_id: str
+    subject_id: str
+    status: Literal["active", "erased"]
+    erasure: dict[str, Any] | None
+    pii: dict[str, str | None]
+    enrollments: list[dict[str, Any]]
+    watchlist_entries: list[dict[str, Any]]
+    audit_events: list[dict[str, Any]]
+    frames: dict[str, Any]
+    vectors_included: bool
+    sha256: str
+    audit_id: str

@@ -500,6 +500,7 @@ class LocalKeyring(StatefulKeyManager):
     ) -> None:
         super().__init__(state, max_wraps_per_version=max_wraps_per_version)
         self._root = AESGCM(root_key._material)
+        self._root_material = root_key._material
         self._keks: dict[tuple[str, int], AESGCM] = {}
         self._ref_keys: dict[str, bytes] = {}
         # Derived from the root key alone, not stored: every replica with the root key has
@@ -520,6 +521,43 @@ class LocalKeyring(StatefulKeyManager):
             return self._root.decrypt(raw[:NONCE_SIZE], raw[NONCE_SIZE:], aad)
         except InvalidTag:
             raise KeyringError("a stored key does not open under the root key") from None
+
+    def rotate_root(self, new_root: RootKey) -> int:
+        """Rewrap every KEK and reference key of the state document under `new_root`, in one
+        change of the document; returns the keys rewrapped. From then on this keyring opens
+        with `new_root` only, and a copy of the document taken before opens only with the
+        old root key: once that is destroyed, such copies (in old backups) open nothing.
+
+        Every other process using this keyring must be stopped first and started again with
+        the new root key (they hold the old one, which no longer opens the document)."""
+        if new_root._material == self._root_material:
+            raise KeyStateError("the new root key is the current one")
+        new_aead = AESGCM(new_root._material)
+
+        def reseal(blob: str, aad: bytes) -> str:
+            plain = self._open_root(blob, aad)
+            nonce = os.urandom(NONCE_SIZE)
+            return base64.b64encode(nonce + new_aead.encrypt(nonce, plain, aad)).decode("ascii")
+
+        count = 0
+        with self._mutate() as state:
+            check_aad = _ROOT_CHECK_AAD + state["keyring_id"].encode()
+            state["root_key_check"] = reseal(state["root_key_check"], check_aad)
+            for org_id, org in state["orgs"].items():
+                ref = org.get("reference_key")
+                if ref:
+                    ref["wrapped"] = reseal(ref["wrapped"], self._kek_aad(_REFKEY_AAD, org_id, 0))
+                    count += 1
+                for version, rec in org["versions"].items():
+                    if rec.get("key"):
+                        aad = self._kek_aad(_KEK_AAD, org_id, int(version))
+                        rec["key"]["wrapped"] = reseal(rec["key"]["wrapped"], aad)
+                        count += 1
+        # Only once the document is written: until then it is still the old root's.
+        self._root = new_aead
+        self._root_material = new_root._material
+        log.warning("rewrapped %d keys under a new root key (%s)", count, new_root.source)
+        return count
 
     def _init_state(self, state: Record) -> None:
         state["root_key_check"] = self._seal_root(

@@ -82,9 +82,19 @@ def _replay(row: Any, hashed_request: bytes) -> StoredAnswer:
     return StoredAnswer(int(row.response_status), bytes(row.response_body))
 
 
-def store_answer(conn: Connection, org_id: str, key: str, status: int, payload: Any) -> None:
-    """Record the answer to a reserved key in the caller's transaction (the change's own)."""
-    idempotency.store_response(conn, org_id, key, status, encode_answer(payload))
+def store_answer(
+    conn: Connection,
+    org_id: str,
+    key: str,
+    status: int,
+    payload: Any,
+    subject_id: str | None = None,
+) -> None:
+    """Record the answer to a reserved key in the caller's transaction (the change's own).
+
+    ``subject_id``: the subject the answer is about; erasing it deletes the record, so a
+    replay runs again and meets the erasure instead of the old answer."""
+    idempotency.store_response(conn, org_id, key, status, encode_answer(payload), subject_id)
 
 
 def answer(runtime: Runtime, org_id: str, key: str, status: int, payload: Any) -> None:

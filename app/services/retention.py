@@ -20,6 +20,7 @@ from itertools import islice
 
 from app.runtime import Runtime
 from app.services.principal import record
+from app.services.rights import shred_erasures
 from app.storage import feed, frames, read_transaction, utcnow, write_transaction
 
 BATCH = 500
@@ -100,4 +101,7 @@ def run_retention(runtime: Runtime) -> tuple[dict[str, int], int] | None:
     with feed.exclusive(runtime.engine, "retention") as mine:
         if not mine:
             return None
-        return purge_expired_frames(runtime), sweep_orphaned_frames(runtime)
+        purged, swept = purge_expired_frames(runtime), sweep_orphaned_frames(runtime)
+        # Erasures of the last round become unreadable in backups too (app.services.rights).
+        shred_erasures(runtime)
+        return purged, swept

@@ -8,6 +8,7 @@ answer to an `Idempotency-Key`) → index → optional watchlist screening.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import re
@@ -19,7 +20,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from app.crypto import DecryptionError, Purpose, Scope
+from app.crypto import Scope
+from app.crypto.subject_keys import SubjectKey
 from app.errors import (
     DuplicateFaceError,
     EnrollmentNotActiveError,
@@ -34,7 +36,7 @@ from app.errors import (
     TooManyFramesError,
 )
 from app.runtime import Runtime
-from app.services import idempotency, indexing, text
+from app.services import idempotency, indexing, sealing, text
 from app.services.orgs import DUPLICATE_POLICIES, effective_threshold, org_settings
 from app.services.principal import Principal, record
 from app.services.watchlists import screen_everywhere
@@ -44,18 +46,21 @@ from app.storage import (
     frames,
     new_id,
     read_transaction,
+    rights,
     subjects,
     utcnow,
     watchlists,
     write_transaction,
 )
+from app.storage import idempotency as idempotency_records
 from models.pipeline import FaceCapture, FrameOutcome
 
 SUBJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 NIK = re.compile(r"\d{16}")
 EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{2,63}")
 PHONE = re.compile(r"\+?\d{8,15}")
-PII_FIELDS = {"nik": Purpose.PII_NIK, "email": Purpose.PII_EMAIL, "phone": Purpose.PII_PHONE}
+# Sealed under the subject's own key (`app.services.sealing`).
+PII_FIELDS = sealing.PII_FIELDS
 
 
 def check_subject_id(subject_id: str) -> str:
@@ -84,44 +89,6 @@ def check_pii(pii: Mapping[str, str | None]) -> dict[str, str]:
             raise InvalidPiiError(f"{name} must be {rule[name]}", field=name)
         clean[name] = value
     return clean
-
-
-def _pii_object_id(org_id: str, subject_id: str, name: str) -> str:
-    return f"{org_id}/{subject_id}/{name}"
-
-
-def _seal_pii(
-    runtime: Runtime, org_id: str, subject_id: str, pii: dict[str, str]
-) -> dict[str, bytes]:
-    """The sealed-PII columns (`nik_sealed` ...) for the fields given."""
-    return {
-        f"{name}_sealed": runtime.cipher.seal(
-            value.encode(),
-            org_id=org_id,
-            object_id=_pii_object_id(org_id, subject_id, name),
-            purpose=PII_FIELDS[name],
-        )
-        for name, value in pii.items()
-    }
-
-
-def _open_pii(runtime: Runtime, row: Any) -> dict[str, str | None]:
-    opened: dict[str, str | None] = {}
-    for name, purpose in PII_FIELDS.items():
-        blob = getattr(row, f"{name}_sealed")
-        if blob is None:
-            opened[name] = None
-            continue
-        try:
-            opened[name] = runtime.cipher.open(
-                bytes(blob),
-                org_id=row.org_id,
-                object_id=_pii_object_id(row.org_id, row.subject_id, name),
-                purpose=purpose,
-            ).decode()
-        except DecryptionError:
-            opened[name] = None  # shredded or tampered: never guess
-    return opened
 
 
 # --- enroll ---------------------------------------------------------------------------------
@@ -178,6 +145,7 @@ class _CheckedRequest:
     threshold: float
     frames_days: int
     existing: Any  # the subject's row, None for a new subject
+    key: SubjectKey | None = None  # the subject's own key, once it is known
 
 
 @dataclass(frozen=True)
@@ -214,13 +182,17 @@ def enroll_subject(
     """
     request = _check_request(runtime, principal, subject_id, bundle)
     captured = _capture(runtime, bundle.frames)
-    sealed = _seal_frames(runtime, request.org_id, bundle.frames, captured)
+    key = sealing.ensure_subject_key(runtime, request.org_id, request.subject_id)
+    request = dataclasses.replace(request, key=key)
+    sealed = _seal_frames(runtime, key, bundle.frames, captured)
     try:
         with write_transaction(runtime.engine) as conn:
             duplicates = _duplicate_check(conn, runtime, request, captured.vectors)
             result = _persist(conn, runtime, principal, request, captured, sealed, duplicates)
             if idempotency_key is not None:
-                idempotency.store_answer(conn, request.org_id, idempotency_key, 201, result)
+                idempotency.store_answer(
+                    conn, request.org_id, idempotency_key, 201, result, request.subject_id
+                )
     except BaseException as failure:
         # Nothing half-written: no orphan sealed frames either. Once the rows are committed
         # the frames belong to them, so a failure after the commit must not delete them.
@@ -384,7 +356,7 @@ def subject_ids_for_vectors(runtime: Runtime, org_id: str, vector_ids: list[int]
 
 
 def _seal_frames(
-    runtime: Runtime, org_id: str, frame_bytes: list[bytes], captured: _Captured
+    runtime: Runtime, key: SubjectKey, frame_bytes: list[bytes], captured: _Captured
 ) -> list[_SealedFrame]:
     """Seal each accepted frame and write it to the object store, before the transaction
     that references it; on a failure, what was written is deleted again."""
@@ -392,9 +364,7 @@ def _seal_frames(
     try:
         for index, _ in captured.accepted:
             frame_id = new_id("frm")
-            seal = runtime.cipher.seal_detached(
-                frame_bytes[index], org_id=org_id, object_id=frame_id, purpose=Purpose.FRAME
-            )
+            seal = key.seal_frame(runtime.kms, frame_bytes[index], object_id=frame_id)
             runtime.objects.put(frame_id, seal.payload)
             sealed.append(_SealedFrame(frame_id, seal.wrapped_dek, seal.kek_version))
     except BaseException:
@@ -461,7 +431,8 @@ def _store_subject(
     wait for this enrollment (and then erase it too) or this enrollment see the erasure.
     """
     org_id, subject_id = request.org_id, request.subject_id
-    sealed = _seal_pii(runtime, org_id, subject_id, request.pii)
+    assert request.key is not None  # set by enroll_subject before the transaction
+    sealed = sealing.seal_pii(request.key, request.pii)
     if request.existing is None:
         created = subjects.insert_subject(
             conn,
@@ -542,6 +513,7 @@ def get_subject(runtime: Runtime, principal: Principal, subject_id: str) -> dict
         if row is None:
             raise SubjectNotFoundError(f"no subject {subject_id!r}")
         rows = subjects.subject_enrollments(conn, principal.org_id, row.id)
+        key = sealing.subject_key_in(conn, runtime, principal.org_id, subject_id)
     bundles: dict[str, dict[str, Any]] = {}
     for e in rows:
         bundle = bundles.setdefault(
@@ -575,7 +547,7 @@ def get_subject(runtime: Runtime, principal: Principal, subject_id: str) -> dict
         "created_at": row.created_at,
         "updated_at": row.updated_at,
         "erased_at": row.erased_at,
-        "pii": _open_pii(runtime, row),
+        "pii": sealing.open_pii(runtime, row, key),
         "enrollments": list(bundles.values()),
     }
 
@@ -665,7 +637,7 @@ def erase_subject(runtime: Runtime, principal: Principal, subject_id: str) -> di
     if not SUBJECT_ID.fullmatch(subject_id):
         raise SubjectNotFoundError(f"no subject {subject_id!r}")
     with write_transaction(runtime.engine) as conn:
-        receipt, frame_rows, withdrawn_from = _erase_rows(conn, org_id, subject_id)
+        receipt, frame_rows, withdrawn_from = erase_rows(conn, org_id, subject_id)
         digest = hashlib.sha256(
             json.dumps(receipt, sort_keys=True, separators=(",", ":")).encode()
         ).hexdigest()
@@ -678,6 +650,9 @@ def erase_subject(runtime: Runtime, principal: Principal, subject_id: str) -> di
             target=subject_id,
             details={**receipt, "receipt_sha256": digest},
         )
+        # What a restore of an older backup re-applies (`app.backup`); no PII in it.
+        erased_at = datetime.fromisoformat(receipt["erased_at"])
+        rights.log_erasure(conn, rights.Erasure(org_id, subject_id, erased_at, digest))
     indexing.catch_up_org(runtime, org_id)
     for watchlist_id in withdrawn_from:
         indexing.refresh_watchlist(runtime, watchlist_id)
@@ -686,7 +661,7 @@ def erase_subject(runtime: Runtime, principal: Principal, subject_id: str) -> di
     return {**receipt, "receipt_sha256": digest, "audit_id": audit_id}
 
 
-def _erase_rows(
+def erase_rows(
     conn: Connection, org_id: str, subject_id: str
 ) -> tuple[dict[str, Any], list[Any], list[str]]:
     """Erase the subject's rows in the caller's transaction: embeddings erased, frames and
@@ -707,6 +682,11 @@ def _erase_rows(
     # (backups), can no longer be opened.
     frames.shred(conn, [f.id for f in frame_rows], now)
     subjects.mark_subject_erased(conn, row.id, now)
+    # The subject's own key: what still opens its PII and frames in copies of the database,
+    # until the shred destroys the KEK versions that wrapped those copies (app.services.rights).
+    key_destroyed = rights.delete_subject_key(conn, org_id, subject_id) > 0
+    # Stored answers about it: a replay runs again and meets the erasure, not the old body.
+    replays = idempotency_records.delete_for_subject(conn, org_id, subject_id)
     # Copies of its embeddings in shared watchlists go too.
     withdrawn = watchlists.withdraw_copies_of(conn, [r.id for r in embeddings])
     withdrawn_from = sorted({watchlist_id for watchlist_id, _ in withdrawn})
@@ -720,5 +700,7 @@ def _erase_rows(
         "frames_shredded": len(frame_rows),
         "pii_shredded": [n for n in PII_FIELDS if getattr(row, f"{n}_sealed") is not None],
         "watchlist_entries_withdrawn": len(withdrawn),
+        "subject_key_destroyed": key_destroyed,
+        "idempotency_records_deleted": replays,
     }
     return receipt, frame_rows, withdrawn_from

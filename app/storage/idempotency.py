@@ -48,11 +48,35 @@ def reserve(conn: Connection, org_id: str, key: str, request_hash: bytes, owner:
     return True
 
 
-def store_response(conn: Connection, org_id: str, key: str, status: int, body: bytes) -> None:
+def store_response(
+    conn: Connection,
+    org_id: str,
+    key: str,
+    status: int,
+    body: bytes,
+    subject_id: str | None = None,
+) -> None:
+    """Store the answer; ``subject_id`` links the record to the subject it is about (an
+    erasure deletes it). A later store without one keeps the link."""
+    values: dict[str, Any] = {"response_status": status, "response_body": body}
+    if subject_id is not None:
+        values["subject_id"] = subject_id
     conn.execute(
         sa.update(idempotency_keys)
         .where(idempotency_keys.c.org_id == org_id, idempotency_keys.c.key == key)
-        .values(response_status=status, response_body=body)
+        .values(**values)
+    )
+
+
+def delete_for_subject(conn: Connection, org_id: str, subject_id: str) -> int:
+    """Delete the org's records about a subject; how many."""
+    return int(
+        conn.execute(
+            sa.delete(idempotency_keys).where(
+                idempotency_keys.c.org_id == org_id, idempotency_keys.c.subject_id == subject_id
+            )
+        ).rowcount
+        or 0
     )
 
 

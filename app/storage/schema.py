@@ -167,6 +167,9 @@ idempotency_keys = sa.Table(
     _created_at(),
     # The replica that reserved it (migration 0004; see app.services.idempotency).
     sa.Column("owner", sa.String(64), nullable=True),
+    # The subject the answer is about (migration 0006): its erasure deletes the record.
+    sa.Column("subject_id", sa.String(128), nullable=True),
+    sa.Index("ix_idempotency_keys_org_id_subject_id", "org_id", "subject_id"),
 )
 
 # Next enrollment seq per org. A row lock on it (UPDATE ... RETURNING) hands out seqs in
@@ -293,4 +296,29 @@ sealed_objects = sa.Table(
     sa.Column("key", sa.String(200), primary_key=True),
     sa.Column("data", sa.LargeBinary(), nullable=False),
     sa.Column("created_at", UTCDateTime(), nullable=False, index=True),
+)
+
+
+# --- erasure that holds (migration 0006; app.services.rights) ---------------------------------
+
+# One data key per subject, wrapped under the org's subject-key KEK; erasure deletes the row.
+subject_keys = sa.Table(
+    "subject_keys",
+    metadata,
+    sa.Column("org_id", ID, sa.ForeignKey("orgs.id"), primary_key=True),
+    sa.Column("subject_id", sa.String(128), primary_key=True),
+    sa.Column("wrapped_key", sa.LargeBinary(), nullable=False),
+    sa.Column("kek_version", sa.Integer(), nullable=False),
+    _created_at(),
+)
+
+# Every erasure (no PII): `wajah restore` erases again what an older backup still holds.
+erasure_log = sa.Table(
+    "erasure_log",
+    metadata,
+    sa.Column("org_id", ID, primary_key=True),
+    sa.Column("subject_id", sa.String(128), primary_key=True),
+    sa.Column("erased_at", UTCDateTime(), nullable=False),
+    sa.Column("receipt_sha256", sa.String(64), nullable=False),
+    sa.Column("shredded_at", UTCDateTime(), nullable=True),
 )

@@ -358,8 +358,10 @@ def find_subject(conn: Connection, org_id: str, subject_id: str, *, lock: bool =
     return conn.execute(query.with_for_update() if lock else query).first()
 
 
-def update_subject_pii(conn: Connection, subject_pk: str, sealed: Mapping[str, bytes]) -> None:
-    """Replace the sealed PII columns named in ``sealed`` (``nik_sealed`` ...)."""
+def update_subject_pii(
+    conn: Connection, subject_pk: str, sealed: Mapping[str, bytes | None]
+) -> None:
+    """Replace the sealed PII columns named in ``sealed`` (``nik_sealed`` ...); None clears."""
     conn.execute(
         sa.update(subjects).where(subjects.c.id == subject_pk).values(updated_at=utcnow(), **sealed)
     )

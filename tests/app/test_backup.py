@@ -2,8 +2,8 @@
 
 The drill: enroll, back up (with the server running), enroll more, erase one subject, stop,
 restore, start again. Every enrollment acknowledged before the backup verifies and its frames
-open; what came after is gone, and the later erasure is undone (until the lifecycle issue
-replays an erasure log after a restore). Then garbage in: each refusal changes nothing.
+open; what came after is gone, except the later erasure: the restore kept the erasure log
+and erased the subject again. Then garbage in: each refusal changes nothing.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from app.cli import cli
-from app.crypto import Purpose, Scope
-from app.crypto.wire import join_blob
+from app.crypto import Scope
 from app.errors import SubjectNotFoundError
 from app.runtime import Runtime
 from app.services.lifecycle import start_runtime, stop_runtime
@@ -29,12 +28,19 @@ from app.services.matching import search_probe, verify_probe
 from app.services.orgs import create_org
 from app.services.principal import Principal, authenticate
 from app.services.probes import Probe
-from app.services.subjects import CaptureBundle, EnrollmentResult, enroll_subject, erase_subject
+from app.services.sealing import open_frame, subject_key_in
+from app.services.subjects import (
+    CaptureBundle,
+    EnrollmentResult,
+    enroll_subject,
+    erase_subject,
+    get_subject,
+)
 from app.settings import Settings
 from app.storage.schema import frames
 from models.packs import ModelPack
 from tests.app.api.conftest import TEST_ROOT_KEY, face_images
-from tests.app.services.helpers import recapture
+from tests.app.services.helpers import audit_trail, recapture
 from tests.conftest import BACKENDS
 
 __all__ = ["face_images"]
@@ -123,14 +129,18 @@ def open_frames(runtime: Runtime, org_id: str, result: EnrollmentResult) -> list
                 frames.c.enrollment_id.in_(embedding_ids)
             )
         ).all()
+        key = subject_key_in(conn, runtime, org_id, result.subject_id)
     return [
-        runtime.cipher.open(
-            join_blob(bytes(row.wrapped_dek), runtime.objects.get(row.object_key)),
-            org_id=org_id,
-            object_id=row.id,
-            purpose=Purpose.FRAME,
+        open_frame(
+            runtime,
+            org_id,
+            key,
+            row.id,
+            bytes(row.wrapped_dek),
+            bytes(runtime.objects.get(row.object_key)),
         )
         for row in rows
+        if row.wrapped_dek is not None  # shredded: nothing left to open
     ]
 
 
@@ -147,7 +157,7 @@ def test_restore_drill(service: Service, tmp_path: Path, face_images: dict[str, 
         code, output = service.cli("backup", "--out", str(backup_dir))
         assert code == 0, output
         enroll(runtime, principal, LATER, face_images[LATER])
-        erase_subject(runtime, principal, ERASED)
+        erased = erase_subject(runtime, principal, ERASED)
     finally:
         stop_runtime(runtime)
     manifest = json.loads((backup_dir / "manifest.json").read_text())
@@ -161,22 +171,34 @@ def test_restore_drill(service: Service, tmp_path: Path, face_images: dict[str, 
 
     code, output = service.cli("restore", "--from", str(backup_dir), "--yes")
     assert code == 0, output
-    assert "undone" in output
+    assert "undone" in output and "erased again 1 subjects" in output
 
     runtime = start_runtime(service.settings)
     try:
         principal = authenticate(runtime, key.plaintext, Scope.ADMIN)
         for name, enrolled in before.items():
             probe = Probe(image=recapture(face_images[name]))
+            if name == ERASED:
+                # Kept erased: the backup held it, the erasure log put it back out.
+                with pytest.raises(SubjectNotFoundError):
+                    verify_probe(runtime, principal, name, probe)
+                assert get_subject(runtime, principal, name)["status"] == "erased"
+                assert open_frames(runtime, org_id, enrolled) == []
+                continue
             assert verify_probe(runtime, principal, name, probe)["decision"] == "match", name
             assert open_frames(runtime, org_id, enrolled) == [face_images[name]]
         with pytest.raises(SubjectNotFoundError):
             verify_probe(runtime, principal, LATER, Probe(image=face_images[LATER]))
         # The index was rebuilt from the restored rows, not from a snapshot of later ones.
         found = search_probe(runtime, principal, Probe(image=recapture(face_images[ERASED])))
-        assert [c["subject_id"] for c in found["candidates"]] == [ERASED]
+        assert found["candidates"] == [] and found["gallery_size"] == len(BEFORE) - 1
         later = search_probe(runtime, principal, Probe(image=recapture(face_images[LATER])))
-        assert later["candidates"] == [] and later["gallery_size"] == len(BEFORE)
+        assert later["candidates"] == []
+        # The backup's audit log has no row of the erasure made after it; the re-application
+        # writes one, naming the original erasure.
+        [again] = [e for e in audit_trail(runtime, principal) if e.action.startswith("subject.")]
+        assert (again.action, again.target) == ("subject.erase.reapplied", ERASED)
+        assert again.details["original_receipt_sha256"] == erased["receipt_sha256"]
     finally:
         stop_runtime(runtime)
     code, output = service.cli("audit", "verify")

@@ -7,7 +7,7 @@ import hashlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -20,11 +20,15 @@ from app.api.schemas import (
     EnrollmentResponse,
     ErasureReceipt,
     ErrorBody,
+    RectifyRequest,
+    RectifyResponse,
     RetireResponse,
+    SubjectExport,
     SubjectPage,
     SubjectResponse,
 )
 from app.errors import InvalidRequestError, TooManyFramesError
+from app.services import rights
 from app.services import subjects as service
 
 router = APIRouter(tags=["subjects"])
@@ -176,3 +180,56 @@ async def erase_subject(subject_id: str, caller: EnrollerDep) -> ErasureReceipt:
 )
 async def retire(enrollment_id: str, caller: EnrollerDep) -> RetireResponse:
     return RetireResponse.model_validate(await caller.run(service.retire_enrollment, enrollment_id))
+
+
+@router.get(
+    "/v1/subjects/{subject_id}/export",
+    response_model=SubjectExport,
+    responses={**ERRORS, 404: {"model": ErrorBody}},
+    summary="Export everything held about a subject (access and portability; never frames)",
+)
+async def export_subject(
+    subject_id: str,
+    caller: EnrollerDep,
+    include_vectors: Annotated[
+        bool, Query(description="Add the embeddings' vectors (admin scope; audited).")
+    ] = False,
+) -> JSONResponse:
+    """PII opened, enrollments, watchlist entries copied from them and every audit event
+    about the subject, in one JSON document with its SHA-256. An erased subject's export
+    holds what is left (ids, times, the erasure, audit events). Audited (`subject.export`)."""
+    document = await caller.run(rights.export_subject, subject_id, include_vectors)
+    # As built: the SHA-256 is over these values, not over a re-rendering of them.
+    return JSONResponse(document)
+
+
+@router.patch(
+    "/v1/subjects/{subject_id}",
+    response_model=RectifyResponse,
+    responses={**ERRORS, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+    summary="Rectify a subject's PII: set, change or clear (null) each field",
+)
+async def rectify_subject(subject_id: str, request: Request, caller: EnrollerDep) -> Response:
+    """Validated as at enroll, resealed, audited with field names only. Honours
+    `Idempotency-Key`."""
+    runtime, principal = caller.runtime, await caller.principal()
+    try:
+        patch = RectifyRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise InvalidRequestError(
+            "the JSON body is not a valid rectification",
+            errors=[{"loc": [str(p) for p in e["loc"]], "msg": e["msg"]} for e in exc.errors()],
+        ) from None
+    changes = {name: getattr(patch.pii, name) for name in sorted(patch.pii.model_fields_set)}
+    # Keyed: a plain hash of a NIK or a phone number would be brute-forced from the record.
+    fingerprint = runtime.kms.mac(
+        principal.org_id, repr((subject_id, sorted(changes.items()))).encode()
+    )
+
+    async def run(idempotency_key: str | None) -> tuple[int, Any]:
+        result = await run_in_threadpool(
+            rights.rectify_subject, runtime, principal, subject_id, changes, idempotency_key
+        )
+        return 200, RectifyResponse.model_validate(result).model_dump(mode="json")
+
+    return await idempotent(request, runtime, principal, fingerprint, run, RectifyResponse)

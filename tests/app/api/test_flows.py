@@ -198,6 +198,8 @@ def test_erasure(
         "frames_shredded": 3,
         "pii_shredded": ["nik", "email", "phone"],
         "watchlist_entries_withdrawn": 0,
+        "subject_key_destroyed": True,
+        "idempotency_records_deleted": 0,
     }
     digest = hashlib.sha256(
         json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()

@@ -44,6 +44,8 @@ def test_the_receipt_counts_what_was_shredded_and_hashes_its_canonical_json(
         "frames_shredded": 3,
         "pii_shredded": ["nik", "email", "phone"],
         "watchlist_entries_withdrawn": 0,
+        "subject_key_destroyed": True,
+        "idempotency_records_deleted": 0,
     }
     assert receipt["receipt_sha256"] == canonical_sha256(receipt)
     audited = audit_trail(runtime, admin)[-1]

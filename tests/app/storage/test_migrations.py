@@ -20,12 +20,14 @@ TABLES = {
     "audit_heads",
     "audit_log",
     "enrollments",
+    "erasure_log",
     "frames",
     "idempotency_keys",
     "keyring_state",
     "org_counters",
     "orgs",
     "sealed_objects",
+    "subject_keys",
     "subjects",
     "watchlist_entries",
     "watchlist_members",
@@ -38,10 +40,10 @@ def _tables(engine: Engine) -> set[str]:
 
 
 def test_upgrade_fresh_database_to_head(bare_engine: Engine) -> None:
-    assert head_revision() == "0005"
+    assert head_revision() == "0006"
     upgrade_database(bare_engine)
     with bare_engine.connect() as conn:
-        assert current_revision(conn) == "0005"
+        assert current_revision(conn) == "0006"
     assert _tables(bare_engine) == TABLES
 
 
@@ -64,7 +66,7 @@ def test_upgrade_from_url_is_idempotent(database_url: URL) -> None:
     engine = create_engine_for(database_url)
     try:
         with engine.connect() as conn:
-            assert current_revision(conn) == "0005"
+            assert current_revision(conn) == "0006"
     finally:
         engine.dispose()
 
