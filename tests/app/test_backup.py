@@ -354,3 +354,46 @@ def test_an_older_backup_is_migrated_to_head(service: Service, tmp_path: Path) -
             assert "sealed_objects" in sa.inspect(conn).get_table_names()
     finally:
         engine.dispose()
+
+
+# --- erasures survive a restore ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_lost_database_restored_from_an_older_backup_takes_a_newer_backups_erasures(
+    service: Service, tmp_path: Path, face_images: dict[str, bytes]
+) -> None:
+    runtime = start_runtime(service.settings, serving=False)
+    try:
+        _, key = create_org(runtime, "Bank Contoh")
+        principal = authenticate(runtime, key.plaintext, Scope.ADMIN)
+        enroll(runtime, principal, "gone", face_images["person0"])
+        enroll(runtime, principal, "kept", face_images["person2"])
+        assert service.cli("backup", "--out", str(tmp_path / "older"))[0] == 0
+        erase_subject(runtime, principal, "gone")
+        assert service.cli("backup", "--out", str(tmp_path / "newer"))[0] == 0
+    finally:
+        stop_runtime(runtime)
+    newer = tmp_path / "newer" / "erasures.jsonl"
+    assert [json.loads(line)["subject_id"] for line in newer.read_text().splitlines()] == ["gone"]
+    Path(service.settings.resolved_database_url.removeprefix("sqlite:///")).unlink()
+
+    garbage = tmp_path / "garbage.jsonl"
+    garbage.write_text('{"org_id": "o", "subject_id": "s"}\n')
+    code, output = service.cli(
+        "restore", "--from", str(tmp_path / "older"), "--erasures", str(garbage)
+    )
+    assert code == 1 and "line 1 is not an erasure-log entry" in output, output
+
+    code, output = service.cli(
+        "restore", "--from", str(tmp_path / "older"), "--erasures", str(newer)
+    )
+    assert code == 0 and "erased again 1 subjects" in output, output
+    runtime = start_runtime(service.settings, serving=False)
+    try:
+        principal = authenticate(runtime, key.plaintext, Scope.ADMIN)
+        assert get_subject(runtime, principal, "gone")["status"] == "erased"
+        assert get_subject(runtime, principal, "kept")["status"] == "active"
+    finally:
+        stop_runtime(runtime)
+    assert not (service.settings.home / "restore-carry.json").exists()
