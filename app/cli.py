@@ -28,11 +28,13 @@ orgs_cli = typer.Typer(help="Organisations.", no_args_is_help=True)
 audit_cli = typer.Typer(help="The audit log.", no_args_is_help=True)
 keys_cli = typer.Typer(help="Key-encryption keys.", no_args_is_help=True)
 retention_cli = typer.Typer(help="Retention of sealed frames.", no_args_is_help=True)
+index_cli = typer.Typer(help="The vector indexes (WAJAH_INDEX_URL).", no_args_is_help=True)
 cli.add_typer(models_cli, name="models")
 cli.add_typer(orgs_cli, name="orgs")
 cli.add_typer(audit_cli, name="audit")
 cli.add_typer(keys_cli, name="keys")
 cli.add_typer(retention_cli, name="retention")
+cli.add_typer(index_cli, name="index")
 
 console = Console(stderr=True)
 
@@ -613,6 +615,58 @@ def restore_backup(
         f"[yellow]every change after {created_at} is undone, except erasures: the erasure "
         "log was kept and re-applied[/yellow]"
     )
+
+
+@index_cli.command("rebuild")
+def rebuild_index(
+    org: Annotated[
+        str | None, typer.Option(help="Only this org (default: every org and watchlist).")
+    ] = None,
+) -> None:
+    """Refill the Milvus collections from the database, the source of truth.
+
+    Every enrollment change is read again and its hashed reference checked; rows the
+    database no longer holds are removed. Servers keep searching while it runs. The embedded
+    index needs no command: a server rebuilds it from the database at start.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+
+    from app.services import indexing
+    from app.services.lifecycle import start_runtime, stop_runtime
+
+    settings = _settings()
+    if not settings.index_url:
+        raise _fail(
+            "WAJAH_INDEX_URL is not set: the embedded index is rebuilt by the server itself "
+            "(at start, from the database); this command refills a Milvus cluster"
+        )
+    runtime = start_runtime(settings, serving=False)
+    try:
+        plan = indexing.org_ids_and_positions(runtime)
+        if org is not None:
+            if org not in plan:
+                raise _fail(f"no org {org!r} in the database")
+            plan = {org: plan[org]}
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+        with Progress(*columns, console=console) as progress:
+            for org_id, position in plan.items():
+                task = progress.add_task(f"org {org_id}", total=max(position, 1))
+
+                def advance(seq: int, task: TaskID = task) -> None:
+                    progress.update(task, completed=seq)
+
+                report = indexing.rebuild_org(runtime, org_id, advance)
+                progress.update(task, completed=max(position, 1))
+                console.print(
+                    f"org {org_id}: {report.count} vectors from {report.replayed} changes "
+                    f"in {report.seconds:.1f}s"
+                )
+            if org is None:
+                for watchlist_id in indexing.watchlist_ids(runtime):
+                    indexing.refresh_watchlist(runtime, watchlist_id)
+                    console.print(f"watchlist {watchlist_id}: rebuilt")
+    finally:
+        stop_runtime(runtime)
 
 
 def main() -> None:

@@ -214,7 +214,6 @@ class Runtime:
         upgrade_database(engine)
         kms = open_key_manager(settings, engine)
         pipeline, solo = _pipelines(settings, serving)
-        settings.resolved_index_dir.mkdir(parents=True, exist_ok=True)
         return cls(
             settings=settings,
             engine=engine,
@@ -225,9 +224,7 @@ class Runtime:
             objects=object_store(settings, engine),
             pipeline=pipeline,
             model_id=pipeline.model_id,
-            indexes=IndexRegistry(
-                settings.resolved_index_dir if serving else None, threads=settings.faiss_threads
-            ),
+            indexes=open_index_backend(settings, serving),
             inference=InferencePool(pipeline, solo, settings.inference_workers),
             # Until the feed follower listens, this replica would not hear of changes.
             api_keys=ReplicaCache(enabled=not settings.uses_postgresql),
@@ -250,6 +247,19 @@ class Runtime:
             self.engine.dispose()
             if self.claim is not None:
                 self.claim.release()
+
+
+def open_index_backend(settings: Settings, serving: bool = True) -> IndexBackend:
+    """The embedded exact index (snapshots in the home, only for a serving runtime), or the
+    Milvus cluster `WAJAH_INDEX_URL` names (which keeps its own state: nothing local)."""
+    if settings.index_url:
+        from index.milvus import MilvusBackend, parse_url
+
+        return MilvusBackend(parse_url(settings.index_url), prefix=settings.index_prefix)
+    settings.resolved_index_dir.mkdir(parents=True, exist_ok=True)
+    return IndexRegistry(
+        settings.resolved_index_dir if serving else None, threads=settings.faiss_threads
+    )
 
 
 def _replica_id(home: Path) -> str:

@@ -141,6 +141,20 @@ class Settings(BaseSettings):
 
     # --- index ------------------------------------------------------------------------------
     faiss_threads: int = Field(default=1, ge=1)
+    index_url: str = Field(
+        default="",
+        pattern=r"^(|milvus://[A-Za-z0-9.\-]+(:[0-9]{1,5})?/?)$",
+        description=(
+            "Where the vector indexes live: empty for the embedded exact index in this process "
+            "(snapshots under `index_dir`), or `milvus://host:port` for a Milvus cluster, one "
+            "collection per org and per shared watchlist (docs/milvus.md)."
+        ),
+    )
+    index_prefix: str = Field(
+        default="wajah",
+        pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$",
+        description="Milvus collection names start with this, so deployments can share a cluster.",
+    )
     freshness_timeout_s: float = Field(
         default=2.0,
         gt=0,

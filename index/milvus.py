@@ -57,7 +57,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -162,7 +162,7 @@ class MilvusBackend:
         self.flush_on_snapshot = flush_on_snapshot
         self._token = token
         self._client: Any = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._indexes: dict[str, MilvusNamespaceIndex] = {}
         self._closed = False
 
@@ -191,9 +191,19 @@ class MilvusBackend:
         try:
             return fn(*args, **kwargs)
         except MilvusException as exc:
+            # After a lost connection pymilvus's client may stay broken (its own reconnect
+            # can fail for good while the server is away): the next call connects anew.
+            self._forget_client()
             raise IndexUnavailableError(
                 f"Milvus at {self.uri} failed to {what}: {exc.message} (code {exc.code})"
             ) from exc
+
+    def _forget_client(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            with suppress(Exception):  # closing a broken client may fail too; it is dropped
+                client.close()
 
     def server_timestamp(self) -> int:
         """A timestamp from the server's oracle: every write acknowledged before this call is
@@ -581,6 +591,12 @@ class MilvusNamespaceIndex:
             int(r[ID_FIELD]) for r in self._query(_MARKER, [ID_FIELD], what="read the position")
         ]
         return max(-1 - m for m in markers) if markers else None
+
+    def forget_position(self) -> None:
+        """Delete the recorded position: the next :meth:`load_or_rebuild` rebuilds from
+        ``BEGINNING`` in place (searches keep answering from the rows meanwhile)."""
+        with self._writing():
+            self._delete([], expr=_MARKER)
 
     def snapshot(self, position: int) -> SnapshotInfo:
         """Record ``position`` in the collection. Rows are durable in Milvus's log once

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -253,6 +253,56 @@ def lag(runtime: Runtime) -> dict[str, int]:
         "behind": len(behind),
         "changes_behind": sum(behind.values()),
     }
+
+
+# --- `wajah index rebuild` --------------------------------------------------------------------
+
+
+def org_ids_and_positions(runtime: Runtime) -> dict[str, int]:
+    """Every org and its enrollment position in the database (a rebuild's plan)."""
+    with read_transaction(runtime.engine) as conn:
+        positions = feed.org_positions(conn)
+        return {org_id: positions.get(org_id, 0) for org_id in orgs.org_ids(conn)}
+
+
+def watchlist_ids(runtime: Runtime) -> list[str]:
+    with read_transaction(runtime.engine) as conn:
+        return watchlists.all_ids(conn)
+
+
+def rebuild_org(
+    runtime: Runtime, org_id: str, on_change: Callable[[int], None] | None = None
+) -> LoadReport:
+    """Refill the org's index from the database alone, whatever it held: every enrollment
+    change from the beginning, each hashed reference checked as at start; what the index
+    holds that the database does not is removed. Records the position it reached.
+
+    A remote index forgets its recorded position and is rebuilt in place, so other
+    replicas keep searching it meanwhile; the embedded index is dropped and refilled.
+    `on_change(seq)` is called as the database's changes stream by.
+    """
+    with changing(runtime, org_id):
+        index = org_index(runtime, org_id)
+        forget = getattr(index, "forget_position", None)
+        if forget is not None:
+            forget()
+        else:
+            runtime.indexes.drop(org_id)
+            index = org_index(runtime, org_id)
+        seen: list[int] = []
+        changes = org_changes(runtime, org_id, seen)
+
+        def counted(position: int) -> Iterator[tuple[int, Any]]:
+            for row in changes(position):
+                if on_change is not None:
+                    on_change(seen[-1])
+                yield row
+
+        report = index.load_or_rebuild(counted)
+        runtime.positions[org_id] = max(seen, default=report.position)
+        if forget is not None or runtime.serving:  # a CLI's embedded index has no file
+            index.snapshot(runtime.positions[org_id])
+    return report
 
 
 # --- watchlist namespaces ---------------------------------------------------------------------
