@@ -71,8 +71,15 @@ def test_a_failure_inside_the_transaction_stores_neither(
 
     store_answer = idempotency.store_answer
 
-    def store_then_die(conn: Connection, org_id: str, key: str, status: int, payload: Any) -> None:
-        store_answer(conn, org_id, key, status, payload)
+    def store_then_die(
+        conn: Connection,
+        org_id: str,
+        key: str,
+        status: int,
+        payload: Any,
+        subject_id: str | None = None,
+    ) -> None:
+        store_answer(conn, org_id, key, status, payload, subject_id)
         raise RuntimeError("the process dies before the commit")
 
     # The fault is injected at the last step inside the enrollment's transaction.

@@ -105,6 +105,16 @@ def test_no_route_ever_returns_frame_bytes(
             client.delete("/v1/subjects/cust-3", headers=owner),
             client.get("/v1/subjects/cust-3", headers=owner),
         ],
+        ("get", "/v1/subjects/{subject_id}/export"): lambda: [
+            client.get("/v1/subjects/cust-1/export?include_vectors=true", headers=owner),
+            client.get("/v1/subjects/cust-3/export", headers=owner),
+        ],
+        ("patch", "/v1/subjects/{subject_id}"): lambda: [
+            client.patch(
+                "/v1/subjects/cust-1", headers=owner, json={"pii": {"phone": "+6281234567890"}}
+            ),
+            client.patch("/v1/subjects/cust-1", headers=owner, json={"pii": {"nik": "1"}}),
+        ],
         ("post", "/v1/enrollments/{enrollment_id}/retire"): lambda: [
             client.post(f"/v1/enrollments/{to_retire['enrollment_id']}/retire", headers=owner),
             client.get("/v1/subjects/cust-2", headers=owner),
