@@ -140,6 +140,7 @@ def test_no_route_ever_returns_frame_bytes(
         ("get", "/v1/audit"): lambda: [client.get("/v1/audit?limit=200", headers=owner)],
         ("get", "/healthz"): lambda: [client.get("/healthz")],
         ("get", "/readyz"): lambda: [client.get("/readyz")],
+        ("get", "/metrics"): lambda: [client.get("/metrics", headers=owner)],
     }
     # Shared watchlists: the owner with two other orgs that opt in; one is removed, one leaves.
     others = [new_org(), new_org()]
