@@ -105,7 +105,13 @@ class DuplicateFaceError(ConflictError):
     code = "duplicate_face"
 
 
-class SubjectErasedError(ConflictError):
+class GoneError(WajahError):
+    """What was asked for existed and was erased for good (HTTP 410)."""
+
+    code = "gone"
+
+
+class SubjectErasedError(GoneError):
     code = "subject_erased"
 
 

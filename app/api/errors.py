@@ -30,6 +30,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (domain.NotFoundError, 404),
     (domain.IdempotencyKeyReusedError, 422),
     (domain.ConflictError, 409),
+    (domain.GoneError, 410),
     (domain.RequestTooLargeError, 413),
     (domain.InvalidRequestError, 422),
     (domain.NoUsableFrameError, 422),

@@ -104,7 +104,8 @@ async def _read_bundle(request: Request, max_frames: int) -> service.CaptureBund
     response_model=EnrollmentResponse,
     responses={
         **ERRORS,
-        409: {"model": ErrorBody, "description": "`duplicate_face`, `subject_erased`"},
+        409: {"model": ErrorBody, "description": "`duplicate_face`"},
+        410: {"model": ErrorBody, "description": "`subject_erased`: use a new subject_id"},
         413: {"model": ErrorBody},
         415: {"model": ErrorBody},
     },
@@ -165,7 +166,7 @@ async def get_subject(subject_id: str, caller: EnrollerDep) -> SubjectResponse:
 @router.delete(
     "/v1/subjects/{subject_id}",
     response_model=ErasureReceipt,
-    responses={**ERRORS, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+    responses={**ERRORS, 404: {"model": ErrorBody}, 410: {"model": ErrorBody}},
     summary="Erase a subject: out of the index at once, frames and PII crypto-shredded",
 )
 async def erase_subject(subject_id: str, caller: EnrollerDep) -> ErasureReceipt:
@@ -206,7 +207,7 @@ async def export_subject(
 @router.patch(
     "/v1/subjects/{subject_id}",
     response_model=RectifyResponse,
-    responses={**ERRORS, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+    responses={**ERRORS, 404: {"model": ErrorBody}, 410: {"model": ErrorBody}},
     summary="Rectify a subject's PII: set, change or clear (null) each field",
 )
 async def rectify_subject(subject_id: str, request: Request, caller: EnrollerDep) -> Response:

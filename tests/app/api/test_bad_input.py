@@ -16,8 +16,8 @@ from fastapi.testclient import TestClient
 from httpx import Response
 from PIL import Image
 
-from app.crypto.apikeys import parse_api_key
 from app.api.edge import max_body_bytes
+from app.crypto.apikeys import parse_api_key
 from app.runtime import Runtime
 from models.imaging import encode_jpeg
 from models.pipeline import FacePipeline

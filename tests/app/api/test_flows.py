@@ -257,9 +257,9 @@ def test_erasure(
     again = client.post(
         "/v1/subjects/gone/enrollments", headers=org.admin, json={"frames": [b64(image)]}
     )
-    assert (again.status_code, error_code(again)) == (409, "subject_erased")
+    assert (again.status_code, error_code(again)) == (410, "subject_erased")
     twice = client.delete("/v1/subjects/gone", headers=org.admin)
-    assert (twice.status_code, error_code(twice)) == (409, "subject_erased")
+    assert (twice.status_code, error_code(twice)) == (410, "subject_erased")
 
 
 def test_retire(

@@ -270,7 +270,7 @@ def test_rectify_of_unknown_foreign_or_erased_subjects(
 
     for response in (foreign, unknown, garbage_id):
         assert (response.status_code, error_code(response)) == (404, "subject_not_found")
-    assert (erased.status_code, error_code(erased)) == (409, "subject_erased")
+    assert (erased.status_code, error_code(erased)) == (410, "subject_erased")
     assert sealed_pii(owner.runtime, owner.org_id, "gone") == {
         "nik": None,
         "email": None,
@@ -328,7 +328,7 @@ def test_a_replayed_enroll_after_erasure_meets_the_erasure_not_the_old_answer(
     assert receipt["subject_key_destroyed"] is True
 
     after = client.post("/v1/subjects/cust-1/enrollments", headers=headers, json=body)
-    assert (after.status_code, error_code(after)) == (409, "subject_erased")
+    assert (after.status_code, error_code(after)) == (410, "subject_erased")
     assert "Idempotent-Replayed" not in after.headers
     assert first.json()["enrollment_id"] not in after.text
     with org.runtime.engine.connect() as conn:
