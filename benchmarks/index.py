@@ -388,7 +388,7 @@ def bench_one(
     x, probes, mates = face_like(n, d, n_probes, seed=n + d)
     out: dict[str, Any] = {"n": n, "d": d, "raw_vector_bytes": x.nbytes}
     scale = max(1, n // 100_000)
-    q_samples = samples or (30 if quick else max(40, 300 // scale))
+    q_samples = samples or (30 if quick else 60)
     flight_total = max(160, 640 // scale)
 
     indexes: dict[str, VectorIndex] = {}
