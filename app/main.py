@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api import metrics
 from app.api.admission import Admission, RateLimit
+from app.api.contract import install_openapi
 from app.api.docs import add_offline_docs
 from app.api.edge import install_edge
 from app.api.errors import register_error_handlers
@@ -114,6 +115,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         # Served by `add_offline_docs` from the service's own files, not a CDN.
         docs_url=None,
         redoc_url=None,
+        # Operation ids are the route functions' names (`enroll`, `list_subjects`): what a
+        # generated client calls its methods.
+        generate_unique_id_function=lambda route: route.name,
         openapi_tags=[
             {"name": "subjects", "description": "Enroll, read, list, retire and erase."},
             {"name": "matching", "description": "Verify (1:1) and search (1:N)."},
@@ -132,5 +136,6 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     for module in (subjects, matching, watchlists, org, ops, metrics):
         app.include_router(module.router)
     add_offline_docs(app)
+    install_openapi(app)
     install_edge(app, settings)
     return app

@@ -47,6 +47,25 @@ STATUS: list[tuple[type[Exception], int]] = [
 ]
 
 
+HTTP_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+}
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route serves at the request's path (RFC 9110 §10.2.1)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(request.url.path):
+            methods |= set(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
+
+
 def status_for(error: Exception) -> int:
     for kind, status in STATUS:
         if isinstance(error, kind):
@@ -125,11 +144,16 @@ def register_error_handlers(app: FastAPI) -> None:
 
     async def handle_http(request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, StarletteHTTPException)
-        codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
-        code = codes.get(error.status_code, f"http_{error.status_code}")
-        return JSONResponse(
-            error_body(request, code, str(error.detail)), error.status_code, headers=error.headers
-        )
+        status, headers, message = error.status_code, error.headers, str(error.detail)
+        if status == 400:
+            # FastAPI's "error parsing the body": JSON that is not UTF-8 (`json_invalid` from
+            # validation covers the rest). One answer for an unreadable body: 422.
+            status, message = 422, "the body is not valid JSON (UTF-8)"
+        if status == 405:
+            # Starlette names only the first route that matched the path; list every one.
+            headers = {**(headers or {}), "Allow": allowed_methods(request)}
+        code = HTTP_CODES.get(status, f"http_{status}")
+        return JSONResponse(error_body(request, code, message), status, headers=headers)
 
     app.add_exception_handler(StarletteHTTPException, handle_http)
 

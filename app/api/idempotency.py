@@ -20,14 +20,15 @@ async def idempotent(
     request: Request,
     runtime: Runtime,
     principal: Principal,
+    key: str | None,
     request_fingerprint: bytes,
     run: Callable[[str | None], Awaitable[tuple[int, Any]]],
     response_model: type[BaseModel],
 ) -> Response:
-    """Run `run(key)` once per `Idempotency-Key`; a retry gets the first answer, rendered
-    through `response_model` (an answer stored inside the change's transaction holds the
-    service's result, which the model renders as the route does)."""
-    key = request.headers.get("Idempotency-Key")
+    """Run `run(key)` once per `Idempotency-Key` (`key`, the header the route declares); a
+    retry gets the first answer, rendered through `response_model` (an answer stored inside
+    the change's transaction holds the service's result, which the model renders as the
+    route does)."""
     if key is None:
         status, payload = await run(None)
         return JSONResponse(payload, status)

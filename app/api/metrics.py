@@ -9,8 +9,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from app.api.contract import errors
 from app.api.deps import AdminDep
-from app.api.schemas import ERRORS
 from app.metrics import REGISTRY
 from app.runtime import Runtime
 from app.services.health import index_sizes
@@ -61,10 +61,23 @@ def _exposition(runtime: Runtime, _: Principal, in_flight: Callable[[], int]) ->
 @router.get(
     "/metrics",
     response_class=Response,
-    responses={**ERRORS, 200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+    responses={
+        **errors(),
+        200: {
+            "description": "The Prometheus text exposition format.",
+            "content": {
+                CONTENT_TYPE_LATEST: {
+                    "schema": {"type": "string"},
+                    "example": "wajah_http_requests_in_flight 1.0\n",
+                }
+            },
+        },
+    },
     summary="Prometheus metrics (admin scope)",
 )
 async def metrics(request: Request, caller: AdminDep) -> Response:
+    """Request latency by method, route template and status, pipeline stage times, index
+    and audit times, and gauges read at scrape. No org, key or subject label."""
     in_flight: Callable[[], int] = request.app.state.in_flight
     body = await caller.run(_exposition, in_flight)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import binascii
 from datetime import datetime
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -12,6 +13,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictFloat,
     StrictInt,
     WithJsonSchema,
 )
@@ -19,9 +22,82 @@ from pydantic import (
 from app.crypto import Scope
 from app.services import text
 
-DuplicateCheck = Literal["off", "flag", "reject"]
+# --- shared enums: one named component each, so that generated clients get one type --------
 
-_B64_EXAMPLE = "/9j/4AAQSkZJRgABAQAAAQABAAD..."
+
+class DuplicateCheck(StrEnum):
+    """`off`: no check; `flag`: report faces enrolled under other subjects; `reject`: 409."""
+
+    OFF = "off"
+    FLAG = "flag"
+    REJECT = "reject"
+
+
+class Decision(StrEnum):
+    MATCH = "match"
+    NO_MATCH = "no_match"
+
+
+class ProbeKind(StrEnum):
+    IMAGE = "image"
+    VECTOR = "vector"
+
+
+class SubjectStatus(StrEnum):
+    ACTIVE = "active"
+    ERASED = "erased"
+
+
+class EnrollmentStatus(StrEnum):
+    ACTIVE = "active"
+    RETIRED = "retired"
+    ERASED = "erased"
+
+
+class Integrity(StrEnum):
+    """`ok`: the stored vector matches its keyed reference; `erased`: nothing left to check."""
+
+    OK = "ok"
+    TAMPERED = "tampered"
+    ERASED = "erased"
+
+
+class MembershipState(StrEnum):
+    INVITED = "invited"
+    ACTIVE = "active"
+    LEFT = "left"
+    REMOVED = "removed"
+
+
+class WatchlistStatus(StrEnum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class WatchlistRole(StrEnum):
+    OWNER = "owner"
+    MEMBER = "member"
+
+
+class DataResidency(StrEnum):
+    ID_ONLY = "ID-only"
+    ANY = "any"
+
+
+class PiiChange(StrEnum):
+    SET = "set"
+    CLEARED = "cleared"
+    UNCHANGED = "unchanged"
+
+
+# A real 8×8 grey JPEG (283 bytes): valid base64 of a decodable image (it holds no face).
+_B64_EXAMPLE = (
+    "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDABALDA4MChAODQ4SERATGCgaGBYWGDEjJR0oOjM9PDkzODdASFxOQERXRT"
+    "c4UG1RV19iZ2hnPk1xeXBkeFxlZ2P/2wBDARESEhgVGC8aGi9jQjhCY2NjY2NjY2NjY2NjY2NjY2NjY2NjY2NjY2Nj"
+    "Y2NjY2NjY2NjY2NjY2NjY2NjY2NjY2P/wAARCAAIAAgDASIAAhEBAxEB/8QAFAABAAAAAAAAAAAAAAAAAAAAAP/EABQQ"
+    "AQAAAAAAAAAAAAAAAAAAAAD/xAAUAQEAAAAAAAAAAAAAAAAAAAAA/8QAFBEBAAAAAAAAAAAAAAAAAAAAAP/aAAwDAQAC"
+    "EQMRAD8AAA//2Q=="
+)
 
 
 def decode_base64(value: object) -> bytes:
@@ -39,8 +115,28 @@ def decode_base64(value: object) -> bytes:
 Base64Image = Annotated[
     bytes,
     BeforeValidator(decode_base64),
-    WithJsonSchema({"type": "string", "format": "base64", "examples": [_B64_EXAMPLE]}),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "byte",
+            "contentEncoding": "base64",
+            "description": "Standard base64 (RFC 4648 §4, padded) of a JPEG, PNG or WebP image.",
+            "examples": [_B64_EXAMPLE],
+        }
+    ),
 ]
+
+
+def _json_integer(value: object) -> object:
+    """JSON Schema's integer: a number without a fractional part (3 and 3.0, not 3.5, "3" or
+    true). Anything else goes on to strict validation, which refuses it."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# Every integer of a request body.
+JsonInt = Annotated[StrictInt, BeforeValidator(_json_integer)]
 
 
 def _clean_text(value: str) -> str:
@@ -58,15 +154,54 @@ Text = Annotated[
 ]
 
 
+# What the service accepts (`app.services.subjects`), as JSON Schema patterns. `\s` and `\d`
+# are spelled out: regex engines disagree on them (Python's `\s` holds Unicode spaces and the
+# C0 separators, its `\d` every script's digits).
+_NOT_SPACE = (
+    "[^@\\u0000-\\u0020\\u007f-\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+)
+NIK_PATTERN = "^[0-9]{16}$"
+EMAIL_PATTERN = f"^{_NOT_SPACE}{{1,64}}@{_NOT_SPACE}{{1,255}}\\.{_NOT_SPACE}{{2,63}}$"
+PHONE_PATTERN = "^\\+?[0-9]{8,15}$"
+# A subject id: the caller's own reference (`app.services.subjects.SUBJECT_ID`).
+SUBJECT_ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
+# Documented here, enforced by the service (422 `invalid_pii`, 404 for an id no subject has).
+Nik = Annotated[
+    Text, Field(json_schema_extra={"pattern": NIK_PATTERN}, description="Indonesian NIK.")
+]
+Email = Annotated[Text, Field(json_schema_extra={"pattern": EMAIL_PATTERN})]
+Phone = Annotated[
+    Text, Field(json_schema_extra={"pattern": PHONE_PATTERN}, description="`+` optional.")
+]
+SubjectId = Annotated[
+    Text,
+    Field(
+        min_length=1,
+        max_length=128,
+        json_schema_extra={"pattern": SUBJECT_ID_PATTERN},
+        description="Your own reference for the person.",
+        examples=["cust-0042"],
+    ),
+]
+
+
+def _drop_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
+def _omittable(description: str | None = None, **constraints: Any) -> Any:
+    """A field a PATCH may leave out, but may not set to null (no default is documented:
+    leaving it out is not the same as sending one)."""
+    return Field(None, description=description, json_schema_extra=_drop_default, **constraints)
+
+
 class Pii(BaseModel):
     """Optional customer PII; sealed at rest and shown only to the owning org."""
 
     model_config = ConfigDict(extra="forbid")
-    nik: Text | None = Field(
-        None, description="Indonesian NIK, 16 digits.", examples=["3171234567890123"]
-    )
-    email: Text | None = Field(None, examples=["budi@example.co.id"])
-    phone: Text | None = Field(None, examples=["+6281234567890"])
+    nik: Nik | None = Field(None, examples=["3171234567890123"])
+    email: Email | None = Field(None, examples=["budi@example.co.id"])
+    phone: Phone | None = Field(None, examples=["+6281234567890"])
 
 
 class EnrollJson(BaseModel):
@@ -75,15 +210,35 @@ class EnrollJson(BaseModel):
         json_schema_extra={"examples": [{"frames": [_B64_EXAMPLE], "duplicate_check": "flag"}]},
     )
     frames: list[Base64Image] = Field(
-        ..., min_length=1, description="Base64 JPEG, PNG or WebP frames of one capture bundle."
+        ...,
+        min_length=1,
+        description="Base64 JPEG, PNG or WebP frames of one capture bundle: 1 to the "
+        "deployment's `WAJAH_MAX_FRAMES_PER_REQUEST` (default 8; the served document says it).",
     )
-    duplicate_check: DuplicateCheck | None = Field(
-        None, description="Search the org index first; default: the org's duplicate policy."
+    duplicate_check: DuplicateCheck = _omittable(
+        "Search the org index first; left out: the org's duplicate policy."
     )
     pii: Pii | None = None
-    screen_watchlists: bool = Field(
+    # Strict, as every number and flag of a request: 0 and "true" are refused, not coerced.
+    screen_watchlists: StrictBool = Field(
         False, description="Also screen against your shared watchlists (`watchlist` scope)."
     )
+
+
+class EnrollForm(BaseModel):
+    """The multipart form of an enrollment: the same fields as `EnrollJson`, frames as files
+    and PII as top-level fields. Documents the form; `app.api.routes.subjects` reads it."""
+
+    frames: list[bytes] = Field(
+        ...,
+        min_length=1,
+        description="JPEG, PNG or WebP files of one capture bundle, each a part named `frames`.",
+    )
+    duplicate_check: DuplicateCheck | None = None
+    screen_watchlists: bool = False
+    nik: Nik | None = None
+    email: Email | None = None
+    phone: Phone | None = None
 
 
 class Quality(BaseModel):
@@ -168,7 +323,9 @@ class ProbeBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     image: Base64Image | None = Field(None, description="Base64 JPEG, PNG or WebP.")
-    vector: list[float] | None = Field(None, description="Embedding from the same model pack.")
+    vector: list[StrictFloat] | None = Field(
+        None, description="Embedding from the same model pack (unit length)."
+    )
     model_id: Text | None = Field(None, description="Required with `vector`.")
 
 
@@ -179,7 +336,7 @@ class VerifyRequest(BaseModel):
             "examples": [{"subject_id": "cust-0042", "probe": {"image": _B64_EXAMPLE}}]
         },
     )
-    subject_id: Text = Field(..., min_length=1, max_length=128)
+    subject_id: SubjectId
     probe: ProbeBody
 
 
@@ -205,9 +362,9 @@ class VerifyResponse(BaseModel):
     score: float
     threshold: float
     threshold_source: str
-    decision: Literal["match", "no_match"]
+    decision: Decision
     model_id: str
-    probe: Literal["image", "vector"]
+    probe: ProbeKind
     probe_quality: Quality | None = None
     audit_id: str
 
@@ -218,14 +375,14 @@ class SearchRequest(BaseModel):
         json_schema_extra={"examples": [{"probe": {"image": _B64_EXAMPLE}, "top_k": 5}]},
     )
     probe: ProbeBody
-    # Strict: 3.0 and "3" are refused, not coerced (a client sending them has a bug).
-    top_k: StrictInt = Field(5, ge=1, le=100)
+    # 3.0 is JSON Schema's integer 3; "3" and true are refused (a client sending them has a bug).
+    top_k: JsonInt = Field(5, ge=1, le=100)
 
 
 class SearchCandidate(BaseModel):
     subject_id: str
     score: float
-    decision: Literal["match"]
+    decision: Decision
 
 
 class SearchResponse(BaseModel):
@@ -234,7 +391,7 @@ class SearchResponse(BaseModel):
     threshold_source: str
     model_id: str
     gallery_size: int
-    probe: Literal["image", "vector"]
+    probe: ProbeKind
     probe_quality: Quality | None = None
     audit_id: str
 
@@ -242,15 +399,15 @@ class SearchResponse(BaseModel):
 class Embedding(BaseModel):
     embedding_id: str
     frame_index: int | None
-    status: str
+    status: EnrollmentStatus
     hashed_reference: str | None
-    integrity: Literal["ok", "tampered", "erased"]
+    integrity: Integrity
     quality: dict[str, Any] | None
 
 
 class Enrollment(BaseModel):
     enrollment_id: str
-    status: str
+    status: EnrollmentStatus
     model_id: str
     created_at: datetime
     embeddings: list[Embedding]
@@ -258,7 +415,7 @@ class Enrollment(BaseModel):
 
 class SubjectResponse(BaseModel):
     subject_id: str
-    status: Literal["active", "erased"]
+    status: SubjectStatus
     created_at: datetime
     updated_at: datetime
     erased_at: datetime | None
@@ -268,20 +425,23 @@ class SubjectResponse(BaseModel):
 
 class SubjectSummary(BaseModel):
     subject_id: str
-    status: str
+    status: SubjectStatus
     created_at: datetime
     active_embeddings: int
 
 
+NEXT_CURSOR = "Pass as `cursor` for the next page; null on the last page."
+
+
 class SubjectPage(BaseModel):
     items: list[SubjectSummary]
-    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page.")
+    next_cursor: str | None = Field(..., description=NEXT_CURSOR)
 
 
 class ErasureReceipt(BaseModel):
     subject_id: str
     org_id: str
-    erased_at: str
+    erased_at: datetime
     embeddings_erased: int
     frames_shredded: int
     pii_shredded: list[str]
@@ -294,7 +454,7 @@ class ErasureReceipt(BaseModel):
 
 class RetireResponse(BaseModel):
     enrollment_id: str
-    status: Literal["retired"]
+    status: EnrollmentStatus = Field(..., description="Always `retired`.")
     embeddings: int
 
 
@@ -307,32 +467,43 @@ class ApiKeyCreate(BaseModel):
     )
     name: Text = Field(..., min_length=1, max_length=200)
     scopes: list[Scope] = Field(..., min_length=1)
-    expires_at: datetime | None = None
+    expires_in_days: (
+        Annotated[StrictInt, Field(ge=1, le=3650), BeforeValidator(_json_integer)] | None
+    ) = Field(
+        None,
+        description="The key stops working this many days from now; null: it never expires "
+        "(revoke it instead).",
+    )
 
 
 class ApiKeyCreated(BaseModel):
     key_id: str
     api_key: str = Field(..., description="Shown once. Only its hash is stored.")
     name: str
-    scopes: list[str]
+    scopes: list[Scope]
     expires_at: datetime | None
 
 
 class ApiKeyInfo(BaseModel):
     key_id: str
     name: str
-    scopes: list[str]
+    scopes: list[Scope]
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
     last_used_at: datetime | None
 
 
+class ApiKeyPage(BaseModel):
+    items: list[ApiKeyInfo]
+    next_cursor: str | None = Field(..., description=NEXT_CURSOR)
+
+
 class Retention(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    frames_days: int | None = Field(None, ge=1, le=3650)
-    request_logs_days: int | None = Field(None, ge=1, le=3650)
-    webhook_days: int | None = Field(None, ge=1, le=3650)
+    frames_days: JsonInt = _omittable(ge=1, le=3650)
+    request_logs_days: JsonInt = _omittable(ge=1, le=3650)
+    webhook_days: JsonInt = _omittable(ge=1, le=3650)
 
 
 class OrgSettingsPatch(BaseModel):
@@ -348,15 +519,17 @@ class OrgSettingsPatch(BaseModel):
             ]
         },
     )
-    threshold: float | None = Field(None, description="Cosine threshold; null = the pack's.")
-    threshold_calibration: Text | None = Field(None, max_length=500)
-    duplicate_policy: DuplicateCheck | None = None
-    retention: Retention | None = None
-    watchlist_sharing: bool | None = Field(
-        None, description="Opt in to shared watchlists (off by default)."
+    # A field left out stays as it is. Null means something only where it says so; elsewhere
+    # it is refused (the types below are not optional).
+    threshold: StrictFloat | None = Field(None, description="Cosine threshold; null = the pack's.")
+    threshold_calibration: Text | None = Field(
+        None, max_length=500, description="How the threshold was chosen; null clears it."
     )
-    data_residency: Literal["ID-only", "any"] | None = Field(
-        None, description="`ID-only`: only watchlists in the Indonesian region may be joined."
+    duplicate_policy: DuplicateCheck = _omittable()
+    retention: Retention = _omittable()
+    watchlist_sharing: StrictBool = _omittable("Opt in to shared watchlists (off by default).")
+    data_residency: DataResidency = _omittable(
+        "`ID-only`: only watchlists in the Indonesian region may be joined."
     )
 
 
@@ -367,16 +540,17 @@ class OrgSettings(BaseModel):
     threshold_source: str
     threshold_bounds: list[float]
     duplicate_policy: DuplicateCheck
-    retention: dict[str, int]
+    retention: dict[str, int] = Field(..., examples=[{"frames_days": 90}])
     watchlist_sharing: bool
-    data_residency: str
+    data_residency: DataResidency
     model_id: str
 
 
 class AuditEntry(BaseModel):
     id: str
     seq: int
-    occurred_at: str
+    # The recorded text itself (RFC 3339, UTC, microseconds): the row's hash covers it.
+    occurred_at: Annotated[str, WithJsonSchema({"type": "string", "format": "date-time"})]
     actor: str
     action: str
     target: str
@@ -386,7 +560,7 @@ class AuditEntry(BaseModel):
 
 class AuditPage(BaseModel):
     items: list[AuditEntry]
-    next_cursor: int | None
+    next_cursor: str | None = Field(..., description=NEXT_CURSOR)
 
 
 class ErrorDetail(BaseModel):
@@ -400,6 +574,77 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+# --- health ---------------------------------------------------------------------------------
+
+
+class HealthStatus(StrEnum):
+    OK = "ok"
+
+
+class Health(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
+    status: HealthStatus
+
+
+class ReadinessStatus(StrEnum):
+    READY = "ready"
+    NOT_READY = "not_ready"
+
+
+class IndexCounts(BaseModel):
+    orgs: int
+    vectors: int = Field(..., description="Vectors the org indexes hold now.")
+    vectors_at_start: int
+    tampered_embeddings: int
+
+
+class FeedPosition(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    listening: bool
+    notifications: int
+    namespaces: int
+    behind: int
+    changes_behind: int
+
+
+class Readiness(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "status": "ready",
+                    "models": True,
+                    "database": True,
+                    "indexes": True,
+                    "feed": True,
+                    "model_id": "yunet-sface-2021dec",
+                    "index": {
+                        "orgs": 3,
+                        "vectors": 1200,
+                        "vectors_at_start": 1180,
+                        "tampered_embeddings": 0,
+                    },
+                    "position": {
+                        "listening": True,
+                        "notifications": 12,
+                        "namespaces": 0,
+                        "behind": 0,
+                        "changes_behind": 0,
+                    },
+                }
+            ]
+        }
+    )
+    status: ReadinessStatus
+    models: bool
+    database: bool
+    indexes: bool
+    feed: bool
+    model_id: str | None = None
+    index: IndexCounts | None = None
+    position: FeedPosition | None = None
+
+
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing or invalid API key (`unauthorized`)."},
     403: {"model": ErrorBody, "description": "The key lacks the scope (`forbidden`)."},
@@ -410,12 +655,23 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 # --- shared watchlists ----------------------------------------------------------------------
 
 
+# A name that is not blank: at least one character that is neither a control character nor
+# white space (the service strips white space first).
+_NAME_PATTERN = (
+    "^[^\\u0000-\\u001f\\u007f-\\u009f]*"
+    "[^\\u0000-\\u0020\\u007f-\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+    "[^\\u0000-\\u001f\\u007f-\\u009f]*$"
+)
+
+
 class WatchlistCreate(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={"examples": [{"name": "consortium confirmed fraud", "region": "ID"}]},
     )
-    name: Text = Field(..., min_length=1, max_length=200)
+    name: Text = Field(
+        ..., min_length=1, max_length=200, json_schema_extra={"pattern": _NAME_PATTERN}
+    )
     region: Text | None = Field(
         None, min_length=2, max_length=32, description="Default: the deployment's region."
     )
@@ -423,7 +679,7 @@ class WatchlistCreate(BaseModel):
 
 class WatchlistMember(BaseModel):
     org_id: str
-    state: Literal["invited", "active", "left", "removed"]
+    state: MembershipState
 
 
 class Watchlist(BaseModel):
@@ -431,11 +687,16 @@ class Watchlist(BaseModel):
     name: str
     region: str
     model_id: str
-    status: Literal["open", "closed"]
-    role: Literal["owner", "member"]
-    membership: str | None
+    status: WatchlistStatus
+    role: WatchlistRole
+    membership: MembershipState | None
     created_at: datetime
     members: list[WatchlistMember] | None = Field(None, description="Shown to the owner only.")
+
+
+class WatchlistPage(BaseModel):
+    items: list[Watchlist]
+    next_cursor: str | None = Field(..., description=NEXT_CURSOR)
 
 
 class Invitation(BaseModel):
@@ -448,7 +709,7 @@ class Invitation(BaseModel):
 class Membership(BaseModel):
     watchlist_id: str
     org_id: str
-    state: Literal["invited", "active", "left", "removed"]
+    state: MembershipState
 
 
 class EntryCreate(BaseModel):
@@ -463,8 +724,13 @@ class EntryCreate(BaseModel):
             ]
         },
     )
-    reason_code: Text = Field(..., min_length=1, max_length=64, examples=["confirmed_fraud"])
-    subject_id: Text | None = Field(None, min_length=1, max_length=128)
+    reason_code: Text = Field(
+        ...,
+        json_schema_extra={"pattern": "^[a-z][a-z0-9_]{0,63}$"},
+        description="Lower-case snake_case, your own vocabulary.",
+        examples=["confirmed_fraud"],
+    )
+    subject_id: SubjectId | None = None
     probe: ProbeBody | None = None
 
 
@@ -485,7 +751,7 @@ class ScreenRequest(BaseModel):
         json_schema_extra={"examples": [{"probe": {"image": _B64_EXAMPLE}, "top_k": 10}]},
     )
     probe: ProbeBody
-    top_k: StrictInt = Field(10, ge=1, le=50)
+    top_k: JsonInt = Field(10, ge=1, le=50)
 
 
 class ScreenHit(BaseModel):
@@ -495,7 +761,7 @@ class ScreenHit(BaseModel):
     entry_id: str
     reason_code: str
     score: float
-    decision: Literal["match"]
+    decision: Decision
 
 
 class ScreenResponse(BaseModel):
@@ -504,7 +770,7 @@ class ScreenResponse(BaseModel):
     threshold: float
     threshold_source: str
     model_id: str
-    probe: Literal["image", "vector"]
+    probe: ProbeKind
     audit_id: str
 
 
@@ -516,12 +782,12 @@ EnrollmentResponse.model_rebuild()  # it refers to ScreenHit, defined above it i
 
 class PiiPatch(BaseModel):
     """The PII fields to change: a value sets or changes one, `null` clears it, a field left
-    out stays as it is."""
+    out stays as it is. At least one field."""
 
-    model_config = ConfigDict(extra="forbid")
-    nik: Text | None = Field(None, examples=["3171234567890123"])
-    email: Text | None = Field(None, examples=["budi@example.co.id"])
-    phone: Text | None = Field(None, examples=["+6281234567890"])
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
+    nik: Nik | None = Field(None, examples=["3171234567890123"])
+    email: Email | None = Field(None, examples=["budi@example.co.id"])
+    phone: Phone | None = Field(None, examples=["+6281234567890"])
 
 
 class RectifyRequest(BaseModel):
@@ -536,10 +802,10 @@ class RectifyRequest(BaseModel):
 
 class RectifyResponse(BaseModel):
     subject_id: str
-    pii_fields: dict[str, Literal["set", "cleared", "unchanged"]] = Field(
+    pii_fields: dict[str, PiiChange] = Field(
         ..., description="What happened to each field; never a value."
     )
-    updated_at: str
+    updated_at: datetime
     audit_id: str
 
 
@@ -549,10 +815,10 @@ class SubjectExport(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     format: Literal["wajah-subject-export/1"]
-    exported_at: str
+    exported_at: datetime
     org_id: str
     subject_id: str
-    status: Literal["active", "erased"]
+    status: SubjectStatus
     erasure: dict[str, Any] | None
     pii: dict[str, str | None]
     enrollments: list[dict[str, Any]]

@@ -17,11 +17,12 @@ from app.errors import (
     OwnKeyRevocationError,
 )
 from app.runtime import Runtime
-from app.services import indexing
+from app.services import indexing, pages
 from app.services.principal import Principal, record
 from app.services.sharing import DATA_RESIDENCIES
 from app.services.text import SERVICE_ID, check_text
 from app.storage import (
+    AuditEntry,
     AuditPage,
     Connection,
     audit,
@@ -160,6 +161,18 @@ def list_api_keys(runtime: Runtime, principal: Principal) -> list[dict[str, Any]
         }
         for r in rows
     ]
+
+
+def api_keys_page(
+    runtime: Runtime, principal: Principal, limit: int = 50, cursor: str | None = None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of the org's keys, oldest first (an org holds tens, read whole)."""
+    return pages.page_of(
+        list_api_keys(runtime, principal),
+        limit,
+        cursor,
+        lambda k: pages.text_id_position(k["created_at"], k["key_id"]),
+    )
 
 
 def revoke_api_key(runtime: Runtime, principal: Principal, key_id: str) -> None:
@@ -332,6 +345,19 @@ def _changed_settings(
 
 
 # --- audit ----------------------------------------------------------------------------------
+
+
+def audit_events_page(
+    runtime: Runtime, principal: Principal, limit: int = 50, cursor: str | None = None
+) -> tuple[list[AuditEntry], str | None]:
+    """One page of the org's audit rows, newest first; the cursor holds the sequence number
+    to page below."""
+    below = pages.decode(cursor)[0] if cursor is not None else None
+    if below is not None and below < 1:
+        return [], None
+    page = audit_page(runtime, principal, below, limit)
+    next_cursor = pages.encode(page.next_cursor, b"") if page.next_cursor is not None else None
+    return page.entries, next_cursor
 
 
 def audit_page(runtime: Runtime, principal: Principal, cursor: int | None, limit: int) -> AuditPage:

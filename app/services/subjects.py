@@ -7,7 +7,6 @@ answer to an `Idempotency-Key`) → index → optional watchlist screening.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import hashlib
 import json
@@ -27,7 +26,6 @@ from app.errors import (
     EnrollmentNotActiveError,
     EnrollmentNotFoundError,
     ForbiddenError,
-    InvalidCursorError,
     InvalidPiiError,
     InvalidRequestError,
     NoUsableFrameError,
@@ -36,7 +34,7 @@ from app.errors import (
     TooManyFramesError,
 )
 from app.runtime import Runtime
-from app.services import idempotency, indexing, sealing, text
+from app.services import idempotency, indexing, pages, sealing, text
 from app.services.orgs import DUPLICATE_POLICIES, effective_threshold, org_settings
 from app.services.principal import Principal, record
 from app.services.watchlists import screen_everywhere
@@ -552,28 +550,11 @@ def get_subject(runtime: Runtime, principal: Principal, subject_id: str) -> dict
     }
 
 
-def _encode_cursor(created_at: datetime, pk: str) -> str:
-    raw = json.dumps([created_at.isoformat(), pk]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created, pk = json.loads(raw)
-        moment = datetime.fromisoformat(created)
-    except (ValueError, TypeError) as exc:
-        raise InvalidCursorError("cursor is not one this API returned") from exc
-    if moment.tzinfo is None:  # ours are always UTC; a naive one would fail in the query
-        raise InvalidCursorError("cursor is not one this API returned")
-    return moment, str(pk)
-
-
 def list_subjects(
     runtime: Runtime, principal: Principal, limit: int = 50, cursor: str | None = None
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of the org's subjects, oldest first; pass `next_cursor` back for more."""
-    after = _decode_cursor(cursor) if cursor else None
+    after = pages.after_hex_id(cursor, "sub") if cursor is not None else None
     with read_transaction(runtime.engine) as conn:
         rows = subjects.subjects_page(conn, principal.org_id, after, limit + 1)
         counts = subjects.active_embedding_counts(
@@ -589,7 +570,7 @@ def list_subjects(
         for r in rows[:limit]
     ]
     next_cursor = (
-        _encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id)
+        pages.encode(*pages.hex_id_position(rows[limit - 1].created_at, rows[limit - 1].id))
         if len(rows) > limit
         else None
     )

@@ -32,7 +32,7 @@ from app.errors import (
     SubjectNotFoundError,
 )
 from app.runtime import Runtime
-from app.services import indexing
+from app.services import indexing, pages
 from app.services.orgs import effective_threshold, org_settings
 from app.services.principal import Principal, record
 from app.services.probes import Probe, probe_vector
@@ -79,6 +79,10 @@ class NotInvitedError(ConflictError):
 
 class WatchlistClosedError(ConflictError):
     code = "watchlist_closed"
+
+
+class OrgNotFoundError(NotFoundError):
+    code = "org_not_found"
 
 
 # --- visibility -------------------------------------------------------------------------------
@@ -174,10 +178,19 @@ def create_watchlist(
         return _view(conn, watchlists.find(conn, watchlist_id), org_id)
 
 
-def list_watchlists(runtime: Runtime, principal: Principal) -> list[dict[str, Any]]:
+def list_watchlists(
+    runtime: Runtime, principal: Principal, limit: int = 50, cursor: str | None = None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of the watchlists the org owns, is invited to or belongs to, oldest first."""
     org_id = principal.org_id
     with read_transaction(runtime.engine) as conn:
-        return [_view(conn, r, org_id) for r in watchlists.visible_to(conn, org_id)]
+        rows, next_cursor = pages.page_of(
+            watchlists.visible_to(conn, org_id),
+            limit,
+            cursor,
+            lambda r: pages.hex_id_position(r.created_at, r.id),
+        )
+        return [_view(conn, r, org_id) for r in rows], next_cursor
 
 
 def invite(
@@ -189,7 +202,7 @@ def invite(
         if row.status != "open":
             raise WatchlistClosedError("the watchlist is closed")
         if not orgs.org_exists(conn, org_id):
-            raise NotFoundError(f"no org {org_id!r}")
+            raise OrgNotFoundError(f"no org {org_id!r}")
         if watchlists.membership(conn, watchlist_id, org_id) == "active":
             raise ConflictError(f"org {org_id!r} is already a member")
         watchlists.invite(conn, watchlist_id, org_id, utcnow())

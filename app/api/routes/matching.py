@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from app.api.contract import INDEX, PROBE, JsonBodyRoute, errors
 from app.api.deps import MatcherDep
 from app.api.schemas import (
-    ERRORS,
-    ErrorBody,
     ProbeBody,
     SearchRequest,
     SearchResponse,
@@ -16,7 +15,7 @@ from app.api.schemas import (
 )
 from app.services import matching as service
 
-router = APIRouter(tags=["matching"])
+router = APIRouter(tags=["matching"], route_class=JsonBodyRoute)
 
 
 def probe_from(body: ProbeBody) -> service.Probe:
@@ -30,10 +29,17 @@ def probe_from(body: ProbeBody) -> service.Probe:
 @router.post(
     "/v1/verify",
     response_model=VerifyResponse,
-    responses={**ERRORS, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+    responses=errors(
+        PROBE,
+        {404: ("subject_not_found",), 409: ("conflict",)},
+        body=True,
+    ),
     summary="1:1 — does the probe match this subject?",
 )
 async def verify(body: VerifyRequest, caller: MatcherDep) -> VerifyResponse:
+    """Compare the probe with the subject's active embeddings: the best cosine score, the
+    threshold it was held to (and where that comes from) and the decision. Audited. A
+    subject with nothing active to compare with is 409 `conflict`."""
     return VerifyResponse.model_validate(
         await caller.run(service.verify_probe, body.subject_id, probe_from(body.probe))
     )
@@ -42,10 +48,12 @@ async def verify(body: VerifyRequest, caller: MatcherDep) -> VerifyResponse:
 @router.post(
     "/v1/search",
     response_model=SearchResponse,
-    responses=ERRORS,
+    responses=errors(PROBE, INDEX, body=True),
     summary="1:N — which of this org's subjects match the probe?",
 )
 async def search(body: SearchRequest, caller: MatcherDep) -> SearchResponse:
+    """Search the org's own index: up to `top_k` subjects at or above the threshold, best
+    first. Reflects every enrollment committed before the request arrived, or answers 503."""
     return SearchResponse.model_validate(
         await caller.run(service.search_probe, probe_from(body.probe), body.top_k)
     )

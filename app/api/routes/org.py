@@ -3,75 +3,85 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Path
 from starlette.concurrency import run_in_threadpool
 
+from app.api.contract import Cursor, JsonBodyRoute, Limit, errors
 from app.api.deps import AdminDep
 from app.api.schemas import (
-    ERRORS,
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyInfo,
+    ApiKeyPage,
     AuditPage,
-    ErrorBody,
     OrgSettings,
     OrgSettingsPatch,
 )
+from app.crypto import Scope
 from app.runtime import Runtime
 from app.services import orgs as service
 from app.services.principal import Principal
+from app.storage import utcnow
 
-router = APIRouter(tags=["org"])
+router = APIRouter(tags=["org"], route_class=JsonBodyRoute)
 
 
 @router.post(
     "/v1/api-keys",
     status_code=201,
     response_model=ApiKeyCreated,
-    responses=ERRORS,
+    responses=errors({422: ("invalid_settings",)}, body=True),
     summary="Create an API key (the key is shown once)",
 )
-async def create_key(body: ApiKeyCreate, caller: AdminDep) -> ApiKeyCreated:
-    issued = await caller.run(service.issue_api_key, body.name, body.scopes, body.expires_at)
+async def create_api_key(body: ApiKeyCreate, caller: AdminDep) -> ApiKeyCreated:
+    """The plaintext key is in this answer only; the service keeps its hash. Audited."""
+    expires_at = utcnow() + timedelta(days=body.expires_in_days) if body.expires_in_days else None
+    issued = await caller.run(service.issue_api_key, body.name, body.scopes, expires_at)
     return ApiKeyCreated(
         key_id=issued.key_id,
         api_key=issued.plaintext,
         name=issued.name,
-        scopes=issued.scopes,
+        scopes=[Scope(s) for s in issued.scopes],
         expires_at=issued.expires_at,
     )
 
 
 @router.get(
     "/v1/api-keys",
-    response_model=list[ApiKeyInfo],
-    responses=ERRORS,
+    response_model=ApiKeyPage,
+    responses=errors({422: ("invalid_cursor",)}, params=True),
     summary="List the org's API keys (never their secrets)",
 )
-async def list_keys(caller: AdminDep) -> list[ApiKeyInfo]:
-    return [ApiKeyInfo.model_validate(k) for k in await caller.run(service.list_api_keys)]
+async def list_api_keys(caller: AdminDep, limit: Limit = 50, cursor: Cursor = None) -> ApiKeyPage:
+    """Oldest first, revoked and expired keys included (with when)."""
+    items, next_cursor = await caller.run(service.api_keys_page, limit, cursor)
+    return ApiKeyPage.model_validate({"items": items, "next_cursor": next_cursor})
 
 
 @router.delete(
     "/v1/api-keys/{key_id}",
-    status_code=204,
-    responses={
-        **ERRORS,
-        404: {"model": ErrorBody, "description": "`api_key_not_found`"},
-        409: {
-            "model": ErrorBody,
-            "description": "`cannot_revoke_own_key` (the calling key) or `last_admin_key` "
-            "(the org's last working admin key): an org cannot lock itself out.",
-        },
-    },
+    response_model=ApiKeyInfo,
+    responses=errors(
+        {404: ("api_key_not_found",), 409: ("cannot_revoke_own_key", "last_admin_key")}
+    ),
     summary="Revoke an API key",
-    description="Revoking a revoked key again is a no-op (204), so retries are safe.",
 )
-async def revoke_key(key_id: str, caller: AdminDep) -> Response:
-    await caller.run(service.revoke_api_key, key_id)
-    return Response(status_code=204)
+async def revoke_api_key(
+    key_id: Annotated[str, Path(examples=["ttj7ncmsm3dac"])], caller: AdminDep
+) -> ApiKeyInfo:
+    """Answers the key as it now is (`revoked_at` set). Revoking a revoked key again
+    answers the same, so retries are safe. An org cannot lock itself out: the calling key
+    (409 `cannot_revoke_own_key`) and the org's last working admin key (409
+    `last_admin_key`) are refused."""
+
+    def revoke(runtime: Runtime, principal: Principal) -> dict[str, Any]:
+        service.revoke_api_key(runtime, principal, key_id)
+        return next(k for k in service.list_api_keys(runtime, principal) if k["key_id"] == key_id)
+
+    return ApiKeyInfo.model_validate(await caller.run(revoke))
 
 
 def _settings_view(runtime: Runtime, settings: dict[str, Any]) -> OrgSettings:
@@ -93,10 +103,11 @@ def _settings_view(runtime: Runtime, settings: dict[str, Any]) -> OrgSettings:
 @router.get(
     "/v1/org/settings",
     response_model=OrgSettings,
-    responses=ERRORS,
+    responses=errors(),
     summary="The org's settings and the threshold its decisions use",
 )
-async def get_settings(caller: AdminDep) -> OrgSettings:
+async def get_org_settings(caller: AdminDep) -> OrgSettings:
+    """The stored settings, and the threshold in force with its source and safe bounds."""
     # A cache hit needs no worker thread: the hop costs about a third of this request.
     principal = caller.cached_principal()
     if principal is not None:
@@ -116,13 +127,15 @@ async def get_settings(caller: AdminDep) -> OrgSettings:
 @router.patch(
     "/v1/org/settings",
     response_model=OrgSettings,
-    responses=ERRORS,
+    responses=errors({422: ("invalid_settings",)}, body=True),
     summary="Change settings (threshold within safe bounds, policies, retention)",
 )
-async def patch_settings(body: OrgSettingsPatch, caller: AdminDep) -> OrgSettings:
+async def update_org_settings(body: OrgSettingsPatch, caller: AdminDep) -> OrgSettings:
+    """A partial update: fields left out stay as they are; every field is validated before
+    anything changes. Audited with the old and new values."""
     changes = body.model_dump(exclude_unset=True)
-    if "retention" in changes and changes["retention"] is not None:
-        changes["retention"] = {k: v for k, v in changes["retention"].items() if v is not None}
+    if "retention" in changes:
+        changes["retention"] = body.retention.model_dump(exclude_unset=True)
 
     def update(runtime: Runtime, principal: Principal) -> OrgSettings:
         return _settings_view(runtime, service.update_org_settings(runtime, principal, changes))
@@ -133,17 +146,15 @@ async def patch_settings(body: OrgSettingsPatch, caller: AdminDep) -> OrgSetting
 @router.get(
     "/v1/audit",
     response_model=AuditPage,
-    responses=ERRORS,
+    responses=errors({422: ("invalid_cursor",)}, params=True),
     summary="The org's own audit rows, newest first, details opened",
 )
-async def list_audit(
-    caller: AdminDep,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    # Bounded so that a huge number is a 422, not an overflow in the database driver.
-    cursor: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
+async def list_audit_events(
+    caller: AdminDep, limit: Limit = 50, cursor: Cursor = None
 ) -> AuditPage:
-
-    page = await caller.run(service.audit_page, cursor, limit)
+    """Every state change and match decision of the org, newest first, with its place in
+    the org's hash chain."""
+    entries, next_cursor = await caller.run(service.audit_events_page, limit, cursor)
     return AuditPage.model_validate(
-        {"items": [dataclasses.asdict(e) for e in page.entries], "next_cursor": page.next_cursor}
+        {"items": [dataclasses.asdict(e) for e in entries], "next_cursor": next_cursor}
     )

@@ -6,20 +6,30 @@ import dataclasses
 import hashlib
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from app.api.contract import (
+    IMAGE,
+    INDEX,
+    Cursor,
+    IdempotencyKey,
+    JsonBodyRoute,
+    Limit,
+    errors,
+    is_json,
+    unsupported_media_type,
+)
 from app.api.deps import EnrollerDep
 from app.api.idempotency import idempotent
 from app.api.schemas import (
-    ERRORS,
+    SUBJECT_ID_PATTERN,
     EnrollJson,
     EnrollmentResponse,
     ErasureReceipt,
-    ErrorBody,
     RectifyRequest,
     RectifyResponse,
     RetireResponse,
@@ -31,32 +41,30 @@ from app.errors import InvalidRequestError, TooManyFramesError
 from app.services import rights
 from app.services import subjects as service
 
-router = APIRouter(tags=["subjects"])
+router = APIRouter(tags=["subjects"], route_class=JsonBodyRoute)
 
+# The request body of an enrollment, in either form; both are named components (added to the
+# document by `app.api.contract`, with `frames` bounded by the deployment's setting).
 _ENROLL_BODY = {
     "required": True,
     "content": {
-        "application/json": {"schema": EnrollJson.model_json_schema()},
+        "application/json": {"schema": {"$ref": "#/components/schemas/EnrollJson"}},
         "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "required": ["frames"],
-                "properties": {
-                    "frames": {
-                        "type": "array",
-                        "items": {"type": "string", "format": "binary"},
-                        "description": "1..N JPEG, PNG or WebP frames of one capture bundle.",
-                    },
-                    "duplicate_check": {"type": "string", "enum": ["off", "flag", "reject"]},
-                    "screen_watchlists": {"type": "boolean"},
-                    "nik": {"type": "string"},
-                    "email": {"type": "string"},
-                    "phone": {"type": "string"},
-                },
-            }
+            "schema": {"$ref": "#/components/schemas/EnrollForm"},
+            "encoding": {"frames": {"contentType": "image/jpeg, image/png, image/webp"}},
         },
     },
 }
+SubjectId = Annotated[
+    str,
+    Path(
+        description="Your own reference for the person (another org's is 404).",
+        json_schema_extra={"pattern": SUBJECT_ID_PATTERN, "minLength": 1, "maxLength": 128},
+        examples=["cust-0042"],
+    ),
+]
+EnrollmentId = Annotated[str, Path(examples=["enr_3f9a0c5e7b1d4a2f9e8c7b6a5d4c3b2a"])]
+NOT_FOUND = {404: ("subject_not_found",)}
 
 
 def _form_flag(value: object) -> bool:
@@ -85,7 +93,7 @@ async def _read_bundle(request: Request, max_frames: int) -> service.CaptureBund
             raise InvalidRequestError("send the frames as multipart files named `frames`")
         screen = _form_flag(form["screen_watchlists"]) if "screen_watchlists" in form else False
         return service.CaptureBundle(frames, str(policy) if policy else None, pii, screen)
-    if content_type.startswith("application/json"):
+    if is_json(content_type):
         try:
             body = EnrollJson.model_validate_json(await request.body())
         except ValidationError as exc:
@@ -95,28 +103,44 @@ async def _read_bundle(request: Request, max_frames: int) -> service.CaptureBund
             ) from None
         pii = body.pii.model_dump(exclude_none=True) if body.pii else {}
         return service.CaptureBundle(body.frames, body.duplicate_check, pii, body.screen_watchlists)
-    raise InvalidRequestError("send multipart/form-data or application/json")
+    raise unsupported_media_type("multipart/form-data or application/json")
 
 
 @router.post(
     "/v1/subjects/{subject_id}/enrollments",
     status_code=201,
     response_model=EnrollmentResponse,
-    responses={
-        **ERRORS,
-        409: {"model": ErrorBody, "description": "`duplicate_face`"},
-        410: {"model": ErrorBody, "description": "`subject_erased`: use a new subject_id"},
-        413: {"model": ErrorBody},
-        415: {"model": ErrorBody},
-    },
+    responses=errors(
+        IMAGE,
+        INDEX,
+        {
+            403: ("forbidden",),
+            409: ("duplicate_face", "model_pack_mismatch", "idempotency_request_in_flight"),
+            410: ("subject_erased",),
+            422: (
+                "too_many_frames",
+                "no_usable_frame",
+                "invalid_pii",
+                "idempotency_key_reused",
+            ),
+        },
+        body=True,
+    ),
     openapi_extra={"requestBody": _ENROLL_BODY},
     summary="Enroll a capture bundle for a subject",
 )
-async def enroll(subject_id: str, request: Request, caller: EnrollerDep) -> Response:
+async def enroll(
+    subject_id: SubjectId,
+    request: Request,
+    caller: EnrollerDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
     """Detect, gate, align and embed each frame; store one embedding per accepted frame.
 
-    Frames are sealed with AES-256-GCM and never returned. Honours `Idempotency-Key`.
-    Creates the subject on its first enrollment.
+    Send the frames as multipart files or as base64 in JSON. Frames are sealed with
+    AES-256-GCM and never returned. Creates the subject on its first enrollment. A bundle
+    whose every frame is refused is 422 `no_usable_frame`, with each frame's reason in
+    `error.details.frames`. Retry-safe with `Idempotency-Key`.
     """
     # The key first: an upload is read only for a caller who may enroll.
     runtime, principal = caller.runtime, await caller.principal()
@@ -140,15 +164,21 @@ async def enroll(subject_id: str, request: Request, caller: EnrollerDep) -> Resp
         body = EnrollmentResponse.model_validate(dataclasses.asdict(result))
         return 201, body.model_dump(mode="json")
 
-    return await idempotent(request, runtime, principal, fingerprint, run, EnrollmentResponse)
+    return await idempotent(
+        request, runtime, principal, idempotency_key, fingerprint, run, EnrollmentResponse
+    )
 
 
-@router.get("/v1/subjects", response_model=SubjectPage, responses=ERRORS, summary="List subjects")
+@router.get(
+    "/v1/subjects",
+    response_model=SubjectPage,
+    responses=errors({422: ("invalid_cursor",)}, params=True),
+    summary="List subjects",
+)
 async def list_subjects(
-    caller: EnrollerDep,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    caller: EnrollerDep, limit: Limit = 50, cursor: Cursor = None
 ) -> SubjectPage:
+    """Oldest first, erased subjects included (with their status); never PII."""
     items, next_cursor = await caller.run(service.list_subjects, limit, cursor)
     return SubjectPage.model_validate({"items": items, "next_cursor": next_cursor})
 
@@ -156,41 +186,53 @@ async def list_subjects(
 @router.get(
     "/v1/subjects/{subject_id}",
     response_model=SubjectResponse,
-    responses={**ERRORS, 404: {"model": ErrorBody}},
+    responses=errors(NOT_FOUND),
     summary="Read a subject (PII opened for the owning org; never frames)",
 )
-async def get_subject(subject_id: str, caller: EnrollerDep) -> SubjectResponse:
+async def get_subject(subject_id: SubjectId, caller: EnrollerDep) -> SubjectResponse:
+    """The subject, its PII, and each enrollment's embeddings with their integrity (the
+    stored vector checked against its keyed reference). An erased subject shows what is
+    left: ids and times."""
     return SubjectResponse.model_validate(await caller.run(service.get_subject, subject_id))
 
 
 @router.delete(
     "/v1/subjects/{subject_id}",
     response_model=ErasureReceipt,
-    responses={**ERRORS, 404: {"model": ErrorBody}, 410: {"model": ErrorBody}},
+    responses=errors(NOT_FOUND, {410: ("subject_erased",)}),
     summary="Erase a subject: out of the index at once, frames and PII crypto-shredded",
 )
-async def erase_subject(subject_id: str, caller: EnrollerDep) -> ErasureReceipt:
-    return ErasureReceipt.model_validate(await caller.run(service.erase_subject, subject_id))
+async def erase_subject(subject_id: SubjectId, caller: EnrollerDep) -> JSONResponse:
+    """Answers the erasure receipt (what was removed, with its SHA-256). Its embeddings
+    leave the index at once, its frames, PII and subject key are destroyed, its watchlist
+    entries withdrawn. Erasing an erased subject again is 410 `subject_erased`."""
+    receipt = await caller.run(service.erase_subject, subject_id)
+    # As built: `receipt_sha256` is over these values, not over a re-rendering of them.
+    return JSONResponse(receipt)
 
 
 @router.post(
     "/v1/enrollments/{enrollment_id}/retire",
     response_model=RetireResponse,
-    responses={**ERRORS, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+    responses=errors(
+        {404: ("enrollment_not_found",), 409: ("enrollment_not_active",)},
+    ),
     summary="Retire an enrollment (its embeddings leave the index)",
 )
-async def retire(enrollment_id: str, caller: EnrollerDep) -> RetireResponse:
+async def retire_enrollment(enrollment_id: EnrollmentId, caller: EnrollerDep) -> RetireResponse:
+    """The enrollment stops taking part in matches; its frames follow the retention rules.
+    An enrollment that is not active is 409 `enrollment_not_active`."""
     return RetireResponse.model_validate(await caller.run(service.retire_enrollment, enrollment_id))
 
 
 @router.get(
     "/v1/subjects/{subject_id}/export",
     response_model=SubjectExport,
-    responses={**ERRORS, 404: {"model": ErrorBody}},
+    responses=errors(NOT_FOUND, params=True),
     summary="Export everything held about a subject (access and portability; never frames)",
 )
 async def export_subject(
-    subject_id: str,
+    subject_id: SubjectId,
     caller: EnrollerDep,
     include_vectors: Annotated[
         bool, Query(description="Add the embeddings' vectors (admin scope; audited).")
@@ -207,20 +249,27 @@ async def export_subject(
 @router.patch(
     "/v1/subjects/{subject_id}",
     response_model=RectifyResponse,
-    responses={**ERRORS, 404: {"model": ErrorBody}, 410: {"model": ErrorBody}},
+    responses=errors(
+        NOT_FOUND,
+        {
+            409: ("idempotency_request_in_flight",),
+            410: ("subject_erased",),
+            422: ("invalid_pii", "idempotency_key_reused"),
+        },
+        body=True,
+    ),
     summary="Rectify a subject's PII: set, change or clear (null) each field",
 )
-async def rectify_subject(subject_id: str, request: Request, caller: EnrollerDep) -> Response:
-    """Validated as at enroll, resealed, audited with field names only. Honours
+async def rectify_subject(
+    subject_id: SubjectId,
+    patch: RectifyRequest,
+    request: Request,
+    caller: EnrollerDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """Validated as at enroll, resealed, audited with field names only. Retry-safe with
     `Idempotency-Key`."""
     runtime, principal = caller.runtime, await caller.principal()
-    try:
-        patch = RectifyRequest.model_validate_json(await request.body())
-    except ValidationError as exc:
-        raise InvalidRequestError(
-            "the JSON body is not a valid rectification",
-            errors=[{"loc": [str(p) for p in e["loc"]], "msg": e["msg"]} for e in exc.errors()],
-        ) from None
     changes = {name: getattr(patch.pii, name) for name in sorted(patch.pii.model_fields_set)}
     # Keyed: a plain hash of a NIK or a phone number would be brute-forced from the record.
     fingerprint = runtime.kms.mac(
@@ -233,4 +282,6 @@ async def rectify_subject(subject_id: str, request: Request, caller: EnrollerDep
         )
         return 200, RectifyResponse.model_validate(result).model_dump(mode="json")
 
-    return await idempotent(request, runtime, principal, fingerprint, run, RectifyResponse)
+    return await idempotent(
+        request, runtime, principal, idempotency_key, fingerprint, run, RectifyResponse
+    )

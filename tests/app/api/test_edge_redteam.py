@@ -63,7 +63,7 @@ def test_a_bomb_past_pillows_own_limit_gets_our_message(client: TestClient, org:
         assert pillow_words not in message
 
 
-@pytest.mark.parametrize("top_k", [3.0, 3.5, "3", True, None, [3]])
+@pytest.mark.parametrize("top_k", [3.5, "3", True, None, [3]])
 def test_top_k_takes_integers_only(client: TestClient, org: Org, top_k: object) -> None:
     probe = {
         "vector": [1.0] + [0.0] * (org.runtime.pipeline.dimension - 1),
@@ -74,12 +74,13 @@ def test_top_k_takes_integers_only(client: TestClient, org: Org, top_k: object) 
     assert response.json()["error"]["details"]["errors"][0]["loc"] == ["body", "top_k"]
 
 
-def test_top_k_as_an_integer_is_served(client: TestClient, org: Org) -> None:
+@pytest.mark.parametrize("top_k", [3, 3.0])  # 3.0 is an integer to JSON Schema
+def test_top_k_as_an_integer_is_served(client: TestClient, org: Org, top_k: object) -> None:
     probe = {
         "vector": [1.0] + [0.0] * (org.runtime.pipeline.dimension - 1),
         "model_id": org.runtime.model_id,
     }
-    response = client.post("/v1/search", headers=org.admin, json={"probe": probe, "top_k": 3})
+    response = client.post("/v1/search", headers=org.admin, json={"probe": probe, "top_k": top_k})
     assert response.status_code == 200, response.text
 
 

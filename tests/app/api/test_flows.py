@@ -140,7 +140,7 @@ def test_subjects_and_audit_pages(
     total = audit_rows(org.runtime, org.org_id)
     assert total == 7  # org.create, api_key.create, 5 × enrollment.create
     seqs: list[list[int]] = []
-    cursor: int | None = None
+    cursor: str | None = None
     while True:
         params = {"limit": 3} | ({"cursor": cursor} if cursor else {})
         page = client.get("/v1/audit", headers=org.admin, params=params).json()

@@ -535,7 +535,7 @@ class WatchlistMachine(RuleBasedStateMachine):
         i, org = self.org(i)
         response = self.client.get("/v1/watchlists", headers=org.org.admin)
         assert response.status_code == 200, response.text
-        seen = {w["watchlist_id"]: w for w in response.json()}
+        seen = {w["watchlist_id"]: w for w in response.json()["items"]}
         expected = {wl.watchlist_id: wl for wl in self.watchlists if self.visible(wl, i)}
         assert set(seen) == set(expected)
         for watchlist_id, wl in expected.items():
@@ -663,7 +663,7 @@ def test_one_sided_opt_in_never_hits(
     # Invited but not accepted: it sees the watchlist, but may neither screen nor contribute.
     assert status(screen(client, invited, wl, probe)) == NOT_A_MEMBER
     assert status(contribute(client, invited, wl, probe=probe)) == NOT_A_MEMBER
-    listed = client.get("/v1/watchlists", headers=invited.admin).json()
+    listed = client.get("/v1/watchlists", headers=invited.admin).json()["items"]
     assert [(w["watchlist_id"], w["membership"], w["members"]) for w in listed] == [
         (wl, "invited", None)
     ]
@@ -713,7 +713,7 @@ def test_leaving_takes_the_leavers_entries_out_at_once(
     # The leaver no longer sees the watchlist: 404 (not 403), as for any invisible one.
     assert status(screen(client, member, wl, probe)) == NOT_VISIBLE
     assert status(contribute(client, member, wl, probe=probe)) == NOT_VISIBLE
-    assert client.get("/v1/watchlists", headers=member.admin).json() == []
+    assert client.get("/v1/watchlists", headers=member.admin).json()["items"] == []
     # Its entries stay recorded (its to withdraw) but out of screening, also when invited again.
     assert sorted(entry_rows(owner.runtime, wl)) == sorted(
         [(theirs[0], member.org_id, "active"), (mine[0], owner.org_id, "active")]
@@ -744,7 +744,7 @@ def test_owner_removal_takes_the_members_entries_out_at_once(
     assert status(join(client, member, wl)) == NOT_VISIBLE  # no way back without an invitation
     again = client.delete(f"/v1/watchlists/{wl}/members/{member.org_id}", headers=owner.admin)
     assert status(again) == (404, "not_found")
-    view = client.get("/v1/watchlists", headers=owner.admin).json()[0]
+    view = client.get("/v1/watchlists", headers=owner.admin).json()["items"][0]
     assert {m["org_id"]: m["state"] for m in view["members"]} == {
         owner.org_id: "active",
         member.org_id: "removed",
@@ -770,9 +770,8 @@ def test_closed_watchlist_refuses_everything_but_reads(
         assert status(contribute(client, org, wl, probe=probe)) == CLOSED
     assert status(join(client, outsider, wl)) == CLOSED
     assert status(invite(client, owner, wl, new_org())) == CLOSED
-    assert [w["status"] for w in client.get("/v1/watchlists", headers=member.admin).json()] == [
-        "closed"
-    ]
+    listed = client.get("/v1/watchlists", headers=member.admin).json()["items"]
+    assert [w["status"] for w in listed] == ["closed"]
     # Closing again is a no-op; members may still leave.
     again = client.delete(f"/v1/watchlists/{wl}", headers=owner.admin)
     assert (again.status_code, again.json()["status"]) == (200, "closed")
@@ -816,7 +815,8 @@ def test_cross_org_hit_is_audited_in_both_orgs_and_names_nothing_of_the_contribu
             if e["action"] == "watchlist.hit"
         ]
 
-    owner_key_ids = [k["key_id"] for k in client.get("/v1/api-keys", headers=owner.admin).json()]
+    owner_keys = client.get("/v1/api-keys", headers=owner.admin).json()["items"]
+    owner_key_ids = [k["key_id"] for k in owner_keys]
     assert len(owner_key_ids) == 1
     details = {"watchlist_id": wl, "entry_id": entry_ids[0], "score": hit["score"]}
     assert hit_rows(owner) == [
@@ -926,7 +926,7 @@ def test_a_watchlist_you_may_not_see_is_404_everywhere(
         audit_rows(owner.runtime, owner.org_id),
         audit_rows(owner.runtime, stranger.org_id),
     ) == before
-    assert client.get("/v1/watchlists", headers=stranger.admin).json() == []
+    assert client.get("/v1/watchlists", headers=stranger.admin).json()["items"] == []
     assert hits(client, owner, wl, probe) == [entry]
 
 
@@ -1135,7 +1135,7 @@ def test_bad_input_gets_a_clear_4xx_and_changes_nothing(
             "POST",
             f"/v1/watchlists/{wl}/invitations",
             {"json": {"org_id": "org_" + "0" * 32}},
-            (404, "not_found"),
+            (404, "org_not_found"),
         ),
         "invite: no org id": (
             "POST",
