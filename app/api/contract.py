@@ -171,13 +171,14 @@ IdempotencyKey = Annotated[
 
 # --- pages: every list takes `limit` and `cursor` and answers `items` and `next_cursor` ---------
 
-Limit = Annotated[int, Query(ge=1, le=200, description="Items per page.")]
+Limit = Annotated[int, Query(ge=1, le=200, description="Items per page.", examples=[50])]
 Cursor = Annotated[
     str | None,
     Query(
         # Checked by the service (422 `invalid_cursor`), not here (422 `invalid_request`).
         json_schema_extra={"pattern": CURSOR_PATTERN},
         description="`next_cursor` of the page before (opaque); left out: the first page.",
+        examples=["AAYH2dXv0Xg2N5pqpOdBTFqyBNXmv8dy"],
     ),
 ]
 

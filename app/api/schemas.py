@@ -185,14 +185,17 @@ SubjectId = Annotated[
 ]
 
 
-def _drop_default(schema: dict[str, Any]) -> None:
-    schema.pop("default", None)
-
-
-def _omittable(description: str | None = None, **constraints: Any) -> Any:
+def _omittable(
+    description: str | None = None, schema: dict[str, Any] | None = None, **constraints: Any
+) -> Any:
     """A field a PATCH may leave out, but may not set to null (no default is documented:
-    leaving it out is not the same as sending one)."""
-    return Field(None, description=description, json_schema_extra=_drop_default, **constraints)
+    leaving it out is not the same as sending one); `schema`: more JSON Schema keywords."""
+
+    def document(field_schema: dict[str, Any]) -> None:
+        field_schema.pop("default", None)
+        field_schema.update(schema or {})
+
+    return Field(None, description=description, json_schema_extra=document, **constraints)
 
 
 class Pii(BaseModel):
@@ -234,11 +237,12 @@ class EnrollForm(BaseModel):
         min_length=1,
         description="JPEG, PNG or WebP files of one capture bundle, each a part named `frames`.",
     )
-    duplicate_check: DuplicateCheck | None = None
+    # A form has no null: a field is sent or left out.
+    duplicate_check: DuplicateCheck = _omittable("Left out: the org's duplicate policy.")
     screen_watchlists: bool = False
-    nik: Nik | None = None
-    email: Email | None = None
-    phone: Phone | None = None
+    nik: str = _omittable("Indonesian NIK.", {"pattern": NIK_PATTERN})
+    email: str = _omittable(schema={"pattern": EMAIL_PATTERN})
+    phone: str = _omittable("`+` optional.", {"pattern": PHONE_PATTERN})
 
 
 class Quality(BaseModel):
@@ -534,6 +538,24 @@ class OrgSettingsPatch(BaseModel):
 
 
 class OrgSettings(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "threshold": 0.42,
+                    "threshold_calibration": "wajah calibrate 2026-11-27, FMR 1e-4",
+                    "effective_threshold": 0.42,
+                    "threshold_source": "org: wajah calibrate 2026-11-27, FMR 1e-4",
+                    "threshold_bounds": [0.313, 0.95],
+                    "duplicate_policy": "flag",
+                    "retention": {"frames_days": 90, "request_logs_days": 90, "webhook_days": 30},
+                    "watchlist_sharing": False,
+                    "data_residency": "ID-only",
+                    "model_id": "yunet-sface-2021dec",
+                }
+            ]
+        }
+    )
     threshold: float | None
     threshold_calibration: str | None = None
     effective_threshold: float
