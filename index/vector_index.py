@@ -1,15 +1,16 @@
 """One namespace's vector index: exact inner-product search over L2-normalised vectors.
 
 Inner product equals cosine similarity on L2-normalised vectors, which every vector added
-here must be. FAISS scans the vectors exactly (``IndexFlatIP``), or, opt-in, a float16 copy
-(``IndexScalarQuantizer`` QT_fp16) at half the memory; the benchmark measures its mate
+here must be. The vectors are scanned exactly, as float32 or, opt-in, as float16 at half the
+memory and half the bytes per scan (FAISS's QT_fp16 scan); the benchmark measures its mate
 recall. No approximate layout (HNSW, IVF) is offered: on face-like 512-d data HNSW missed far
 too many mates at a useful efSearch.
 
 Search path: the search-pool threads take a namespace's segments (16 MiB each at most) one
 at a time from a shared queue until none is left, so a thread on a busy core simply takes
-fewer; each segment is scanned for the whole batch of queries: by FAISS's scalar scan for one
-or two queries, by one sgemm per segment for bigger float32 batches (see ``index._gemm``);
+fewer; each segment is scanned for the whole batch of queries: a single float32 query by
+OpenBLAS's sgemv, two by FAISS's flat scan, bigger float32 batches by one sgemm per segment
+(see ``index._gemm``), float16 by FAISS's QT_fp16 scan per query (see ``index._store``);
 each thread folds its hits into one top k as it goes, and those are merged by score, ties
 by id.
 """
