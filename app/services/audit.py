@@ -176,6 +176,14 @@ def _against_checkpoint(
             continue
         known.add(entry.chain)
         found = reports.get(entry.chain)
+        if found is not None and entry.last_seq <= found.anchored_seq:
+            # Purged by retention behind a verified anchor: only its own row can be compared.
+            if entry.last_seq == found.anchored_seq and entry.last_hash != found.anchored_hash:
+                problems.append(
+                    f"audit chain {entry.chain}: its retention anchor (seq {entry.last_seq}) "
+                    f"is not the row {when} recorded: rows up to it were rewritten"
+                )
+            continue
         if found is None or found.rows == 0:
             problems.append(
                 f"audit chain {entry.chain} is missing: {when} has {entry.rows} rows up to "

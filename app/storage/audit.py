@@ -44,6 +44,16 @@ Chain heads
     back to an older copy carries older heads with valid MACs: only a checkpoint kept outside
     the database (``app.services.audit``) tells that apart.
 
+Retention anchors (migration 0007)
+    Rows older than the retention (7 years by default) are purged from the start of a chain,
+    never from its middle or end. Before the purge, :func:`anchor_chain` records the last
+    purged row's seq, hash and scheme in ``audit_anchors`` with ``mac = HMAC-SHA-256(chain
+    key, b"wajah/audit/anchor/v1" || 0x00 || anchor_message)`` (and an Ed25519 signature by
+    the checkpoint key, for anyone holding the public key); the walk then starts at the
+    anchor as if it were the purged row: seq ``through_seq + 1`` must follow ``anchor_hash``.
+    An anchor moved without the key fails its MAC; the database refuses to delete a row above
+    its chain's anchor (migration 0007's triggers).
+
 Sealing
     Details are canonical JSON sealed with the :class:`DetailSealer` (the app's
     ``EnvelopeCipher``) under the org's key, with the row id as object id, so sealed details
@@ -68,7 +78,8 @@ from sqlalchemy.engine import Connection, Engine
 from app.storage._upsert import upsert_statement
 from app.storage.engine import read_only
 from app.storage.ids import new_id
-from app.storage.schema import audit_heads, audit_log, orgs
+from app.storage.schema import audit_anchors, audit_heads, audit_log, orgs
+from app.storage.wrapped import detail_keys_of
 
 SCHEME_PLAIN = 1  # SHA-256, rows written before migration 0005
 SCHEME_KEYED = 2  # HMAC-SHA-256 under the audit key
@@ -80,6 +91,7 @@ MAX_PAGE = 500
 _LIMITS = {"actor": 200, "action": 64, "target": 200}
 _ROW_PREFIX = b"wajah/audit/row/v2\x00"
 _HEAD_PREFIX = b"wajah/audit/head/v2\x00"
+_ANCHOR_PREFIX = b"wajah/audit/anchor/v1\x00"
 
 
 class DetailSealer(Protocol):
@@ -91,7 +103,15 @@ class DetailSealer(Protocol):
 
     def seal(self, plaintext: bytes, *, org_id: str, object_id: str, purpose: Any) -> bytes: ...
 
-    def open(self, blob: bytes, *, org_id: str, object_id: str, purpose: Any) -> bytes: ...
+    def open(
+        self,
+        blob: bytes,
+        *,
+        org_id: str,
+        object_id: str,
+        purpose: Any,
+        wrapped_dek: bytes | None = None,
+    ) -> bytes: ...
 
 
 class ChainKey(Protocol):
@@ -161,6 +181,8 @@ class ChainReport:
     last_seq: int  # the last row that verified (0: none)
     last_hash: bytes
     last_at: str | None
+    anchored_seq: int = 0  # rows up to it were purged by retention (0: none)
+    anchored_hash: bytes = GENESIS_HASH
 
     @property
     def org_id(self) -> str | None:
@@ -333,6 +355,8 @@ def list_audit(
     if cursor is not None:
         stmt = stmt.where(audit_log.c.chain_seq < cursor)
     rows = conn.execute(stmt.order_by(audit_log.c.chain_seq.desc()).limit(limit + 1)).all()
+    # Details whose DEK a key rotation rewrapped open with that (app.storage.wrapped).
+    rewrapped = detail_keys_of(conn, [row.id for row in rows[:limit]])
     entries = [
         AuditEntry(
             id=row.id,
@@ -347,6 +371,7 @@ def list_audit(
                     org_id=chain,
                     object_id=row.id,
                     purpose=AUDIT_PURPOSE,
+                    wrapped_dek=rewrapped.get(row.id),
                 )
             ),
             hash=bytes(row.hash).hex(),
@@ -480,6 +505,18 @@ class _Walk:
 def _verify_one(conn: Connection, chain: str, chain_key: ChainKey) -> ChainReport:
     walk, rows = _Walk(), 0
     broken: VerifyResult | None = None
+    anchor = anchor_of(conn, chain)
+    if anchor is not None:
+        if not anchor_valid(anchor, chain_key):
+            broken = VerifyResult(
+                False,
+                0,
+                anchor.through_seq,
+                "retention anchor is not signed by the audit key: the anchor was moved or forged",
+                chain,
+            )
+        walk.expected_seq, walk.prev_hash = anchor.through_seq + 1, anchor.anchor_hash
+        walk.prev_scheme = anchor.anchor_scheme
     for row in _rows(conn, chain):
         rows += 1
         if broken is not None:
@@ -509,6 +546,8 @@ def _verify_one(conn: Connection, chain: str, chain_key: ChainKey) -> ChainRepor
         last_seq=walk.expected_seq - 1,
         last_hash=walk.prev_hash,
         last_at=walk.last_at,
+        anchored_seq=0 if anchor is None else anchor.through_seq,
+        anchored_hash=GENESIS_HASH if anchor is None else anchor.anchor_hash,
     )
 
 
@@ -520,7 +559,8 @@ def _check_head(conn: Connection, chain: str, chain_key: ChainKey, walk: _Walk) 
         return VerifyResult(False, walk.checked, walk.expected_seq, reason, chain)
 
     if head is None:
-        return broken("chain head missing") if walk.checked else VerifyResult(True, 0)
+        anchored = walk.expected_seq > 1  # rows were purged: a head was there
+        return broken("chain head missing") if walk.checked or anchored else VerifyResult(True, 0)
     if int(head.seq) != last_seq or bytes(head.hash) != walk.prev_hash:
         return broken(f"chain head is at seq {head.seq}: rows after {last_seq} missing")
     mac = None if head.mac is None else bytes(head.mac)
@@ -535,14 +575,148 @@ def _check_head(conn: Connection, chain: str, chain_key: ChainKey, walk: _Walk) 
     return VerifyResult(ok=True, checked=walk.checked)
 
 
-def _rows(conn: Connection, chain: str) -> Iterator[sa.Row[Any]]:
-    stmt = (
-        sa.select(audit_log)
-        .where(audit_log.c.chain == chain)
-        .order_by(audit_log.c.chain_seq)
-        .execution_options(yield_per=1000)
-    )
+def _rows(conn: Connection, chain: str, through: int | None = None) -> Iterator[sa.Row[Any]]:
+    stmt = sa.select(audit_log).where(audit_log.c.chain == chain)
+    if through is not None:
+        stmt = stmt.where(audit_log.c.chain_seq <= through)
+    stmt = stmt.order_by(audit_log.c.chain_seq).execution_options(yield_per=1000)
     yield from conn.execute(stmt)
+
+
+# --- retention: purging a chain's oldest rows behind a signed anchor --------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Anchor:
+    """Where a chain starts once its first rows were purged (``audit_anchors``)."""
+
+    chain: str
+    through_seq: int
+    anchor_hash: bytes
+    anchor_scheme: int
+    purged_rows: int
+    anchored_at: str
+    mac: bytes = b""
+    signature: bytes = b""
+
+    def message(self) -> bytes:
+        """What the MAC and the signature cover: the prefix, then canonical JSON."""
+        return _ANCHOR_PREFIX + _canonical_json(
+            {
+                "chain": self.chain,
+                "through_seq": self.through_seq,
+                "anchor_hash": self.anchor_hash.hex(),
+                "anchor_scheme": self.anchor_scheme,
+                "purged_rows": self.purged_rows,
+                "anchored_at": self.anchored_at,
+            }
+        )
+
+
+def anchor_valid(anchor: Anchor, chain_key: ChainKey) -> bool:
+    return hmac.compare_digest(anchor.mac, chain_key.mac(anchor.message()))
+
+
+def anchor_of(conn: Connection, chain: str) -> Anchor | None:
+    row = conn.execute(sa.select(audit_anchors).where(audit_anchors.c.chain == chain)).first()
+    if row is None:
+        return None
+    return Anchor(
+        chain=row.chain,
+        through_seq=int(row.through_seq),
+        anchor_hash=bytes(row.anchor_hash),
+        anchor_scheme=int(row.anchor_scheme),
+        purged_rows=int(row.purged_rows),
+        anchored_at=row.anchored_at,
+        mac=bytes(row.mac),
+        signature=bytes(row.signature),
+    )
+
+
+def chains_with_rows_before(conn: Connection, cutoff: datetime) -> list[str]:
+    """Chains whose first remaining row occurred before ``cutoff``."""
+    stamp = format_timestamp(cutoff)
+    stmt = sa.select(audit_log.c.chain).where(audit_log.c.occurred_at < stamp).distinct()
+    return sorted(conn.execute(stmt).scalars())
+
+
+def last_seq_before(conn: Connection, chain: str, cutoff: datetime) -> int:
+    """The seq up to which ``chain`` may be purged: every row up to it occurred before
+    ``cutoff`` (the rows before the first one at or after it; 0: none)."""
+    stamp = format_timestamp(cutoff)
+    first_kept = conn.execute(
+        sa.select(sa.func.min(audit_log.c.chain_seq)).where(
+            audit_log.c.chain == chain, audit_log.c.occurred_at >= stamp
+        )
+    ).scalar_one()
+    if first_kept is not None:
+        return int(first_kept) - 1
+    head = conn.execute(
+        sa.select(audit_heads.c.seq).where(audit_heads.c.chain == chain)
+    ).scalar_one_or_none()
+    return 0 if head is None else int(head)
+
+
+def verify_prefix(
+    conn: Connection, chain: str, through: int, chain_key: ChainKey
+) -> tuple[Anchor | None, str | None]:
+    """Walk ``chain`` from its start (or anchor) to row ``through``: the anchor those rows
+    would leave (unsigned, ``purged_rows`` of this purge), or None and why they do not
+    verify (a broken prefix is evidence, never purged)."""
+    walk, count = _Walk(), 0
+    anchor = anchor_of(conn, chain)
+    if anchor is not None:
+        if not anchor_valid(anchor, chain_key):
+            return None, "its retention anchor does not verify"
+        walk.expected_seq, walk.prev_hash = anchor.through_seq + 1, anchor.anchor_hash
+        walk.prev_scheme = anchor.anchor_scheme
+    for row in _rows(conn, chain, through):
+        reason = _row_problem(row, walk.expected_seq, walk.prev_hash, walk.prev_scheme)
+        digest = b"" if reason else _row_hash(row, walk.prev_hash, chain_key)
+        if reason is None and bytes(row.hash) != digest:
+            reason = "hash does not match the row's contents: row edited"
+        if reason is not None:
+            return None, f"row seq {walk.expected_seq}: {reason}"
+        count += 1
+        walk.expected_seq, walk.prev_hash = walk.expected_seq + 1, digest
+        walk.prev_scheme = int(row.hash_scheme)
+    if walk.expected_seq - 1 != through:
+        return None, f"rows up to seq {through} are missing"
+    return Anchor(chain, through, walk.prev_hash, walk.prev_scheme, count, ""), None
+
+
+def set_anchor(conn: Connection, anchor: Anchor) -> None:
+    """Record (or move forward) ``chain``'s anchor; the purge may then delete up to it."""
+    values = {
+        "through_seq": anchor.through_seq,
+        "anchor_hash": anchor.anchor_hash,
+        "anchor_scheme": anchor.anchor_scheme,
+        "purged_rows": anchor.purged_rows,
+        "anchored_at": anchor.anchored_at,
+        "mac": anchor.mac,
+        "signature": anchor.signature,
+    }
+    moved = conn.execute(
+        sa.update(audit_anchors).where(audit_anchors.c.chain == anchor.chain).values(**values)
+    ).rowcount
+    if not moved:
+        conn.execute(sa.insert(audit_anchors).values(chain=anchor.chain, **values))
+
+
+def purge_anchored(conn: Connection, chain: str) -> int:
+    """Delete ``chain``'s rows at or below its anchor; how many. On PostgreSQL through the
+    owner's ``audit_log_purge_anchored`` (an app role holds no DELETE on the log)."""
+    if conn.dialect.name == "postgresql":
+        return int(
+            conn.execute(
+                sa.text("SELECT audit_log_purge_anchored(:chain)"), {"chain": chain}
+            ).scalar_one()
+        )
+    through = sa.select(audit_anchors.c.through_seq).where(audit_anchors.c.chain == chain)
+    stmt = sa.delete(audit_log).where(
+        audit_log.c.chain == chain, audit_log.c.chain_seq <= through.scalar_subquery()
+    )
+    return int(conn.execute(stmt).rowcount)
 
 
 def _canonical_json(value: Mapping[str, Any]) -> bytes:

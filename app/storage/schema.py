@@ -322,3 +322,66 @@ erasure_log = sa.Table(
     sa.Column("receipt_sha256", sa.String(64), nullable=False),
     sa.Column("shredded_at", UTCDateTime(), nullable=True),
 )
+
+
+# --- retention and org closure (migration 0007; app.services.retention) ----------------------
+
+# One row per authenticated API request: what the org may list and nothing it did not send
+# in the clear (the route template, never the path: no subject id, no query, no body).
+request_log = sa.Table(
+    "request_log",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("org_id", ID, nullable=False),
+    sa.Column("occurred_at", UTCDateTime(), nullable=False),
+    sa.Column("request_id", sa.String(64), nullable=False),
+    sa.Column("method", sa.String(8), nullable=False),
+    sa.Column("route", sa.String(200), nullable=False),
+    sa.Column("status", sa.SmallInteger(), nullable=False),
+    sa.Column("latency_ms", sa.Float(), nullable=False),
+    sa.Column("key_id", ID, nullable=False),
+    sa.Index("ix_request_log_org_id_id", "org_id", "id"),
+    sa.Index("ix_request_log_occurred_at", "occurred_at"),
+)
+
+# A closed org: keys revoked at `closed_at`, data purged and keys destroyed after
+# `purge_after`.
+org_closures = sa.Table(
+    "org_closures",
+    metadata,
+    sa.Column("org_id", ID, sa.ForeignKey("orgs.id"), primary_key=True),
+    sa.Column("closed_at", UTCDateTime(), nullable=False),
+    sa.Column("purge_after", UTCDateTime(), nullable=False),
+    sa.Column("purged_at", UTCDateTime(), nullable=True),
+    sa.Column("receipt_sha256", sa.String(64), nullable=True),
+)
+
+# Where an audit chain starts once retention purged its oldest rows (app.storage.audit).
+audit_anchors = sa.Table(
+    "audit_anchors",
+    metadata,
+    sa.Column("chain", sa.String(40), primary_key=True),
+    sa.Column("through_seq", sa.BigInteger(), nullable=False),
+    sa.Column("anchor_hash", sa.LargeBinary(32), nullable=False),
+    sa.Column("anchor_scheme", sa.SmallInteger(), nullable=False),
+    sa.Column("purged_rows", sa.BigInteger(), nullable=False),
+    sa.Column("anchored_at", sa.String(32), nullable=False),
+    sa.Column("mac", sa.LargeBinary(32), nullable=False),
+    sa.Column("signature", sa.LargeBinary(64), nullable=False),
+)
+
+
+# --- the key lifecycle (migration 0008; app.services.keys, app.storage.wrapped) ----------------
+
+# Audit details' DEKs rewrapped under a newer org KEK version. An audit row never changes
+# (append-only, and its hash covers the sealed details byte for byte), so the rewrapped DEK
+# lives here and is read in place of the blob's own, which dies with its KEK version.
+audit_detail_keys = sa.Table(
+    "audit_detail_keys",
+    metadata,
+    sa.Column("audit_id", ID, primary_key=True),
+    sa.Column("chain", sa.String(40), nullable=False, index=True),
+    sa.Column("wrapped_dek", sa.LargeBinary(), nullable=False),
+    sa.Column("kek_version", sa.Integer(), nullable=False),
+    sa.Column("rewrapped_at", UTCDateTime(), nullable=False),
+)

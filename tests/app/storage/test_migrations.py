@@ -17,6 +17,7 @@ from app.storage.schema import metadata
 TABLES = {
     "alembic_version",
     "api_keys",
+    "audit_anchors",
     "audit_heads",
     "audit_log",
     "enrollments",
@@ -25,7 +26,9 @@ TABLES = {
     "idempotency_keys",
     "keyring_state",
     "org_counters",
+    "org_closures",
     "orgs",
+    "request_log",
     "sealed_objects",
     "subject_keys",
     "subjects",
@@ -40,10 +43,10 @@ def _tables(engine: Engine) -> set[str]:
 
 
 def test_upgrade_fresh_database_to_head(bare_engine: Engine) -> None:
-    assert head_revision() == "0006"
+    assert head_revision() == "0007"
     upgrade_database(bare_engine)
     with bare_engine.connect() as conn:
-        assert current_revision(conn) == "0006"
+        assert current_revision(conn) == "0007"
     assert _tables(bare_engine) == TABLES
 
 
@@ -66,7 +69,7 @@ def test_upgrade_from_url_is_idempotent(database_url: URL) -> None:
     engine = create_engine_for(database_url)
     try:
         with engine.connect() as conn:
-            assert current_revision(conn) == "0006"
+            assert current_revision(conn) == "0007"
     finally:
         engine.dispose()
 
