@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -17,6 +17,9 @@ from app.settings import Settings
 from models.errors import ModelPackError
 from models.packs import load_pack
 from models.prepare import ARCFACE_PACKS, DEFAULT_PACK_ID, fetch_arcface_pack, resolve_pack
+
+if TYPE_CHECKING:
+    from app.runtime import Runtime
 
 cli = typer.Typer(
     help="wajah: face-embedding match service for KYC backends.",
@@ -384,46 +387,164 @@ def issue_key(
     typer.echo(f"api_key={key.plaintext}")
 
 
-@keys_cli.command("rotate")
-def rotate_keys(
-    org: Annotated[str, typer.Option(help="The org whose KEK to rotate.")],
-    resume: Annotated[
-        bool, typer.Option(help="Only rewrap what is left; do not start a new KEK version.")
-    ] = False,
-    batch: Annotated[int, typer.Option(min=1, help="Rows per committed batch.")] = 500,
-) -> None:
-    """Rotate an org's KEK and rewrap every frame DEK under the new version (resumable)."""
-    from rich.progress import Progress
+@contextmanager
+def _progress_bars() -> Iterator[Callable[[str, int, int], None]]:
+    """One rich progress bar per kind of row a long key job goes through."""
+    from rich.progress import Progress, TaskID
 
-    from app.errors import ConflictError
-    from app.services.keys import rewrap_org_frames
+    with Progress(console=console) as progress:
+        tasks: dict[str, TaskID] = {}
+
+        def advance(what: str, done: int, total: int) -> None:
+            if what not in tasks:
+                tasks[what] = progress.add_task(what.replace("_", " "), total=total)
+            progress.update(tasks[what], completed=done, total=total)
+
+        yield advance
+
+
+@contextmanager
+def _key_job() -> Iterator[Runtime]:
+    """A runtime for a key command; a domain error ends it with its message."""
+    from app.errors import WajahError
     from app.services.lifecycle import start_runtime, stop_runtime
 
     runtime = start_runtime(_settings(), serving=False)
     try:
-        if not runtime.kms.has_org(org):
-            raise _fail(f"no org {org!r} in the key manager")
-        if not resume:
-            version = runtime.kms.rotate(org)
-            console.print(f"org {org}: KEK version {version} is now primary")
-        with Progress(console=console) as progress:
-            task = progress.add_task("rewrapping frame keys", total=None)
-
-            def advance(done: int, total: int) -> None:
-                progress.update(task, completed=done, total=total)
-
-            try:
-                report = rewrap_org_frames(runtime, org, batch=batch, progress=advance)
-            except ConflictError as exc:
-                raise _fail(exc.message) from exc
+        yield runtime
+    except WajahError as exc:
+        raise _fail(exc.message) from exc
     finally:
         stop_runtime(runtime)
-    typer.echo(
-        f"rewrapped {report.rewrapped}, already current {report.skipped}, "
-        f"failed {len(report.failed)}"
+
+
+@keys_cli.command("rotate")
+def rotate_keys(
+    org: Annotated[
+        str, typer.Option(help="The org whose KEKs to rotate (_system: the system log's).")
+    ],
+    resume: Annotated[
+        bool, typer.Option(help="Only rewrap what is left; do not start new KEK versions.")
+    ] = False,
+    batch: Annotated[int, typer.Option(min=1, help="Rows per committed batch.")] = 500,
+) -> None:
+    """Rotate an org's KEK and subject-key KEK, then rewrap everything under older versions:
+    frame DEKs, PII sealed before subject keys, subject keys, audit-detail DEKs (resumable)."""
+    from app.services.keys import rotate_org_keys
+
+    with _key_job() as runtime, _progress_bars() as advance:
+        report = rotate_org_keys(runtime, org, resume=resume, batch=batch, progress=advance)
+    subject = report.subject_kek_version
+    console.print(
+        f"org {org}: KEK version {report.kek_version} is primary"
+        + (f", subject-key KEK version {subject}" if subject else "")
     )
-    if report.failed:
-        raise _fail(f"{len(report.failed)} frames could not be rewrapped; rerun with --resume")
+    for kind, count in report.rewrapped.items():
+        typer.echo(f"{kind}: rewrapped {count}, failed {len(report.failed[kind])}")
+    failed = sum(len(ids) for ids in report.failed.values())
+    if failed:
+        raise _fail(f"{failed} rows could not be rewrapped; rerun with --resume")
+
+
+@keys_cli.command("list")
+def list_key_versions(
+    org: Annotated[str, typer.Option(help="The org whose key versions to list.")],
+) -> None:
+    """Every KEK and reference-key version of an org, its state and what it still wraps."""
+    from app.services.keys import Family, check_org, dependents
+
+    with _key_job() as runtime:
+        check_org(runtime, org)
+        table = Table("key", "version", "state", "created", "rows under it")
+        for family in Family:
+            kms_id = org if family is Family.ORG else f"{org}/subject-keys"
+            if not runtime.kms.has_org(kms_id):
+                continue
+            for info in runtime.kms.versions(kms_id):
+                rows = dependents(runtime, org, family, info.version)
+                described = ", ".join(f"{n} {k}" for k, n in rows.items() if n) or "none"
+                table.add_row(
+                    f"{family} KEK", str(info.version), info.state, info.created_at, described
+                )
+        if runtime.kms.has_org(org) and org != "_system":
+            for info in runtime.kms.reference_versions(org):
+                table.add_row("reference key", str(info.version), info.state, info.created_at, "")
+    Console().print(table)
+
+
+@keys_cli.command("retire")
+def retire_key_version(
+    org: Annotated[str, typer.Option(help="The org.")],
+    version: Annotated[int, typer.Option(help="The KEK version to retire.")],
+    subject_keys: Annotated[
+        bool, typer.Option("--subject-keys", help="A version of the subject-key KEK.")
+    ] = False,
+) -> None:
+    """Retire an old KEK version: it still unwraps, it never wraps again; destroy it once
+    nothing depends on it."""
+    from app.services.keys import Family, retire_kek_version
+
+    family = Family.SUBJECT_KEYS if subject_keys else Family.ORG
+    with _key_job() as runtime:
+        left = retire_kek_version(runtime, org, version, family)
+    typer.echo(f"org {org}: {family} KEK version {version} retired")
+    waiting = ", ".join(f"{n} {kind}" for kind, n in left.items() if n)
+    if waiting:
+        console.print(f"still under it: {waiting} (wajah keys rotate --org {org} --resume)")
+
+
+@keys_cli.command("destroy")
+def destroy_key_version(
+    org: Annotated[str, typer.Option(help="The org.")],
+    version: Annotated[int, typer.Option(help="The version to destroy.")],
+    subject_keys: Annotated[
+        bool, typer.Option("--subject-keys", help="A version of the subject-key KEK.")
+    ] = False,
+    references: Annotated[
+        bool, typer.Option("--references", help="A version of the reference key.")
+    ] = False,
+) -> None:
+    """Destroy a retired KEK version (or an old reference-key version) for good; refused
+    while anything is still wrapped or hashed under it."""
+    from app.services.keys import Family, destroy_kek_version, destroy_reference_version
+
+    if subject_keys and references:
+        raise _fail("--subject-keys and --references name different keys: pick one")
+    with _key_job() as runtime:
+        if references:
+            destroy_reference_version(runtime, org, version)
+            what = "reference key"
+        else:
+            family = Family.SUBJECT_KEYS if subject_keys else Family.ORG
+            destroy_kek_version(runtime, org, version, family)
+            what = f"{family} KEK"
+    typer.echo(f"org {org}: {what} version {version} destroyed")
+
+
+@keys_cli.command("rotate-references")
+def rotate_reference_key(
+    org: Annotated[str, typer.Option(help="The org whose reference key to rotate.")],
+    resume: Annotated[
+        bool, typer.Option(help="Only re-hash what is left; do not start a new version.")
+    ] = False,
+    batch: Annotated[int, typer.Option(min=1, help="Rows per committed batch.")] = 500,
+) -> None:
+    """Rotate an org's reference key and re-hash every enrollment's (and watchlist entry's)
+    hashed reference under it (resumable; rows verify under their own version meanwhile)."""
+    from app.services.keys import rotate_references
+
+    with _key_job() as runtime, _progress_bars() as advance:
+        report = rotate_references(runtime, org, resume=resume, batch=batch, progress=advance)
+        old = [
+            info.version
+            for info in runtime.kms.reference_versions(org)
+            if info.version < report.reference_version and info.state != "destroyed"
+        ]
+    console.print(f"org {org}: reference key version {report.reference_version} is primary")
+    for table, count in report.rehashed.items():
+        typer.echo(f"{table}: rehashed {count}, tampered {len(report.tampered[table])}")
+    for version in old:
+        console.print(f"then: wajah keys destroy --org {org} --references --version {version}")
 
 
 @keys_cli.command("shred")

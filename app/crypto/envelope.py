@@ -101,7 +101,19 @@ class EnvelopeCipher:
         )
         return SealedObject(wrapped, payload, kek_version_of(wrapped))
 
-    def open(self, blob: bytes, *, org_id: str, object_id: str, purpose: Purpose) -> bytes:
+    def open(
+        self,
+        blob: bytes,
+        *,
+        org_id: str,
+        object_id: str,
+        purpose: Purpose,
+        wrapped_dek: bytes | None = None,
+    ) -> bytes:
+        """The plaintext of a sealed blob. ``wrapped_dek``: open it with this wrapped DEK
+        instead of the blob's own — the DEK rewrapped under a newer KEK version and stored
+        apart, for blobs that must not change (audit details, which the hash chain covers);
+        the payload is bound to the DEK, so only a rewrap of the same DEK opens it."""
         try:
             context = encode_context(org_id, object_id, purpose)
         except ValueError:
@@ -110,7 +122,10 @@ class EnvelopeCipher:
             log.warning("refused to open a blob: bad length or version (org=%r)", org_id)
             raise DecryptionError()
         view = memoryview(blob)
-        dek = self._kms.unwrap_dek(org_id, bytes(view[1:BLOB_HEADER_SIZE]), context)
+        own = bytes(view[1:BLOB_HEADER_SIZE])
+        dek = self._kms.unwrap_dek(
+            org_id, own if wrapped_dek is None else bytes(wrapped_dek), context
+        )
         nonce = bytes(view[BLOB_HEADER_SIZE : BLOB_HEADER_SIZE + NONCE_SIZE])
         try:
             return AESGCM(dek).decrypt(

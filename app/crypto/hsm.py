@@ -141,18 +141,19 @@ class Pkcs11KeyManager(StatefulKeyManager):
     def _destroy_kek(self, org_id: str, version: int, record: Record) -> None:
         self._purge(record["label"])
 
-    def _new_reference_key(self, org_id: str) -> Record:
-        label = self._label("ref", org_id, 0)
+    def _new_reference_key(self, org_id: str, version: int) -> Record:
+        # Version 1 is labelled 0, as it was before reference keys had versions.
+        label = self._label("ref", org_id, 0 if version == 1 else version)
         self._generate(label, KeyType.GENERIC_SECRET, MechanismFlag.SIGN | MechanismFlag.VERIFY)
         return {"label": label}
 
-    def _reference_mac(self, org_id: str, record: Record, message: bytes) -> bytes:
+    def _reference_mac(self, org_id: str, version: int, record: Record, message: bytes) -> bytes:
         key = self._find(record["label"])
         with self._hsm_lock:
             out: bytes = key.sign(message, mechanism=Mechanism.SHA256_HMAC)
         return out
 
-    def _destroy_reference_key(self, org_id: str, record: Record) -> None:
+    def _destroy_reference_key(self, org_id: str, version: int, record: Record) -> None:
         self._purge(record["label"])
 
     def _audit_mac(self, message: bytes) -> bytes:

@@ -71,6 +71,7 @@ Record = dict[str, Any]
 class KekState(StrEnum):
     PRIMARY = "primary"  # wraps new DEKs and unwraps
     ENABLED = "enabled"  # unwraps only
+    RETIRED = "retired"  # unwraps only, on its way to destruction (`retire_version`)
     DISABLED = "disabled"  # below the minimum decryption version: refuses to unwrap
     DESTROYED = "destroyed"  # key material gone; everything under it is crypto-shredded
 
@@ -96,13 +97,18 @@ class KeyManager(Protocol):
     def primary_version(self, org_id: str) -> int: ...
     def versions(self, org_id: str) -> list[KekVersionInfo]: ...
     def set_min_decryption_version(self, org_id: str, version: int) -> None: ...
+    def retire_version(self, org_id: str, version: int) -> None: ...
     def destroy_version(self, org_id: str, version: int) -> None: ...
     def destroy_org(self, org_id: str) -> None: ...
     def wrap_count(self, org_id: str, version: int) -> int: ...
     def wrap_dek(self, org_id: str, dek: bytes, context: bytes) -> bytes: ...
     def unwrap_dek(self, org_id: str, wrapped: bytes, context: bytes) -> bytes: ...
     def rewrap_dek(self, org_id: str, wrapped: bytes, context: bytes) -> bytes: ...
-    def mac(self, org_id: str, message: bytes) -> bytes: ...
+    def mac(self, org_id: str, message: bytes, version: int | None = None) -> bytes: ...
+    def reference_version(self, org_id: str) -> int: ...
+    def reference_versions(self, org_id: str) -> list[KekVersionInfo]: ...
+    def rotate_reference_key(self, org_id: str) -> int: ...
+    def destroy_reference_version(self, org_id: str, version: int) -> None: ...
     def audit_mac(self, message: bytes) -> bytes: ...
     def refresh(self) -> None: ...
     def close(self) -> None: ...
@@ -188,11 +194,13 @@ class StatefulKeyManager(ABC):
     @abstractmethod
     def _destroy_kek(self, org_id: str, version: int, record: Record) -> None: ...
     @abstractmethod
-    def _new_reference_key(self, org_id: str) -> Record: ...
+    def _new_reference_key(self, org_id: str, version: int) -> Record: ...
     @abstractmethod
-    def _reference_mac(self, org_id: str, record: Record, message: bytes) -> bytes: ...
+    def _reference_mac(
+        self, org_id: str, version: int, record: Record, message: bytes
+    ) -> bytes: ...
     @abstractmethod
-    def _destroy_reference_key(self, org_id: str, record: Record) -> None: ...
+    def _destroy_reference_key(self, org_id: str, version: int, record: Record) -> None: ...
     @abstractmethod
     def _audit_mac(self, message: bytes) -> bytes: ...
 
@@ -273,7 +281,7 @@ class StatefulKeyManager(ABC):
                 "created_at": _now(),
                 "primary": 1,
                 "min_decrypt": 1,
-                "reference_key": self._new_reference_key(org_id),
+                "reference_key": self._new_reference_key(org_id, 1),
                 "versions": {"1": self._new_version(org_id, 1)},
             }
         log.info("created KEK v1 for org %r (%s)", org_id, self.backend)
@@ -316,6 +324,8 @@ class StatefulKeyManager(ABC):
                 st = KekState.PRIMARY
             elif v < org["min_decrypt"]:
                 st = KekState.DISABLED
+            elif rec.get("retired_at"):
+                st = KekState.RETIRED
             else:
                 st = KekState.ENABLED
             out.append(KekVersionInfo(v, st, rec["created_at"], self.wrap_count(org_id, v)))
@@ -329,6 +339,24 @@ class StatefulKeyManager(ABC):
                 raise KeyStateError("minimum decryption version must be in 1..primary")
             org["min_decrypt"] = version
         log.info("org %r: minimum decryption version is now %d", org_id, version)
+
+    def retire_version(self, org_id: str, version: int) -> None:
+        """Mark a version as on its way out: it keeps unwrapping (what it wrapped is rewrapped
+        meanwhile) and never wraps again (only the primary wraps, and a version, once
+        replaced, never becomes primary again). Refuses the primary and destroyed versions."""
+        with self._mutate() as state:
+            org = self._live_org(state, org_id)
+            rec = org["versions"].get(str(version))
+            if rec is None:
+                raise KeyStateError(f"org {org_id!r} has no KEK v{version}")
+            if rec.get("destroyed_at"):
+                raise KeyStateError(f"KEK v{version} of org {org_id!r} is destroyed already")
+            if version == org["primary"]:
+                raise KeyStateError(
+                    f"KEK v{version} is the primary version of org {org_id!r}; rotate first"
+                )
+            rec.setdefault("retired_at", _now())
+        log.info("retired KEK v%d of org %r", version, org_id)
 
     def destroy_version(self, org_id: str, version: int) -> None:
         """Crypto-shred one KEK version: every DEK it wrapped becomes unrecoverable."""
@@ -354,8 +382,11 @@ class StatefulKeyManager(ABC):
                     self._destroy_kek(org_id, int(key), rec["key"])
                     rec["key"] = None
                     rec["destroyed_at"] = _now()
-            self._destroy_reference_key(org_id, org["reference_key"])
+            for version, rec in self._reference_records(org).items():
+                self._destroy_reference_key(org_id, version, rec)
             org["reference_key"] = None
+            for rec in org.get("reference_versions", {}).values():
+                rec["key"], rec["destroyed_at"] = None, rec.get("destroyed_at") or _now()
             org["destroyed_at"] = _now()
         self._windows = {k: w for k, w in self._windows.items() if k[0] != org_id}
         log.warning("destroyed all keys of org %r (crypto-shredded)", org_id)
@@ -455,10 +486,91 @@ class StatefulKeyManager(ABC):
             return bytes(wrapped)
         return self.wrap_dek(org_id, self.unwrap_dek(org_id, wrapped, context), context)
 
-    def mac(self, org_id: str, message: bytes) -> bytes:
-        """HMAC-SHA-256 of `message` under the org's reference key (32 bytes)."""
+    # ----- reference keys ----------------------------------------------------------------
+    # Version 1 is the org's first reference key, kept under "reference_key" as before
+    # versions existed; later ones under "reference_versions", the primary in
+    # "reference_primary" (absent: 1). A destroyed version keeps its entry, without a key.
+    @staticmethod
+    def _reference_records(org: Record) -> dict[int, Record]:
+        """The live (undestroyed) reference keys of an org, by version."""
+        live: dict[int, Record] = {}
+        if org.get("reference_key"):
+            live[1] = org["reference_key"]
+        for key, rec in org.get("reference_versions", {}).items():
+            if rec.get("key"):
+                live[int(key)] = rec["key"]
+        return live
+
+    def reference_version(self, org_id: str) -> int:
+        """The reference-key version new hashed references are made under."""
+        return int(self._known_org(org_id).get("reference_primary", 1))
+
+    def reference_versions(self, org_id: str) -> list[KekVersionInfo]:
         org = self._known_org(org_id)
-        return self._reference_mac(org_id, org["reference_key"], message)
+        primary = int(org.get("reference_primary", 1))
+        live = self._reference_records(org)
+        created = {1: org["created_at"]}
+        created.update(
+            {int(k): r["created_at"] for k, r in org.get("reference_versions", {}).items()}
+        )
+        return [
+            KekVersionInfo(
+                v,
+                KekState.DESTROYED
+                if v not in live
+                else KekState.PRIMARY
+                if v == primary
+                else KekState.ENABLED,
+                created[v],
+                0,
+            )
+            for v in sorted(created)
+        ]
+
+    def rotate_reference_key(self, org_id: str) -> int:
+        """A new primary reference-key version; older ones keep verifying until destroyed."""
+        with self._mutate() as state:
+            org = self._live_org(state, org_id)
+            versions = org.setdefault("reference_versions", {})
+            version = max([1, *(int(k) for k in versions)]) + 1
+            versions[str(version)] = {
+                "created_at": _now(),
+                "key": self._new_reference_key(org_id, version),
+            }
+            org["reference_primary"] = version
+        log.info("rotated org %r to reference key v%d (%s)", org_id, version, self.backend)
+        return version
+
+    def destroy_reference_version(self, org_id: str, version: int) -> None:
+        """Destroy one reference-key version: references made under it verify no more."""
+        with self._mutate() as state:
+            org = self._live_org(state, org_id)
+            if version == int(org.get("reference_primary", 1)):
+                raise KeyStateError("cannot destroy the primary reference key; rotate first")
+            live = self._reference_records(org)
+            if version not in live:
+                raise KeyStateError(f"org {org_id!r} has no live reference key v{version}")
+            self._destroy_reference_key(org_id, version, live[version])
+            if version == 1:
+                org["reference_key"] = None
+                org["reference_key_destroyed_at"] = _now()
+            else:
+                rec = org["reference_versions"][str(version)]
+                rec["key"], rec["destroyed_at"] = None, _now()
+        log.warning("destroyed reference key v%d of org %r", version, org_id)
+
+    def mac(self, org_id: str, message: bytes, version: int | None = None) -> bytes:
+        """HMAC-SHA-256 of `message` under the org's reference key (32 bytes): the primary
+        version, or `version` (`KeyStateError` when it does not exist or is destroyed)."""
+        org = self._known_org(org_id)
+        wanted = int(org.get("reference_primary", 1)) if version is None else version
+        record = self._reference_records(org).get(wanted)
+        if record is None:
+            self._reload()  # another process may have rotated since we loaded
+            record = self._reference_records(self._live_org(self._state, org_id)).get(wanted)
+        if record is None:
+            raise KeyStateError(f"org {org_id!r} has no live reference key v{wanted}")
+        return self._reference_mac(org_id, wanted, record, message)
 
     def audit_mac(self, message: bytes) -> bytes:
         """HMAC-SHA-256 of `message` under the keyring's audit key (32 bytes).
@@ -502,7 +614,7 @@ class LocalKeyring(StatefulKeyManager):
         self._root = AESGCM(root_key._material)
         self._root_material = root_key._material
         self._keks: dict[tuple[str, int], AESGCM] = {}
-        self._ref_keys: dict[str, bytes] = {}
+        self._ref_keys: dict[tuple[str, int], bytes] = {}
         # Derived from the root key alone, not stored: every replica with the root key has
         # it, nothing in the state document can replace it, and the audit log stays
         # verifiable with the root key even if the state document is lost.
@@ -544,9 +656,9 @@ class LocalKeyring(StatefulKeyManager):
             check_aad = _ROOT_CHECK_AAD + state["keyring_id"].encode()
             state["root_key_check"] = reseal(state["root_key_check"], check_aad)
             for org_id, org in state["orgs"].items():
-                ref = org.get("reference_key")
-                if ref:
-                    ref["wrapped"] = reseal(ref["wrapped"], self._kek_aad(_REFKEY_AAD, org_id, 0))
+                for ref_version, ref in self._reference_records(org).items():
+                    aad = self._refkey_aad(org_id, ref_version)
+                    ref["wrapped"] = reseal(ref["wrapped"], aad)
                     count += 1
                 for version, rec in org["versions"].items():
                     if rec.get("key"):
@@ -605,23 +717,27 @@ class LocalKeyring(StatefulKeyManager):
     def _destroy_kek(self, org_id: str, version: int, record: Record) -> None:
         self._keks.pop((org_id, version), None)
 
-    def _new_reference_key(self, org_id: str) -> Record:
-        key = secrets.token_bytes(32)
-        self._ref_keys[org_id] = key
-        return {"wrapped": self._seal_root(key, self._kek_aad(_REFKEY_AAD, org_id, 0))}
+    def _refkey_aad(self, org_id: str, version: int) -> bytes:
+        # Version 1 was sealed as "version 0" before reference keys had versions.
+        return self._kek_aad(_REFKEY_AAD, org_id, 0 if version == 1 else version)
 
-    def _reference_mac(self, org_id: str, record: Record, message: bytes) -> bytes:
-        key = self._ref_keys.get(org_id)
+    def _new_reference_key(self, org_id: str, version: int) -> Record:
+        key = secrets.token_bytes(32)
+        self._ref_keys[(org_id, version)] = key
+        return {"wrapped": self._seal_root(key, self._refkey_aad(org_id, version))}
+
+    def _reference_mac(self, org_id: str, version: int, record: Record, message: bytes) -> bytes:
+        key = self._ref_keys.get((org_id, version))
         if key is None:
-            key = self._ref_keys[org_id] = self._open_root(
-                record["wrapped"], self._kek_aad(_REFKEY_AAD, org_id, 0)
+            key = self._ref_keys[(org_id, version)] = self._open_root(
+                record["wrapped"], self._refkey_aad(org_id, version)
             )
         h = crypto_hmac.HMAC(key, hashes.SHA256())
         h.update(message)
         return h.finalize()
 
-    def _destroy_reference_key(self, org_id: str, record: Record) -> None:
-        self._ref_keys.pop(org_id, None)
+    def _destroy_reference_key(self, org_id: str, version: int, record: Record) -> None:
+        self._ref_keys.pop((org_id, version), None)
 
     def _audit_mac(self, message: bytes) -> bytes:
         h = crypto_hmac.HMAC(self._audit_key, hashes.SHA256())

@@ -44,6 +44,7 @@ from app.storage import (
     rights,
     subjects,
     utcnow,
+    wrapped,
     write_transaction,
 )
 
@@ -135,6 +136,7 @@ def _export_document(
     bundles = {e.bundle_id or e.id for e in embeddings}
     targets = {subject_id, *bundles, *(e.id for e in embeddings), *(w.id for w in entries)}
     events = rights.audit_rows_about(conn, org_id, targets)
+    rewrapped = wrapped.detail_keys_of(conn, [e.id for e in events])  # by a key rotation
     return {
         "format": EXPORT_FORMAT,
         "exported_at": utcnow().isoformat(),
@@ -162,7 +164,7 @@ def _export_document(
             }
             for w in entries
         ],
-        "audit_events": [_export_event(runtime, org_id, e) for e in events],
+        "audit_events": [_export_event(runtime, org_id, e, rewrapped) for e in events],
         "frames": {"exported": False, "statement": FRAMES_STATEMENT},
         "vectors_included": include_vectors,
     }
@@ -200,13 +202,16 @@ def _export_enrollments(rows: list[Any], include_vectors: bool) -> list[dict[str
     return list(bundles.values())
 
 
-def _export_event(runtime: Runtime, org_id: str, row: Any) -> dict[str, Any]:
+def _export_event(
+    runtime: Runtime, org_id: str, row: Any, rewrapped: Mapping[str, bytes]
+) -> dict[str, Any]:
     details = json.loads(
         runtime.cipher.open(
             bytes(row.details_sealed),
             org_id=org_id,
             object_id=row.id,
             purpose=Purpose.AUDIT_DETAIL,
+            wrapped_dek=rewrapped.get(row.id),
         )
     )
     return {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -88,11 +89,46 @@ def test_keys_rotate_rewraps_every_frame(env: dict[str, str], single_face_path: 
         stop_runtime(runtime)
     rotated = runner.invoke(cli, ["keys", "rotate", "--org", org_id], env=env)
     assert rotated.exit_code == 0, rotated.output
-    assert "rewrapped 2, already current 0, failed 0" in rotated.stdout
+    assert "frames: rewrapped 2, failed 0" in rotated.stdout
+    assert "subject_keys: rewrapped 1, failed 0" in rotated.stdout
     again = runner.invoke(cli, ["keys", "rotate", "--org", org_id, "--resume"], env=env)
-    assert "rewrapped 0, already current 2, failed 0" in again.stdout
+    assert "frames: rewrapped 0, failed 0" in again.stdout
+    assert "audit_details: rewrapped 0, failed 0" in again.stdout
     unknown = runner.invoke(cli, ["keys", "rotate", "--org", "org_nope"], env=env)
-    assert unknown.exit_code == 1
+    assert unknown.exit_code == 1 and "no org 'org_nope'" in unknown.output
+
+
+def test_keys_retire_destroy_and_rotate_references(
+    env: dict[str, str], single_face_path: Path
+) -> None:
+    runner = CliRunner()
+    org_id, runtime = _org_with_subjects(runner, env, single_face_path, "c1")
+    stop_runtime(runtime)
+
+    def keys(*args: str) -> Any:
+        return runner.invoke(cli, ["keys", *args, "--org", org_id], env=env)
+
+    assert keys("rotate").exit_code == 0
+    primary = keys("destroy", "--version", "2")
+    assert primary.exit_code == 1 and "primary" in primary.output
+    unretired = keys("destroy", "--version", "1")
+    assert unretired.exit_code == 1 and "retire it first" in unretired.output
+    unknown = keys("retire", "--version", "9")
+    assert unknown.exit_code == 1 and "no org KEK version 9" in unknown.output
+    retired = keys("retire", "--version", "1")
+    assert retired.exit_code == 0 and "org KEK version 1 retired" in retired.stdout
+    assert keys("destroy", "--version", "1").exit_code == 0
+    listed = keys("list")
+    assert listed.exit_code == 0 and "destroyed" in listed.stdout and "primary" in listed.stdout
+
+    rehashed = keys("rotate-references")
+    assert rehashed.exit_code == 0, rehashed.output
+    assert "enrollments: rehashed 1, tampered 0" in rehashed.stdout
+    assert "wajah keys destroy --org" in rehashed.output
+    gone = keys("destroy", "--references", "--version", "1")
+    assert gone.exit_code == 0 and "reference key version 1 destroyed" in gone.stdout
+    both = keys("destroy", "--references", "--subject-keys", "--version", "1")
+    assert both.exit_code == 1 and "pick one" in both.output
 
 
 def _org_with_subjects(

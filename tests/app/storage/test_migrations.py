@@ -18,6 +18,7 @@ TABLES = {
     "alembic_version",
     "api_keys",
     "audit_anchors",
+    "audit_detail_keys",
     "audit_heads",
     "audit_log",
     "enrollments",
@@ -43,10 +44,10 @@ def _tables(engine: Engine) -> set[str]:
 
 
 def test_upgrade_fresh_database_to_head(bare_engine: Engine) -> None:
-    assert head_revision() == "0007"
+    assert head_revision() == "0008"
     upgrade_database(bare_engine)
     with bare_engine.connect() as conn:
-        assert current_revision(conn) == "0007"
+        assert current_revision(conn) == "0008"
     assert _tables(bare_engine) == TABLES
 
 
@@ -69,7 +70,7 @@ def test_upgrade_from_url_is_idempotent(database_url: URL) -> None:
     engine = create_engine_for(database_url)
     try:
         with engine.connect() as conn:
-            assert current_revision(conn) == "0007"
+            assert current_revision(conn) == "0008"
     finally:
         engine.dispose()
 
