@@ -6,13 +6,14 @@ rotates with re-hashing, every row verifying under its own version meanwhile."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from app.crypto import DecryptionError, EnvelopeCipher, KekState, Purpose
+from app.crypto import DecryptionError, EnvelopeCipher, KekState, Purpose, Scope
 from app.crypto.subject_keys import subject_kek_id
 from app.crypto.wire import kek_version_of
 from app.errors import ConflictError, NotFoundError
@@ -30,13 +31,20 @@ from app.services.keys import (
     rotate_org_keys,
     rotate_references,
 )
-from app.services.principal import Principal
+from app.services.lifecycle import start_runtime, stop_runtime
+from app.services.orgs import create_org
+from app.services.principal import Principal, authenticate
 from app.services.rights import export_subject
 from app.services.sealing import pii_object_id
 from app.services.subjects import CaptureBundle, enroll_subject, get_subject
+from app.settings import Settings
 from app.storage import audit
 from app.storage.schema import enrollments, frames, subjects
+from models.packs import ModelPack
+from tests.app.crypto.conftest import SoftHsmToken, softhsm_token
 from tests.app.services.helpers import audit_trail
+
+__all__ = ["softhsm_token"]  # the session fixture, for the PKCS#11 test
 
 PII = {"nik": "3171234567890123", "email": "budi@example.co.id"}
 
@@ -347,3 +355,49 @@ def test_one_rotation_per_org_at_a_time(
         with pytest.raises(ConflictError, match="running elsewhere"):
             destroy_kek_version(runtime, org, 1)
     assert runtime.kms.primary_version(org) == 1
+
+
+@pytest.mark.softhsm
+def test_the_whole_lifecycle_on_pkcs11(
+    tmp_path: Path,
+    default_pack: ModelPack,
+    softhsm_token: SoftHsmToken,
+    face_images: dict[str, bytes],
+) -> None:
+    """The KEKs and reference keys live in the token (SoftHSM2): a destroyed version is gone
+    from it, and nothing under it opens; everything rewrapped does."""
+    settings = Settings(
+        home=tmp_path / "home",
+        database_url=f"sqlite:///{tmp_path / 'wajah.db'}",
+        model_cache_dir=default_pack.directory.parent,
+        kms_backend="pkcs11",
+        pkcs11_module=Path(softhsm_token.module),
+        pkcs11_token_label=softhsm_token.label,
+        pkcs11_pin=softhsm_token.pin,  # type: ignore[arg-type]
+        inference_workers=1,
+    )
+    runtime = start_runtime(settings, serving=False)
+    try:
+        org, key = create_org(runtime, "HSM Bank")
+        admin = authenticate(runtime, key.plaintext, Scope.ADMIN)
+        enroll_subject(runtime, admin, "c1", CaptureBundle([face_images["person1"]], pii=PII))
+        old_dek = bytes(_frame_rows(runtime, org)[0].wrapped_dek)
+        frames_before = _open_frames(runtime, org, "c1")
+
+        report = rotate_org_keys(runtime, org)
+        assert report.rewrapped["frames"] == 1 and not any(report.failed.values())
+        retire_kek_version(runtime, org, 1)
+        destroy_kek_version(runtime, org, 1)
+        rotate_references(runtime, org)
+        destroy_reference_version(runtime, org, 1)
+
+        with pytest.raises(DecryptionError):
+            runtime.kms.unwrap_dek(org, old_dek, b"any")
+        assert _open_frames(runtime, org, "c1") == frames_before
+        assert get_subject(runtime, admin, "c1")["pii"]["nik"] == PII["nik"]
+        assert all(_intact(runtime, org).values())
+        # Every audit row opens (details from before the rotation through audit_detail_keys).
+        assert audit_trail(runtime, admin)[-1].action == "keys.destroy_reference"
+        assert _chain_ok(runtime, org)
+    finally:
+        stop_runtime(runtime)
