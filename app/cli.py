@@ -30,7 +30,7 @@ models_cli = typer.Typer(help="Model packs: list, prepare, verify, fetch.", no_a
 orgs_cli = typer.Typer(help="Organisations.", no_args_is_help=True)
 audit_cli = typer.Typer(help="The audit log.", no_args_is_help=True)
 keys_cli = typer.Typer(help="Key-encryption keys.", no_args_is_help=True)
-retention_cli = typer.Typer(help="Retention of sealed frames.", no_args_is_help=True)
+retention_cli = typer.Typer(help="Retention of every data class.", no_args_is_help=True)
 index_cli = typer.Typer(help="The vector indexes (WAJAH_INDEX_URL).", no_args_is_help=True)
 cli.add_typer(models_cli, name="models")
 cli.add_typer(orgs_cli, name="orgs")
@@ -232,7 +232,13 @@ def calibrate(
 
 
 @orgs_cli.command("create")
-def create_org(name: Annotated[str, typer.Argument(help="The organisation's name.")]) -> None:
+def create_org(
+    name: Annotated[str, typer.Argument(help="The organisation's name.")],
+    data_residency: Annotated[
+        str | None,
+        typer.Option(help="`ID-only` (default) or `any`; must allow WAJAH_REGION."),
+    ] = None,
+) -> None:
     """Create an org and print its first admin API key (shown exactly once)."""
     from app.errors import WajahError
     from app.services.lifecycle import start_runtime, stop_runtime
@@ -240,7 +246,7 @@ def create_org(name: Annotated[str, typer.Argument(help="The organisation's name
 
     runtime = start_runtime(_settings(), serving=False)
     try:
-        org_id, key = create(runtime, name)
+        org_id, key = create(runtime, name, data_residency)
     except WajahError as exc:
         raise _fail(exc.message) from exc
     finally:
@@ -613,8 +619,10 @@ def rotate_root_key(
 
 @retention_cli.command("run")
 def run_retention() -> None:
-    """Crypto-shred every sealed frame past its org's retention and delete sealed frames left
-    unreferenced by a crash (the server does both hourly)."""
+    """Purge every data class past its org's retention (frames, request logs, webhook
+    deliveries, idempotency records, audit rows, closed orgs' records) and delete sealed
+    frames left unreferenced by a crash; what was purged, per class (the server runs this
+    hourly; README "Retention")."""
     from app.services.lifecycle import start_runtime, stop_runtime
     from app.services.retention import run_retention as run_once
 
@@ -625,9 +633,35 @@ def run_retention() -> None:
         stop_runtime(runtime)
     if done is None:
         raise _fail("another replica is running retention right now; try again later")
-    purged, swept = done
-    typer.echo(f"purged {sum(purged.values())} frames in {len(purged)} orgs")
-    typer.echo(f"deleted {swept} orphaned sealed frames")
+    for name, per_org in done.purged.items():
+        typer.echo(f"{name}: purged {sum(per_org.values())} in {len(per_org)} orgs")
+    typer.echo(f"deleted {done.orphaned_frames} orphaned sealed frames")
+
+
+@orgs_cli.command("close")
+def close_org(
+    org: Annotated[str, typer.Argument(help="The org id.")],
+    grace_days: Annotated[
+        int | None,
+        typer.Option(help="Days until its data is purged (default: its closure_grace_days)."),
+    ] = None,
+) -> None:
+    """Close an org: every API key revoked now; its data purged and its keys destroyed
+    after the grace period (by the retention round). Prints the receipt (audited)."""
+    import json
+
+    from app.errors import WajahError
+    from app.services.closure import close_org as close
+    from app.services.lifecycle import start_runtime, stop_runtime
+
+    runtime = start_runtime(_settings(), serving=False)
+    try:
+        receipt = close(runtime, org, grace_days=grace_days)
+    except WajahError as exc:
+        raise _fail(exc.message) from exc
+    finally:
+        stop_runtime(runtime)
+    typer.echo(json.dumps(receipt, indent=2))
 
 
 @cli.command()

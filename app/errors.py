@@ -141,6 +141,12 @@ class OwnKeyRevocationError(ConflictError):
     code = "cannot_revoke_own_key"
 
 
+class OrgClosedError(ConflictError):
+    """The org was closed (`wajah orgs close`): it gets no new keys, and closes once."""
+
+    code = "org_closed"
+
+
 class LastAdminKeyError(ConflictError):
     """Revoking this key would leave the org without a working admin key."""
 

@@ -27,6 +27,7 @@ from app.metrics import observe_stage
 from app.runtime import Runtime
 from app.services.idempotency import release_abandoned_reservations
 from app.services.lifecycle import start_runtime, stop_runtime
+from app.services.request_logs import RequestLogWriter
 from app.services.retention import run_retention
 from app.settings import Settings
 
@@ -44,15 +45,15 @@ Face-embedding match service for KYC backends.
 
 
 async def _purge_periodically(runtime: Runtime) -> None:
-    """Retention: shred expired frames and sweep orphaned ones at start and then hourly, off
-    the event loop (on one replica at a time)."""
+    """Retention: every data class swept at start and then hourly, off the event loop (on
+    one replica at a time; `app.services.retention`)."""
     while True:
         try:
             done = await run_in_threadpool(run_retention, runtime)
-            if done is not None and done[0]:
-                log.info("retention: purged frames %s", done[0])
-            if done is not None and done[1]:
-                log.info("retention: deleted %d orphaned sealed frames", done[1])
+            if done is not None and any(done.totals().values()):
+                log.info("retention: purged %s", done.totals())
+            if done is not None and done.orphaned_frames:
+                log.info("retention: deleted %d orphaned sealed frames", done.orphaned_frames)
         except Exception:  # keep serving; the next round retries
             log.exception("retention purge failed")
         await asyncio.sleep(RETENTION_INTERVAL_S)
@@ -99,11 +100,14 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         if owned:
             await run_in_threadpool(release_abandoned_reservations, app.state.runtime)
         purger = asyncio.create_task(_purge_periodically(app.state.runtime)) if owned else None
+        request_log = RequestLogWriter(app.state.runtime, app.state.request_log)
+        request_log.start()
         try:
             yield
         finally:
             if purger is not None:
                 purger.cancel()
+            await run_in_threadpool(request_log.stop)
             if owned:
                 await run_in_threadpool(stop_runtime, app.state.runtime)
 

@@ -15,7 +15,7 @@ read when scraped (`app.api.metrics`), not kept up to date on every change.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -61,6 +61,15 @@ AUDIT_WRITE_SECONDS = Histogram(
     "wajah_audit_write_duration_seconds",
     "Appending one audit row (sealing its details, chaining its hash), in its transaction.",
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+    registry=REGISTRY,
+)
+
+# The request log (app.services.request_logs): rows the edge could not queue (the writer fell
+# behind), and rows the writer could not store (the database refused the batch).
+REQUEST_LOG_DROPPED = Counter(
+    "wajah_request_log_dropped",
+    "Request-log rows lost: the in-process queue was full, or the database refused a batch.",
+    ("reason",),
     registry=REGISTRY,
 )
 

@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.regions import check_region
 
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "password", "dev", "test"})
 
@@ -31,7 +33,12 @@ class Settings(BaseSettings):
     mode: Mode = Mode.DEVELOPMENT
     home: Path = Field(default_factory=default_home, description="Cache/data directory.")
     region: str = Field(
-        default="ID", description="Region this deployment keeps data in (ISO 3166 code)."
+        default="ID",
+        description=(
+            "Region this deployment keeps and processes data in: an ISO 3166-1 alpha-2 code "
+            "(`ID`, `SG`, ...). An org whose `data_residency` forbids it is refused here "
+            "(403 `residency_mismatch`)."
+        ),
     )
     security_contact: str = Field(
         default="mailto:security@wajah.dev",
@@ -164,6 +171,11 @@ class Settings(BaseSettings):
             "reach the database's position before it answers 503 `index_not_current`."
         ),
     )
+
+    @field_validator("region")
+    @classmethod
+    def _check_region(cls, value: str) -> str:
+        return check_region(value)
 
     @model_validator(mode="after")
     def _check_edge(self) -> Settings:

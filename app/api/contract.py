@@ -48,7 +48,7 @@ _MEANING = {
 # that is starting (or cannot bring an index up to date).
 _AUTHENTICATED: dict[int, tuple[str, ...]] = {
     401: ("unauthorized",),
-    403: ("forbidden",),
+    403: ("forbidden", "residency_mismatch"),
     429: ("rate_limited",),
     503: ("not_ready",),
 }

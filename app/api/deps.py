@@ -15,6 +15,7 @@ from app.crypto import Scope
 from app.errors import ServiceNotReadyError, UnauthorizedError
 from app.runtime import Runtime
 from app.services.principal import Principal, authenticate, authenticate_cached
+from app.services.residency import require_served
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -55,10 +56,17 @@ class Caller:
         limit (429). Blocks: call it on a worker thread."""
         return self._admitted(authenticate(self.runtime, self.presented, self.scope), True)
 
-    def _admitted(self, principal: Principal, blocking: bool) -> Principal:
+    def _admitted(
+        self, principal: Principal, blocking: bool, settings: dict[str, Any] | None = None
+    ) -> Principal:
         self.notes["principal"] = principal
         if self.admission is not None:
             self.admission.admit(self.runtime, principal, blocking=blocking)
+        # An org this deployment's region may not hold is refused before anything is read
+        # or written for it (403 `residency_mismatch`); not even its request log is written.
+        self.notes["residency_refused"] = True
+        require_served(self.runtime, principal.org_id, settings)
+        del self.notes["residency_refused"]
         return principal
 
     def cached_principal(self) -> Principal | None:
@@ -66,9 +74,10 @@ class Caller:
         limit; None, charging nothing, when that takes the database (then `run` or
         `principal`): the key is not cached, or its org's settings (its own limit) are not."""
         principal = authenticate_cached(self.runtime, self.presented, self.scope)
-        if principal is None or self.runtime.org_settings.get(principal.org_id) is None:
+        settings = None if principal is None else self.runtime.org_settings.get(principal.org_id)
+        if principal is None or settings is None:
             return None
-        return self._admitted(principal, False)
+        return self._admitted(principal, False, settings)
 
     async def run(
         self,

@@ -11,7 +11,9 @@ first.
    access-log line (`app.logs` formats it): request id, method, route template, the path with
    subject ids pseudonymised, status, latency, and the org and key ids once the key was
    checked. A request no route matched logs no path (it could hold anything a client typed);
-   bodies, headers and query strings are never logged.
+   bodies, headers and query strings are never logged. A request whose key was checked is
+   also offered to the org's request log (`app.services.request_logs`: a bounded in-process
+   queue a background thread writes in batches, so no database round trip on the request).
 4. `BodyLimitMiddleware`: bodies over the limit refused with 413 before anything parses them.
 5. `InFlightMiddleware`: requests in flight, for the inference pool's solo mode.
 
@@ -25,6 +27,7 @@ import logging
 import re
 import secrets
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI
@@ -33,7 +36,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.crypto.pseudonyms import Pseudonymizer
 from app.metrics import HTTP_SECONDS
+from app.services.request_logs import RequestLogBuffer
 from app.settings import Settings
+from app.storage.retention import RequestLogRow
 
 HSTS = b"max-age=63072000; includeSubDomains; preload"
 TLS_WARNING_HEADER = b"wajah-tls-warning"
@@ -46,7 +51,12 @@ def install_edge(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(InFlightMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes(settings))
     app.state.in_flight = InFlight()
-    app.add_middleware(ObservedRequestsMiddleware, in_flight=app.state.in_flight)
+    app.state.request_log = RequestLogBuffer()
+    app.add_middleware(
+        ObservedRequestsMiddleware,
+        in_flight=app.state.in_flight,
+        request_log=app.state.request_log,
+    )
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(SecurityHeadersMiddleware)
 
@@ -122,16 +132,19 @@ class InFlight:
 
 
 class ObservedRequestsMiddleware:
-    def __init__(self, app: ASGIApp, in_flight: InFlight) -> None:
+    def __init__(
+        self, app: ASGIApp, in_flight: InFlight, request_log: RequestLogBuffer | None = None
+    ) -> None:
         self.app = app
         self.in_flight = in_flight
+        self.request_log = request_log
         self.pseudonym = Pseudonymizer()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
+        started, arrived = time.perf_counter(), time.time()
         status = 500  # what the server sends if the app fails before answering
 
         async def send_observed(message: Message) -> None:
@@ -145,16 +158,18 @@ class ObservedRequestsMiddleware:
             await self.app(scope, receive, send_observed)
         finally:
             self.in_flight.count -= 1
-            self._observe(scope, status, time.perf_counter() - started)
+            self._observe(scope, status, time.perf_counter() - started, arrived)
 
-    def _observe(self, scope: Scope, status: int, seconds: float) -> None:
+    def _observe(self, scope: Scope, status: int, seconds: float, arrived: float) -> None:
         route = scope.get("route")
         template = getattr(route, "path", None) or "unmatched"
         HTTP_SECONDS.labels(scope["method"], template, str(status)).observe(seconds)
-        if not access_log.isEnabledFor(logging.INFO):
-            return
         state = scope.get("state", {})
         principal = state.get("principal")
+        if principal is not None and self.request_log is not None:
+            self._offer(state, principal, scope["method"], template, status, seconds, arrived)
+        if not access_log.isEnabledFor(logging.INFO):
+            return
         fields: dict[str, Any] = {
             "request_id": state.get("request_id"),
             "method": scope["method"],
@@ -166,6 +181,31 @@ class ObservedRequestsMiddleware:
             "key_id": getattr(principal, "key_id", None),
         }
         access_log.info("%s %s %d", scope["method"], template, status, extra=fields)
+
+    def _offer(
+        self,
+        state: dict[str, Any],
+        principal: Any,
+        method: str,
+        template: str,
+        status: int,
+        seconds: float,
+        arrived: float,
+    ) -> None:
+        if state.get("residency_refused") or self.request_log is None:
+            return  # an org this region may not hold: nothing of it is written here
+        self.request_log.offer(
+            RequestLogRow(
+                org_id=principal.org_id,
+                occurred_at=datetime.fromtimestamp(arrived, UTC),
+                request_id=str(state.get("request_id") or "-"),
+                method=method,
+                route=template,
+                status=status,
+                latency_ms=round(seconds * 1000, 3),
+                key_id=principal.key_id,
+            )
+        )
 
     def _path(self, template: str, params: dict[str, Any] | None) -> str:
         path = template

@@ -508,6 +508,13 @@ class Retention(BaseModel):
     frames_days: JsonInt = _omittable(ge=1, le=3650)
     request_logs_days: JsonInt = _omittable(ge=1, le=3650)
     webhook_days: JsonInt = _omittable(ge=1, le=3650)
+    idempotency_days: JsonInt = _omittable("Idempotency-Key records (1: 24 h).", ge=1, le=3650)
+    audit_days: JsonInt = _omittable("Audit rows: 7 years (2557 days) at least.", ge=2557, le=36500)
+    closure_grace_days: JsonInt = _omittable(
+        "After the org is closed, days until its data is purged and its keys destroyed.",
+        ge=1,
+        le=3650,
+    )
 
 
 class OrgSettingsPatch(BaseModel):
@@ -582,6 +589,23 @@ class AuditEntry(BaseModel):
 
 class AuditPage(BaseModel):
     items: list[AuditEntry]
+    next_cursor: str | None = Field(..., description=NEXT_CURSOR)
+
+
+class RequestLogEntry(BaseModel):
+    """One API request of the org: the route template, never the path (no subject id)."""
+
+    request_id: str = Field(..., examples=["req_5f0c9a1e2b3d4c6f"])
+    occurred_at: datetime = Field(..., description="When the request arrived (UTC).")
+    method: str = Field(..., examples=["POST"])
+    route: str = Field(..., examples=["/v1/subjects/{subject_id}/enrollments"])
+    status: int = Field(..., examples=[201])
+    latency_ms: float = Field(..., description="Arrival to the end of the response.")
+    key_id: str = Field(..., description="The API key that made it.", examples=["ttj7ncmsm3dac"])
+
+
+class RequestLogPage(BaseModel):
+    items: list[RequestLogEntry]
     next_cursor: str | None = Field(..., description=NEXT_CURSOR)
 
 

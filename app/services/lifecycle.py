@@ -7,6 +7,7 @@ from __future__ import annotations
 from app.runtime import Runtime
 from app.services import indexing
 from app.services.feed import FeedFollower
+from app.services.residency import refused_orgs
 from app.settings import Settings
 
 
@@ -20,6 +21,8 @@ def start_runtime(settings: Settings, serving: bool = True) -> Runtime:
     runtime = Runtime.start(settings, serving=serving)
     try:
         if serving:
+            # Orgs this region may not hold are named in the log; their requests get 403.
+            refused_orgs(runtime)
             indexing.replay_all(runtime)
             if runtime.feed.required:
                 follower = FeedFollower(runtime)

@@ -14,12 +14,14 @@ from app.errors import (
     InvalidSettingsError,
     LastAdminKeyError,
     NotFoundError,
+    OrgClosedError,
     OwnKeyRevocationError,
 )
 from app.runtime import Runtime
 from app.services import indexing, pages
 from app.services.principal import Principal, record
-from app.services.sharing import DATA_RESIDENCIES
+from app.services.residency import check_served
+from app.services.sharing import DATA_RESIDENCIES, residency_allows
 from app.services.text import SERVICE_ID, check_text
 from app.storage import (
     AuditEntry,
@@ -29,6 +31,7 @@ from app.storage import (
     feed,
     orgs,
     read_transaction,
+    retention,
     utcnow,
     watchlists,
     write_transaction,
@@ -40,6 +43,8 @@ from app.storage import (
 THRESHOLD_BELOW_PACK = 0.05
 THRESHOLD_MAX = 0.95
 DUPLICATE_POLICIES = ("off", "flag", "reject")
+
+
 # Key ids are lowercase base32 (app.crypto.generate_api_key).
 KEY_ID = re.compile(r"[a-z0-9]{1,40}")
 
@@ -53,13 +58,20 @@ class IssuedKey:
     expires_at: datetime | None
 
 
-def create_org(runtime: Runtime, name: str) -> tuple[str, IssuedKey]:
-    """Create an org with its keys in the KMS and a first admin key (shown once)."""
+def create_org(
+    runtime: Runtime, name: str, data_residency: str | None = None
+) -> tuple[str, IssuedKey]:
+    """Create an org with its keys in the KMS and a first admin key (shown once).
+
+    ``data_residency`` (default `ID-only`) must allow this deployment's region: an org this
+    deployment would refuse is not made here."""
     name = check_text(name, "an org name").strip()
     if not 1 <= len(name) <= 200:
         raise InvalidSettingsError("an org name is 1..200 characters")
+    residency = data_residency or orgs.DEFAULT_ORG_SETTINGS["data_residency"]
+    _check_residency(runtime, residency)
     with write_transaction(runtime.engine) as conn:
-        org_id = orgs.insert_org(conn, name=name)
+        org_id = orgs.insert_org(conn, name=name, settings={"data_residency": residency})
         # The KEK must exist before the audit row below can be sealed under it.
         runtime.kms.create_org(org_id)
         record(
@@ -136,7 +148,21 @@ def issue_operator_key(
     with write_transaction(runtime.engine) as conn:
         if not SERVICE_ID.fullmatch(org_id) or not orgs.org_exists(conn, org_id):
             raise NotFoundError(f"no org {org_id!r}")
+        if retention.closure_of(conn, org_id) is not None:
+            raise OrgClosedError(f"org {org_id} is closed: it gets no new keys")
+        check_served(runtime.settings.region, org_id, orgs.org_settings(conn, org_id))
         return _insert_key(conn, runtime, None, org_id, name, scopes, expires_at)
+
+
+def _check_residency(runtime: Runtime, residency: Any) -> None:
+    if residency not in DATA_RESIDENCIES:
+        raise InvalidSettingsError(f"data_residency must be one of {DATA_RESIDENCIES}")
+    region = runtime.settings.region
+    if not residency_allows(residency, region):
+        raise InvalidSettingsError(
+            f"data_residency {residency!r} forbids this deployment's region {region}: the org "
+            "would be refused here (set it from a deployment in the region it allows)"
+        )
 
 
 def _check_expiry(expires_at: datetime | None) -> None:
@@ -329,17 +355,17 @@ def _changed_settings(
     if "retention" in changes:
         retention = dict(updated.get("retention") or {})
         for field, value in (changes["retention"] or {}).items():
-            if field not in orgs.DEFAULT_ORG_SETTINGS["retention"]:
+            if field not in orgs.RETENTION_LIMITS:
                 raise InvalidSettingsError(f"unknown retention field {field!r}")
-            if not isinstance(value, int) or not 1 <= value <= 3650:
-                raise InvalidSettingsError(f"retention.{field} must be 1..3650 days")
+            low, high = orgs.RETENTION_LIMITS[field]
+            if type(value) is not int or not low <= value <= high:
+                raise InvalidSettingsError(f"retention.{field} must be {low}..{high} days")
             retention[field] = value
         updated["retention"] = retention
     if "watchlist_sharing" in changes:
         updated["watchlist_sharing"] = bool(changes["watchlist_sharing"])
     if "data_residency" in changes:
-        if changes["data_residency"] not in DATA_RESIDENCIES:
-            raise InvalidSettingsError(f"data_residency must be one of {DATA_RESIDENCIES}")
+        _check_residency(runtime, changes["data_residency"])
         updated["data_residency"] = changes["data_residency"]
     return updated
 

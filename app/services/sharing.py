@@ -18,8 +18,9 @@ def residency_allows(residency: str, region: str) -> bool:
     return residency == "any" or (residency == "ID-only" and region == "ID")
 
 
-def eligible_orgs(conn: Connection, watchlist_id: str) -> set[str]:
-    """Orgs whose entries may be screened, and who may screen, right now."""
+def eligible_orgs(conn: Connection, watchlist_id: str, region: str | None = None) -> set[str]:
+    """Orgs whose entries may be screened, and who may screen, right now; with ``region``
+    (the deployment's), only orgs whose residency allows that region too."""
     row = watchlists.find(conn, watchlist_id)
     if row is None or row.status != "open":
         return set()
@@ -28,7 +29,8 @@ def eligible_orgs(conn: Connection, watchlist_id: str) -> set[str]:
         m.org_id
         for m in watchlists.active_members_with_settings(conn, watchlist_id)
         if (m.settings or {}).get("watchlist_sharing", False)
-        and residency_allows(
-            (m.settings or {}).get("data_residency", default_residency), row.region
+        and all(
+            residency_allows((m.settings or {}).get("data_residency", default_residency), where)
+            for where in (row.region, region or row.region)
         )
     }

@@ -367,7 +367,7 @@ def _contribution_sources(
         row = _visible(conn, watchlist_id, org_id)
         if row.status != "open":
             raise WatchlistClosedError("the watchlist is closed")
-        if org_id not in eligible_orgs(conn, watchlist_id):
+        if org_id not in eligible_orgs(conn, watchlist_id, runtime.settings.region):
             raise NotAMemberError("only an opted-in member with sharing on may contribute")
         if row.model_id != runtime.model_id:
             raise ConflictError(f"the watchlist is pinned to model {row.model_id!r}")
@@ -462,7 +462,7 @@ def screen(
     with read_transaction(runtime.engine) as conn:
         if _visible(conn, watchlist_id, org_id).status != "open":
             raise WatchlistClosedError("the watchlist is closed")
-        if org_id not in eligible_orgs(conn, watchlist_id):
+        if org_id not in eligible_orgs(conn, watchlist_id, runtime.settings.region):
             raise NotAMemberError("only an opted-in member with sharing on may screen")
     vector = probe_vector(runtime, probe)
     threshold, source = effective_threshold(runtime, org_settings(runtime, org_id))
@@ -513,7 +513,8 @@ def _hits(
     if not by_vector:
         return []
     with read_transaction(runtime.engine) as conn:
-        allowed = eligible_orgs(conn, watchlist_id)  # checked again, at this moment
+        # Checked again, at this moment (and against this deployment's region).
+        allowed = eligible_orgs(conn, watchlist_id, runtime.settings.region)
         rows = watchlists.active_entries_by_vector_id(conn, watchlist_id, list(by_vector))
     return sorted(
         (
@@ -575,7 +576,7 @@ def screen_everywhere(
     org_id = principal.org_id
     with read_transaction(runtime.engine) as conn:
         ids = watchlists.watchlists_of(conn, org_id, active_only=True)
-        open_ids = [w for w in ids if org_id in eligible_orgs(conn, w)]
+        open_ids = [w for w in ids if org_id in eligible_orgs(conn, w, runtime.settings.region)]
     probe = Probe(vector=[float(x) for x in vector], model_id=runtime.model_id)
     hits: list[dict[str, Any]] = []
     for watchlist_id in sorted(open_ids):

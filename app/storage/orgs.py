@@ -17,9 +17,28 @@ DEFAULT_ORG_SETTINGS: dict[str, Any] = {
     # None: use the model pack's calibrated threshold.
     "threshold": None,
     "duplicate_policy": "off",
-    "retention": {"frames_days": 90, "request_logs_days": 90, "webhook_days": 30},
+    # Days each data class is kept (app.services.retention; README "Retention").
+    "retention": {
+        "frames_days": 90,
+        "request_logs_days": 90,
+        "webhook_days": 30,
+        "idempotency_days": 1,
+        "audit_days": 2557,  # 7 years, leap days included
+        "closure_grace_days": 365,  # customer records after the org closes
+    },
     "watchlist_sharing": False,
     "data_residency": "ID-only",
+}
+
+# What an org may set each retention period to, in days: the audit log is kept at least the
+# 7 years the law asks; nothing else is kept past 10 years.
+RETENTION_LIMITS: dict[str, tuple[int, int]] = {
+    "frames_days": (1, 3650),
+    "request_logs_days": (1, 3650),
+    "webhook_days": (1, 3650),
+    "idempotency_days": (1, 3650),
+    "audit_days": (2557, 36500),
+    "closure_grace_days": (1, 3650),
 }
 
 

@@ -173,7 +173,7 @@ def test_retention_purges_expired_frames_only(env: dict[str, str], single_face_p
     finally:
         stop_runtime(runtime)
     result = runner.invoke(cli, ["retention", "run"], env=env)
-    assert result.exit_code == 0 and "purged 0 frames" in result.stdout
+    assert result.exit_code == 0 and "frames: purged 0 in 0 orgs" in result.stdout
 
 
 def test_retention_sweeps_sealed_frames_no_row_references(

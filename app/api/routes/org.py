@@ -19,10 +19,12 @@ from app.api.schemas import (
     AuditPage,
     OrgSettings,
     OrgSettingsPatch,
+    RequestLogPage,
 )
 from app.crypto import Scope
 from app.runtime import Runtime
 from app.services import orgs as service
+from app.services import request_logs
 from app.services.principal import Principal
 from app.storage import utcnow
 
@@ -158,3 +160,20 @@ async def list_audit_events(
     return AuditPage.model_validate(
         {"items": [dataclasses.asdict(e) for e in entries], "next_cursor": next_cursor}
     )
+
+
+@router.get(
+    "/v1/request-logs",
+    response_model=RequestLogPage,
+    responses=errors({422: ("invalid_cursor",)}, params=True),
+    summary="The org's own API requests, newest first",
+)
+async def list_request_logs(
+    caller: AdminDep, limit: Limit = 50, cursor: Cursor = None
+) -> RequestLogPage:
+    """Every request an API key of the org made: when, request id, method, route template
+    (never the path, so no subject id), status, latency and key id. Kept for the org's
+    `retention.request_logs_days` (90 by default). Rows are written in batches off the
+    request path, so a request shows up here within about a second."""
+    items, next_cursor = await caller.run(request_logs.request_logs_page, limit, cursor)
+    return RequestLogPage.model_validate({"items": items, "next_cursor": next_cursor})
