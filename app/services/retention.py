@@ -245,8 +245,9 @@ def purge_audit(runtime: Runtime, now: datetime | None = None) -> dict[str, int]
     by_org = cutoffs(runtime, "audit_days", moment)
     default_days = retention.DEFAULT_AUDIT_DAYS
     with read_transaction(runtime.engine) as conn:
-        oldest = min([*by_org.values(), moment - timedelta(days=default_days)])
-        chains = audit.chains_with_rows_before(conn, _midnight(oldest))
+        # Every chain that may have rows to purge: those with rows before the latest cut-off.
+        latest = max([*by_org.values(), moment - timedelta(days=default_days)])
+        chains = audit.chains_with_rows_before(conn, _midnight(latest))
     purged: dict[str, int] = {}
     for chain in chains:
         cutoff = by_org.get(chain, moment - timedelta(days=default_days))

@@ -450,6 +450,10 @@ def row_hash_at(conn: Connection, chain: str, seq: int) -> bytes | None:
     return None if found is None else bytes(found)
 
 
+def _all_heads(conn: Connection) -> list[str]:
+    return sorted(conn.execute(sa.select(audit_heads.c.chain)).scalars())
+
+
 def _all_chains(conn: Connection) -> list[str]:
     names = set(conn.execute(sa.select(audit_heads.c.chain)).scalars())
     names |= set(conn.execute(sa.select(audit_log.c.chain).distinct()).scalars())
@@ -635,9 +639,20 @@ def anchor_of(conn: Connection, chain: str) -> Anchor | None:
 
 def chains_with_rows_before(conn: Connection, cutoff: datetime) -> list[str]:
     """Chains whose first remaining row occurred before ``cutoff``."""
+    # One index lookup per chain (its first remaining row), not a scan of the whole log.
     stamp = format_timestamp(cutoff)
-    stmt = sa.select(audit_log.c.chain).where(audit_log.c.occurred_at < stamp).distinct()
-    return sorted(conn.execute(stmt).scalars())
+    first = (
+        sa.select(audit_log.c.occurred_at)
+        .where(audit_log.c.chain == sa.bindparam("chain"))
+        .order_by(audit_log.c.chain_seq)
+        .limit(1)
+    )
+    found = []
+    for chain in _all_heads(conn):
+        oldest = conn.execute(first, {"chain": chain}).scalar_one_or_none()
+        if oldest is not None and oldest < stamp:
+            found.append(chain)
+    return found
 
 
 def last_seq_before(conn: Connection, chain: str, cutoff: datetime) -> int:
