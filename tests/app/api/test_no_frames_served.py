@@ -138,6 +138,9 @@ def test_no_route_ever_returns_frame_bytes(
             client.patch("/v1/org/settings", headers=owner, json={"duplicate_policy": "flag"})
         ],
         ("get", "/v1/audit"): lambda: [client.get("/v1/audit?limit=200", headers=owner)],
+        ("get", "/v1/request-logs"): lambda: [
+            client.get("/v1/request-logs?limit=200", headers=owner)
+        ],
         ("get", "/healthz"): lambda: [client.get("/healthz")],
         ("get", "/readyz"): lambda: [client.get("/readyz")],
         ("get", "/metrics"): lambda: [client.get("/metrics", headers=owner)],
