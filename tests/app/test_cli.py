@@ -316,3 +316,44 @@ def test_keys_issue_refuses_bad_input_and_issues_nothing(
         assert key_count() == before
     finally:
         stop_runtime(runtime)
+
+
+def test_orgs_close_revokes_every_key_and_prints_the_receipt(env: dict[str, str]) -> None:
+    import json
+
+    runner = CliRunner()
+    created = runner.invoke(cli, ["orgs", "create", "Bank Tutup"], env=env)
+    assert created.exit_code == 0, created.output
+    lines = dict(line.split("=", 1) for line in created.stdout.splitlines() if "=" in line)
+
+    closed = runner.invoke(cli, ["orgs", "close", lines["org_id"], "--grace-days", "30"], env=env)
+
+    assert closed.exit_code == 0, closed.output
+    receipt = json.loads(closed.stdout)
+    assert receipt["org_id"] == lines["org_id"] and receipt["grace_days"] == 30
+    assert len(receipt["api_keys_revoked"]) == 1 and len(receipt["receipt_sha256"]) == 64
+    again = runner.invoke(cli, ["orgs", "close", lines["org_id"]], env=env)
+    assert again.exit_code != 0 and "was closed at" in again.output
+    unknown = runner.invoke(cli, ["orgs", "close", "org_nothing"], env=env)
+    assert unknown.exit_code != 0 and "no org" in unknown.output
+    issued = runner.invoke(
+        cli, ["keys", "issue", "--org", lines["org_id"], "--scopes", "admin"], env=env
+    )
+    assert issued.exit_code != 0 and "is closed" in issued.output
+
+
+def test_orgs_create_outside_id_needs_a_residency_that_allows_the_region(
+    env: dict[str, str],
+) -> None:
+    runner = CliRunner()
+    sg = {**env, "WAJAH_REGION": "SG"}
+    refused = runner.invoke(cli, ["orgs", "create", "Bank SG"], env=sg)
+    assert refused.exit_code != 0 and "forbids this deployment's region SG" in refused.output
+    made = runner.invoke(cli, ["orgs", "create", "Bank SG", "--data-residency", "any"], env=sg)
+    assert made.exit_code == 0, made.output
+    bad_region = runner.invoke(
+        cli,
+        ["orgs", "create", "Bank", "--data-residency", "any"],
+        env={**env, "WAJAH_REGION": "Singapore"},
+    )
+    assert bad_region.exit_code != 0
