@@ -21,6 +21,8 @@ from typing import NamedTuple, Protocol, runtime_checkable
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from .errors import DimensionMismatchError, InvalidIdError, InvalidVectorError
+
 # A row from the source of truth: (id, vector) adds or replaces, (id, None) removes.
 Row = tuple[int, ArrayLike | None]
 RowsSince = Callable[[int], Iterable[Row]]
@@ -31,6 +33,46 @@ BEGINNING = 0
 MAX_K = 10_000
 # Float32 rounding leaves |norm - 1| around 1e-7; anything beyond this was not normalised.
 NORM_TOLERANCE = 1e-3
+
+
+def validate_ids(ids: ArrayLike) -> NDArray[np.int64]:
+    """Ids as the contract takes them: non-negative int64s, one or a 1-D sequence
+    (:class:`~index.errors.InvalidIdError` otherwise)."""
+    raw = np.asarray(ids)
+    if raw.ndim == 0:
+        raw = raw[None]
+    if raw.ndim != 1 or (raw.size and raw.dtype.kind not in "iu"):
+        raise InvalidIdError("ids must be a 1-D sequence of integers")
+    if raw.dtype.kind == "u" and raw.size and int(raw.max()) > np.iinfo(np.int64).max:
+        raise InvalidIdError("id out of int64 range")
+    out = raw.astype(np.int64)
+    if out.size and int(out.min()) < 0:
+        raise InvalidIdError("ids must be non-negative")
+    return out
+
+
+def validate_vectors(vectors: ArrayLike, dimension: int, what: str) -> NDArray[np.float32]:
+    """Vectors as the contract takes them: one (d,) or a batch (n, d) of finite, L2-normalised
+    float32 rows of the namespace's ``dimension``, as a C-contiguous (n, d) array."""
+    try:
+        v = np.asarray(vectors, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidVectorError(f"{what} is not numeric") from exc
+    if v.ndim == 1:
+        v = v[None, :]
+    if v.ndim != 2:
+        raise InvalidVectorError(f"{what} must be 1-D or 2-D, got {v.ndim}-D")
+    if v.shape[1] != dimension:
+        raise DimensionMismatchError(
+            f"namespace is pinned to dimension {dimension}, got {v.shape[1]}"
+        )
+    if len(v) == 0:
+        raise InvalidVectorError(f"no {what}")
+    if not np.isfinite(v).all():
+        raise InvalidVectorError(f"{what} has non-finite values")
+    if np.abs(np.linalg.norm(v, axis=1) - 1).max() > NORM_TOLERANCE:
+        raise InvalidVectorError(f"{what} is not L2-normalised")
+    return np.ascontiguousarray(v)
 
 
 class Hit(NamedTuple):

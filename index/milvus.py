@@ -68,7 +68,6 @@ from numpy.typing import ArrayLike, NDArray
 from .backend import (
     BEGINNING,
     MAX_K,
-    NORM_TOLERANCE,
     IndexBackend,
     LoadReport,
     NamespaceIndex,
@@ -76,12 +75,13 @@ from .backend import (
     RowsSince,
     SearchResult,
     SnapshotInfo,
+    validate_ids,
+    validate_vectors,
 )
 from .errors import (
     DimensionMismatchError,
     DuplicateIdError,
     IndexUnavailableError,
-    InvalidIdError,
     InvalidQueryError,
     InvalidVectorError,
     ModelMismatchError,
@@ -381,7 +381,7 @@ class MilvusNamespaceIndex:
         return counted
 
     def contains(self, id_: int) -> bool:
-        key = int(_validate_ids([id_])[0])
+        key = int(validate_ids([id_])[0])
         return bool(self._query(f"{ID_FIELD} == {key}", [ID_FIELD], what="look up an id"))
 
     def search(
@@ -397,7 +397,7 @@ class MilvusNamespaceIndex:
             raise InvalidQueryError(f"k must be between 1 and {MAX_K}")
         if min_score is not None and not np.isfinite(min_score):
             raise InvalidQueryError("min_score must be finite")
-        q = self._validate_vectors(queries, "query")
+        q = validate_vectors(queries, self.dimension, "query")
         k = int(k)
         ids = np.full((len(q), k), -1, dtype=np.int64)
         scores = np.full((len(q), k), -np.inf, dtype=np.float32)
@@ -497,8 +497,8 @@ class MilvusNamespaceIndex:
 
     def add(self, ids: ArrayLike, vectors: ArrayLike, *, model_id: str) -> None:
         _check_model(self.model_id, model_id)
-        id_array = _validate_ids(ids)
-        v = self._validate_vectors(vectors, "vector")
+        id_array = validate_ids(ids)
+        v = validate_vectors(vectors, self.dimension, "vector")
         if len(v) != len(id_array):
             raise InvalidVectorError(f"{len(id_array)} ids but {len(v)} vectors")
         if len(np.unique(id_array)) != len(id_array):
@@ -511,7 +511,7 @@ class MilvusNamespaceIndex:
                 self._write("insert", id_array, v)
 
     def remove(self, ids: ArrayLike) -> int:
-        wanted = sorted(set(_validate_ids(ids).tolist()))
+        wanted = sorted(set(validate_ids(ids).tolist()))
         with self._writer:
             live = sorted(self._present(wanted))
             with self._writing():
@@ -531,9 +531,11 @@ class MilvusNamespaceIndex:
         applied = 0
         for id_, vector in rows:
             applied += 1
-            key = int(_validate_ids([id_])[0])
+            key = int(validate_ids([id_])[0])
             final.pop(key, None)
-            final[key] = None if vector is None else self._validate_vectors(vector, "vector")[0]
+            final[key] = (
+                None if vector is None else validate_vectors(vector, self.dimension, "vector")[0]
+            )
         return final, applied
 
     def _apply_final(self, final: dict[int, NDArray[np.float32] | None]) -> None:
@@ -660,27 +662,6 @@ class MilvusNamespaceIndex:
 
     # -- validation -------------------------------------------------------------------------
 
-    def _validate_vectors(self, vectors: ArrayLike, what: str) -> NDArray[np.float32]:
-        try:
-            v = np.asarray(vectors, dtype=np.float32)
-        except (TypeError, ValueError) as exc:
-            raise InvalidVectorError(f"{what} is not numeric") from exc
-        if v.ndim == 1:
-            v = v[None, :]
-        if v.ndim != 2:
-            raise InvalidVectorError(f"{what} must be 1-D or 2-D, got {v.ndim}-D")
-        if v.shape[1] != self.dimension:
-            raise DimensionMismatchError(
-                f"namespace is pinned to dimension {self.dimension}, got {v.shape[1]}"
-            )
-        if len(v) == 0:
-            raise InvalidVectorError(f"no {what}")
-        if not np.isfinite(v).all():
-            raise InvalidVectorError(f"{what} has non-finite values")
-        if np.abs(np.linalg.norm(v, axis=1) - 1).max() > NORM_TOLERANCE:
-            raise InvalidVectorError(f"{what} is not L2-normalised")
-        return np.ascontiguousarray(v)
-
 
 def _id_in(ids: list[int]) -> str:
     return f"{ID_FIELD} in [{','.join(map(str, ids))}]"
@@ -702,20 +683,6 @@ def _check_pins(dimension: int, model_id: str, want_dimension: int, want_model: 
         )
     if model_id != want_model:
         raise ModelMismatchError(f"namespace is pinned to model {model_id!r}, not {want_model!r}")
-
-
-def _validate_ids(ids: ArrayLike) -> NDArray[np.int64]:
-    raw = np.asarray(ids)
-    if raw.ndim == 0:
-        raw = raw[None]
-    if raw.ndim != 1 or (raw.size and raw.dtype.kind not in "iu"):
-        raise InvalidIdError("ids must be a 1-D sequence of integers")
-    if raw.dtype.kind == "u" and raw.size and int(raw.max()) > np.iinfo(np.int64).max:
-        raise InvalidIdError("id out of int64 range")
-    out = raw.astype(np.int64)
-    if out.size and int(out.min()) < 0:
-        raise InvalidIdError("ids must be non-negative")
-    return out
 
 
 # mypy fails here, not in the service, if either class drifts from its protocol.

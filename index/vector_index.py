@@ -33,17 +33,16 @@ from ._store import Segment, Storage, Store
 from .backend import (
     BEGINNING,
     MAX_K,
-    NORM_TOLERANCE,
     LoadReport,
     Row,
     RowsSince,
     SearchResult,
     SnapshotInfo,
+    validate_ids,
+    validate_vectors,
 )
 from .errors import (
-    DimensionMismatchError,
     DuplicateIdError,
-    InvalidIdError,
     InvalidQueryError,
     InvalidVectorError,
     ModelMismatchError,
@@ -151,7 +150,7 @@ class VectorIndex:
             raise InvalidQueryError(f"k must be between 1 and {MAX_K}")
         if min_score is not None and not np.isfinite(min_score):
             raise InvalidQueryError("min_score must be finite")
-        q = self._validate_vectors(queries, "query")
+        q = validate_vectors(queries, self.dimension, "query")
         query = _Query(q, int(k), None if min_score is None else float(min_score))
         if self._batcher is not None and len(q) == 1:
             return self._batcher.submit(query)
@@ -238,8 +237,8 @@ class VectorIndex:
         Raises :class:`DuplicateIdError` if an id is already present or repeated.
         """
         self._check_model(model_id)
-        id_array = _validate_ids(ids)
-        v = self._validate_vectors(vectors, "vector")
+        id_array = validate_ids(ids)
+        v = validate_vectors(vectors, self.dimension, "vector")
         if len(v) != len(id_array):
             raise InvalidVectorError(f"{len(id_array)} ids but {len(v)} vectors")
         if len(np.unique(id_array)) != len(id_array):
@@ -258,7 +257,7 @@ class VectorIndex:
 
         O(1) per id: the row becomes a tombstone until :meth:`compact`.
         """
-        id_list = _validate_ids(ids).tolist()
+        id_list = validate_ids(ids).tolist()
         with self._writer, self._rw.write():
             return self._store.remove(id_list)
 
@@ -381,13 +380,13 @@ class VectorIndex:
 
         for id_, vector in rows:
             replayed += 1
-            key = int(_validate_ids([id_])[0])
+            key = int(validate_ids([id_])[0])
             if vector is None:
                 flush()
                 store.remove([key])
                 continue
             batch.pop(key, None)
-            batch[key] = self._validate_vectors(vector, "vector")[0]
+            batch[key] = validate_vectors(vector, self.dimension, "vector")[0]
             if len(batch) >= _REPLAY_BATCH:
                 flush()
         flush()
@@ -400,42 +399,6 @@ class VectorIndex:
             raise ModelMismatchError(
                 f"namespace is pinned to model {self.model_id!r}, got {model_id!r}"
             )
-
-    def _validate_vectors(self, vectors: ArrayLike, what: str) -> NDArray[np.float32]:
-        try:
-            v = np.asarray(vectors, dtype=np.float32)
-        except (TypeError, ValueError) as exc:
-            raise InvalidVectorError(f"{what} is not numeric") from exc
-        if v.ndim == 1:
-            v = v[None, :]
-        if v.ndim != 2:
-            raise InvalidVectorError(f"{what} must be 1-D or 2-D, got {v.ndim}-D")
-        if v.shape[1] != self.dimension:
-            raise DimensionMismatchError(
-                f"namespace is pinned to dimension {self.dimension}, got {v.shape[1]}"
-            )
-        if len(v) == 0:
-            raise InvalidVectorError(f"no {what}")
-        if not np.isfinite(v).all():
-            raise InvalidVectorError(f"{what} has non-finite values")
-        norms = np.linalg.norm(v, axis=1)
-        if np.abs(norms - 1).max() > NORM_TOLERANCE:
-            raise InvalidVectorError(f"{what} is not L2-normalised")
-        return np.ascontiguousarray(v)
-
-
-def _validate_ids(ids: ArrayLike) -> NDArray[np.int64]:
-    raw = np.asarray(ids)
-    if raw.ndim == 0:
-        raw = raw[None]
-    if raw.ndim != 1 or (raw.size and raw.dtype.kind not in "iu"):
-        raise InvalidIdError("ids must be a 1-D sequence of integers")
-    if raw.dtype.kind == "u" and raw.size and int(raw.max()) > np.iinfo(np.int64).max:
-        raise InvalidIdError("id out of int64 range")
-    out = raw.astype(np.int64)
-    if out.size and int(out.min()) < 0:
-        raise InvalidIdError("ids must be non-negative")
-    return out
 
 
 def _top_k(
