@@ -32,7 +32,7 @@ from app.runtime import Runtime
 from app.services import indexing
 from app.services.principal import record
 from app.services.rights import canonical_sha256
-from app.services.subjects import erase_rows
+from app.services.subjects import erase_rows, log_erasure
 from app.services.text import SERVICE_ID
 from app.storage import (
     feed,
@@ -182,7 +182,8 @@ def _erase_all_subjects(runtime: Runtime, org_id: str) -> int:
         with write_transaction(runtime.engine) as conn:
             batch = retention.live_subject_ids(conn, org_id, PURGE_BATCH)
             for subject_id in batch:
-                _, frame_rows, withdrawn_from = erase_rows(conn, org_id, subject_id)
+                receipt, frame_rows, withdrawn_from = erase_rows(conn, org_id, subject_id)
+                log_erasure(conn, org_id, subject_id, receipt)  # a restore erases it again
                 frame_keys += [f.object_key for f in frame_rows]
                 watchlists.update(withdrawn_from)
         for key in frame_keys:  # after commit, as an erasure does

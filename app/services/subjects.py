@@ -619,9 +619,7 @@ def erase_subject(runtime: Runtime, principal: Principal, subject_id: str) -> di
         raise SubjectNotFoundError(f"no subject {subject_id!r}")
     with write_transaction(runtime.engine) as conn:
         receipt, frame_rows, withdrawn_from = erase_rows(conn, org_id, subject_id)
-        digest = hashlib.sha256(
-            json.dumps(receipt, sort_keys=True, separators=(",", ":")).encode()
-        ).hexdigest()
+        digest = log_erasure(conn, org_id, subject_id, receipt)
         audit_id = record(
             conn,
             runtime,
@@ -631,15 +629,23 @@ def erase_subject(runtime: Runtime, principal: Principal, subject_id: str) -> di
             target=subject_id,
             details={**receipt, "receipt_sha256": digest},
         )
-        # What a restore of an older backup re-applies (`app.backup`); no PII in it.
-        erased_at = datetime.fromisoformat(receipt["erased_at"])
-        rights.log_erasure(conn, rights.Erasure(org_id, subject_id, erased_at, digest))
     indexing.catch_up_org(runtime, org_id)
     for watchlist_id in withdrawn_from:
         indexing.refresh_watchlist(runtime, watchlist_id)
     for f in frame_rows:
         runtime.objects.delete(f.object_key)
     return {**receipt, "receipt_sha256": digest, "audit_id": audit_id}
+
+
+def log_erasure(conn: Connection, org_id: str, subject_id: str, receipt: dict[str, Any]) -> str:
+    """Log an erasure in the caller's transaction for a restore of an older backup to re-apply
+    (`app.backup`; no PII in it). Returns the receipt's SHA-256 over its canonical JSON."""
+    digest = hashlib.sha256(
+        json.dumps(receipt, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+    erased_at = datetime.fromisoformat(receipt["erased_at"])
+    rights.log_erasure(conn, rights.Erasure(org_id, subject_id, erased_at, digest))
+    return digest
 
 
 def erase_rows(

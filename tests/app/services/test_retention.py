@@ -33,6 +33,7 @@ from app.services.subjects import CaptureBundle, enroll_subject
 from app.storage import audit as audit_store
 from app.storage import read_transaction, utcnow, write_transaction
 from app.storage import retention as retention_store
+from app.storage import rights as rights_store
 from app.storage.retention import RequestLogRow
 from app.storage.schema import audit_anchors, audit_log, frames, idempotency_keys, subjects
 from models.packs import ModelPack
@@ -363,6 +364,10 @@ def test_org_close_refuses_keys_at_once_keeps_data_through_grace_then_purges(
         ).scalars()
         assert (status.status, status.nik_sealed) == ("erased", None)
         assert set(sealed_frames) == {None}
+        # Logged like any erasure: a restore of a backup from before the purge erases it again.
+        assert [
+            (e.org_id, e.subject_id) for e in rights_store.erasures(conn) if e.org_id == org
+        ] == [(org, "cust-1")]
     assert not own.kms.has_org(org)
     assert "org.purge" in _audit_actions(own, org)
     purged = [d for d in _system_details(own, "org.purged") if d["org_id"] == org]
