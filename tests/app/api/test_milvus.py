@@ -271,10 +271,12 @@ def test_milvus_down_is_a_clear_503_and_loses_nothing(
     down = settings.model_copy(update={"index_url": f"milvus://127.0.0.1:{forwarder.port}"})
     runtime = start_runtime(down)
     try:
-        runtime.indexes.timeout_s = 3.0  # type: ignore[attr-defined]  # quick 503s here
         with TestClient(create_app(down, runtime)) as client:
             org = new_org(runtime, client, "Outage")
+            # The org's collection is made and loaded with the usual patience (seconds on a
+            # busy machine); only the outage's calls give up quickly.
             enroll(client, org.admin, "before", face_images["person1"])
+            runtime.indexes.timeout_s = 3.0  # type: ignore[attr-defined]  # quick 503s here
             forwarder.cut()
             probe: dict[str, Any] = {"probe": {"image": b64(face_images["person1"])}}
             refused = client.post("/v1/search", headers=org.admin, json=probe)

@@ -64,7 +64,14 @@ def test_org_settings_defaults_and_aware_timestamps(engine: Engine) -> None:
     assert row.settings == {
         "threshold": 0.4,
         "duplicate_policy": "off",
-        "retention": {"frames_days": 90, "request_logs_days": 90, "webhook_days": 30},
+        "retention": {
+            "frames_days": 90,
+            "request_logs_days": 90,
+            "webhook_days": 30,
+            "idempotency_days": 1,
+            "audit_days": 2557,
+            "closure_grace_days": 365,
+        },
         "watchlist_sharing": False,
         "data_residency": "ID-only",
     }
