@@ -85,6 +85,7 @@ from app.storage import (
     current_revision,
     rights,
     upgrade_database,
+    utcnow,
     write_transaction,
 )
 from app.storage.migrate import alembic_config
@@ -578,6 +579,7 @@ class Carried:
     subject_keys: list[dict[str, Any]] = field(default_factory=list)
     keyring_rows: list[dict[str, Any]] = field(default_factory=list)
     keyring_file_id: str | None = None  # keyring_id of WAJAH_HOME/keys/keyring.json
+    closures: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _carry(settings: Settings, url: URL, extra: list[Erasure]) -> Carried:
@@ -594,6 +596,7 @@ def _carry(settings: Settings, url: URL, extra: list[Erasure]) -> Carried:
                     rights.erasures(conn),
                     rights.carried_rows(conn, "subject_keys"),
                     rights.carried_rows(conn, "keyring_state"),
+                    closures=rights.carried_rows(conn, "org_closures"),
                 )
         except sa.exc.OperationalError as exc:
             raise BackupError(f"cannot reach the database: {exc.orig}") from None
@@ -601,6 +604,7 @@ def _carry(settings: Settings, url: URL, extra: list[Erasure]) -> Carried:
             engine.dispose()
         if not carry_path.is_file():
             carried.subject_keys, carried.keyring_rows = current.subject_keys, current.keyring_rows
+            carried.closures = current.closures
         carried.erasures += current.erasures
     carried.erasures += extra
     carried.keyring_file_id = _keyring_id_of(settings.home / KEYRING_FILE)
@@ -627,6 +631,7 @@ def _put_back(engine: sa.Engine, carried: Carried, settings: Settings) -> int:
             rights.replace_rows(conn, "subject_keys", keys)
         for entry in carried.erasures:
             rights.log_erasure(conn, entry)
+        rights.put_back_closures(conn, carried.closures, utcnow())
         return len(rights.erased_subjects_still_live(conn))
 
 
@@ -717,6 +722,7 @@ def _encode_carry(carried: Carried) -> bytes:
             "erasures": [_erasure_json(e) for e in carried.erasures],
             "subject_keys": [plain(r) for r in carried.subject_keys],
             "keyring_rows": [plain(r) for r in carried.keyring_rows],
+            "closures": [plain(r) for r in carried.closures],
         }
     ).encode()
 
@@ -749,6 +755,7 @@ def _read_carry(path: Path) -> Carried:
             erasures,
             [typed(r) for r in doc["subject_keys"]],
             [typed(r) for r in doc["keyring_rows"]],
+            closures=[typed(r) for r in doc.get("closures", [])],
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BackupError(

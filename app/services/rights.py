@@ -303,7 +303,9 @@ def reapply_erasures(runtime: Runtime) -> list[tuple[str, str]]:
     restore of an older backup brought it back); ``(org_id, subject_id)`` of each.
 
     Each is erased as `erase_subject` would, audited as ``subject.erase.reapplied`` with the
-    original erasure's time and receipt hash. Idempotent: run it again and it finds nothing.
+    original erasure's time and receipt hash: in the org's log, or in the system log when the
+    org's keys are gone (a closed and purged org), since nothing can seal into its log then.
+    Idempotent: run it again and it finds nothing.
     """
     with read_transaction(runtime.engine) as conn:
         pending = rights.erased_subjects_still_live(conn)
@@ -311,13 +313,14 @@ def reapply_erasures(runtime: Runtime) -> list[tuple[str, str]]:
     for entry in pending:
         with write_transaction(runtime.engine) as conn:
             receipt, frame_rows, withdrawn_from = erase_rows(conn, entry.org_id, entry.subject_id)
+            sealable = runtime.kms.has_org(entry.org_id)
             record(
                 conn,
                 runtime,
                 None,
-                org_id=entry.org_id,
+                org_id=entry.org_id if sealable else None,
                 action="subject.erase.reapplied",
-                target=entry.subject_id,
+                target=entry.subject_id if sealable else f"{entry.org_id}/{entry.subject_id}",
                 details={
                     **receipt,
                     "original_erased_at": entry.erased_at.isoformat(),
@@ -350,6 +353,11 @@ def shred_erasures(runtime: Runtime, org_id: str | None = None) -> dict[str, lis
 
 def _shred_org(runtime: Runtime, org_id: str) -> list[int]:
     started = utcnow()
+    if not runtime.kms.has_org(org_id):
+        # A closed org's purge destroyed every key it had: its erasures are shredded already.
+        with write_transaction(runtime.engine) as conn:
+            rights.mark_shredded(conn, org_id, started, utcnow())
+        return []
     keyring = sealing.keyring(runtime)
     destroyed: list[int] = []
     rewrapped = 0

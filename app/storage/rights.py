@@ -12,10 +12,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from app.storage.retention import revoke_all_api_keys
 from app.storage.schema import (
     audit_log,
     erasure_log,
     keyring_state,
+    org_closures,
     orgs,
     subject_keys,
     subjects,
@@ -233,12 +235,16 @@ def _has_table(conn: Connection, name: str) -> bool:
 
 # --- what a restore carries over (app.backup) ---------------------------------------------------
 
-_CARRIED = {"subject_keys": subject_keys, "keyring_state": keyring_state}
+_CARRIED = {
+    "subject_keys": subject_keys,
+    "keyring_state": keyring_state,
+    "org_closures": org_closures,
+}
 
 
 def carried_rows(conn: Connection, table: str) -> list[dict[str, Any]]:
-    """Every row of ``subject_keys`` or ``keyring_state``; [] when the table does not exist
-    (a database from before its migration, or none at all)."""
+    """Every row of ``subject_keys``, ``keyring_state`` or ``org_closures``; [] when the table
+    does not exist (a database from before its migration, or none at all)."""
     if not _has_table(conn, table):
         return []
     return [dict(r._mapping) for r in conn.execute(sa.select(_CARRIED[table]))]
@@ -249,6 +255,26 @@ def replace_rows(conn: Connection, table: str, rows: Sequence[dict[str, Any]]) -
     conn.execute(sa.delete(_CARRIED[table]))
     if rows:
         conn.execute(sa.insert(_CARRIED[table]), list(rows))
+
+
+def put_back_closures(
+    conn: Connection, closures: Sequence[dict[str, Any]], now: datetime
+) -> list[str]:
+    """Org closures of the database a restore replaced, put into the restored one: a restore
+    never reopens a closed org. Each closed org's keys are revoked again, and a closure that
+    was purged is marked unpurged, so the next retention round purges again whatever the
+    backup brought back (it is resumable). The org ids put back."""
+    existing = org_ids(conn)
+    put: list[str] = []
+    for row in closures:
+        org_id = row["org_id"]
+        if org_id not in existing:
+            continue
+        conn.execute(sa.delete(org_closures).where(org_closures.c.org_id == org_id))
+        conn.execute(sa.insert(org_closures).values(**{**row, "purged_at": None}))
+        revoke_all_api_keys(conn, org_id, now)
+        put.append(org_id)
+    return put
 
 
 def erased_subjects_still_live(conn: Connection) -> list[Erasure]:

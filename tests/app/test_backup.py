@@ -397,3 +397,50 @@ def test_a_lost_database_restored_from_an_older_backup_takes_a_newer_backups_era
     finally:
         stop_runtime(runtime)
     assert not (service.settings.home / "restore-carry.json").exists()
+
+
+@pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
+def test_a_restore_never_reopens_a_closed_org(
+    service: Service, tmp_path: Path, face_images: dict[str, bytes]
+) -> None:
+    """Backup, then the org is closed and purged; the restore of the older backup brings its
+    rows back, but the closure stays: its keys are refused, its subjects erased again, and the
+    next retention round purges what came back."""
+    from datetime import timedelta
+
+    from app.errors import UnauthorizedError
+    from app.services import closure
+    from app.storage import read_transaction, utcnow
+    from app.storage import subjects as subject_store
+
+    backup_dir = tmp_path / "backup"
+    closed_at = utcnow() - timedelta(days=2)
+    runtime = start_runtime(service.settings, serving=False)
+    try:
+        org_id, key = create_org(runtime, "Closing Bank")
+        principal = authenticate(runtime, key.plaintext, Scope.ADMIN)
+        enroll(runtime, principal, "person0", face_images["person0"])
+        code, output = service.cli("backup", "--out", str(backup_dir))
+        assert code == 0, output
+        closure.close_org(runtime, org_id, grace_days=1, now=closed_at)
+        assert closure.purge_closed_orgs(runtime) == {org_id: 1}
+    finally:
+        stop_runtime(runtime)
+
+    code, output = service.cli("restore", "--from", str(backup_dir), "--yes")
+    assert code == 0, output
+    assert "erased again 1 subjects" in output
+
+    runtime = start_runtime(service.settings, serving=False)
+    try:
+        with pytest.raises(UnauthorizedError):
+            authenticate(runtime, key.plaintext, Scope.ADMIN)
+        recorded = closure.closure(runtime, org_id)
+        assert recorded is not None and recorded["closed_at"] == closed_at
+        assert recorded["purged_at"] is None  # to be purged again
+        with read_transaction(runtime.engine) as conn:
+            assert subject_store.find_subject(conn, org_id, "person0").status == "erased"
+        assert closure.purge_closed_orgs(runtime) == {org_id: 0}
+        assert closure.closure(runtime, org_id)["purged_at"] is not None  # type: ignore[index]
+    finally:
+        stop_runtime(runtime)
