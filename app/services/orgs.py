@@ -20,8 +20,7 @@ from app.errors import (
 from app.runtime import Runtime
 from app.services import indexing, pages
 from app.services.principal import Principal, record
-from app.services.residency import check_served
-from app.services.sharing import DATA_RESIDENCIES, residency_allows
+from app.services.residency import DATA_RESIDENCIES, check_served, residency_allows
 from app.services.text import SERVICE_ID, check_text
 from app.storage import (
     AuditEntry,

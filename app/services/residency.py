@@ -19,10 +19,16 @@ from typing import Any
 
 from app.errors import ForbiddenError
 from app.runtime import Runtime
-from app.services.sharing import residency_allows
 from app.storage import orgs, read_transaction, retention
 
 log = logging.getLogger("wajah")
+
+# "ID-only": data stays in Indonesia (the deployment's region must be ID); "any": no limit.
+DATA_RESIDENCIES = ("ID-only", "any")
+
+
+def residency_allows(residency: str, region: str) -> bool:
+    return residency == "any" or (residency == "ID-only" and region == "ID")
 
 
 class ResidencyMismatchError(ForbiddenError):

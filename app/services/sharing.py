@@ -8,14 +8,8 @@ eligible orgs may screen, and only eligible contributors' entries are ever scree
 
 from __future__ import annotations
 
+from app.services.residency import residency_allows
 from app.storage import Connection, orgs, watchlists
-
-# "ID-only": data stays in Indonesia (the deployment's region must be ID); "any": no limit.
-DATA_RESIDENCIES = ("ID-only", "any")
-
-
-def residency_allows(residency: str, region: str) -> bool:
-    return residency == "any" or (residency == "ID-only" and region == "ID")
 
 
 def eligible_orgs(conn: Connection, watchlist_id: str, region: str | None = None) -> set[str]:

@@ -36,7 +36,8 @@ from app.services import indexing, pages
 from app.services.orgs import effective_threshold, org_settings
 from app.services.principal import Principal, record
 from app.services.probes import Probe, probe_vector
-from app.services.sharing import eligible_orgs, residency_allows
+from app.services.residency import residency_allows
+from app.services.sharing import eligible_orgs
 from app.services.text import SERVICE_ID, check_text
 from app.storage import (
     Connection,
