@@ -21,7 +21,13 @@ from typing import NamedTuple, Protocol, runtime_checkable
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from .errors import DimensionMismatchError, InvalidIdError, InvalidVectorError
+from .errors import (
+    DimensionMismatchError,
+    InvalidIdError,
+    InvalidQueryError,
+    InvalidVectorError,
+    ModelMismatchError,
+)
 
 # A row from the source of truth: (id, vector) adds or replaces, (id, None) removes.
 Row = tuple[int, ArrayLike | None]
@@ -33,6 +39,17 @@ BEGINNING = 0
 MAX_K = 10_000
 # Float32 rounding leaves |norm - 1| around 1e-7; anything beyond this was not normalised.
 NORM_TOLERANCE = 1e-3
+
+
+def check_search(pinned_model: str, model_id: str, k: object, min_score: float | None) -> None:
+    """A search's arguments as the contract takes them: the namespace's model, an integer
+    ``k`` in 1..`MAX_K`, a finite ``min_score`` or none."""
+    if model_id != pinned_model:
+        raise ModelMismatchError(f"namespace is pinned to model {pinned_model!r}, got {model_id!r}")
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= MAX_K:
+        raise InvalidQueryError(f"k must be between 1 and {MAX_K}")
+    if min_score is not None and not np.isfinite(min_score):
+        raise InvalidQueryError("min_score must be finite")
 
 
 def validate_ids(ids: ArrayLike) -> NDArray[np.int64]:

@@ -67,7 +67,6 @@ from numpy.typing import ArrayLike, NDArray
 
 from .backend import (
     BEGINNING,
-    MAX_K,
     IndexBackend,
     LoadReport,
     NamespaceIndex,
@@ -75,6 +74,7 @@ from .backend import (
     RowsSince,
     SearchResult,
     SnapshotInfo,
+    check_search,
     validate_ids,
     validate_vectors,
 )
@@ -82,7 +82,6 @@ from .errors import (
     DimensionMismatchError,
     DuplicateIdError,
     IndexUnavailableError,
-    InvalidQueryError,
     InvalidVectorError,
     ModelMismatchError,
     NamespaceNotFoundError,
@@ -392,11 +391,7 @@ class MilvusNamespaceIndex:
         k: int = 10,
         min_score: float | None = None,
     ) -> SearchResult:
-        _check_model(self.model_id, model_id)
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= MAX_K:
-            raise InvalidQueryError(f"k must be between 1 and {MAX_K}")
-        if min_score is not None and not np.isfinite(min_score):
-            raise InvalidQueryError("min_score must be finite")
+        check_search(self.model_id, model_id, k, min_score)
         q = validate_vectors(queries, self.dimension, "query")
         k = int(k)
         ids = np.full((len(q), k), -1, dtype=np.int64)

@@ -32,18 +32,17 @@ from ._gemm import scorer_for, use_gemm
 from ._store import Segment, Storage, Store
 from .backend import (
     BEGINNING,
-    MAX_K,
     LoadReport,
     Row,
     RowsSince,
     SearchResult,
     SnapshotInfo,
+    check_search,
     validate_ids,
     validate_vectors,
 )
 from .errors import (
     DuplicateIdError,
-    InvalidQueryError,
     InvalidVectorError,
     ModelMismatchError,
     SnapshotError,
@@ -145,11 +144,7 @@ class VectorIndex:
         ``model_id``. Hits scoring below ``min_score`` are left out. A batch is scanned in one
         pass over the vectors; concurrent single-query calls are micro-batched into one.
         """
-        self._check_model(model_id)
-        if not 1 <= k <= MAX_K:
-            raise InvalidQueryError(f"k must be between 1 and {MAX_K}")
-        if min_score is not None and not np.isfinite(min_score):
-            raise InvalidQueryError("min_score must be finite")
+        check_search(self.model_id, model_id, k, min_score)
         q = validate_vectors(queries, self.dimension, "query")
         query = _Query(q, int(k), None if min_score is None else float(min_score))
         if self._batcher is not None and len(q) == 1:
