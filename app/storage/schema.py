@@ -385,3 +385,113 @@ audit_detail_keys = sa.Table(
     sa.Column("kek_version", sa.Integer(), nullable=False),
     sa.Column("rewrapped_at", UTCDateTime(), nullable=False),
 )
+
+
+# --- webhooks (migration 0009; app.services.webhooks, app.storage.webhooks) -------------------
+
+# An org's webhook endpoint. The signing secret is sealed under the org KEK (never stored or
+# logged in the clear); during a rotation the previous secret signs too, until it expires.
+webhook_endpoints = sa.Table(
+    "webhook_endpoints",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("org_id", ID, sa.ForeignKey("orgs.id"), nullable=False, index=True),
+    sa.Column("url", sa.Text(), nullable=False),
+    sa.Column("events", sa.JSON(), nullable=False),
+    sa.Column("description", sa.String(500), nullable=True),
+    sa.Column("secret_sealed", sa.LargeBinary(), nullable=False),
+    sa.Column("previous_secret_sealed", sa.LargeBinary(), nullable=True),
+    sa.Column("previous_secret_expires_at", UTCDateTime(), nullable=True),
+    sa.Column("enabled", sa.Boolean(), nullable=False),
+    sa.Column("disabled_at", UTCDateTime(), nullable=True),
+    sa.Column("disabled_reason", sa.String(200), nullable=True),
+    sa.Column("failing_since", UTCDateTime(), nullable=True),
+    _created_at(),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+# The transactional outbox: one row per event, written in the transaction of the change.
+webhook_events = sa.Table(
+    "webhook_events",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("org_id", ID, nullable=False),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("occurred_at", UTCDateTime(), nullable=False),
+    sa.Column("payload", sa.Text(), nullable=False),
+    sa.Index("ix_webhook_events_org_id_occurred_at", "org_id", "occurred_at"),
+)
+
+# One delivery per (event, subscribed endpoint), fanned out in the same transaction. The
+# worker claims due rows (FOR UPDATE SKIP LOCKED on PostgreSQL) and retries with backoff.
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("org_id", ID, nullable=False),
+    sa.Column("endpoint_id", ID, nullable=False),
+    sa.Column("event_id", ID, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer(), nullable=False),
+    sa.Column("next_attempt_at", UTCDateTime(), nullable=True),
+    sa.Column("last_attempt_at", UTCDateTime(), nullable=True),
+    sa.Column("completed_at", UTCDateTime(), nullable=True),
+    _created_at(),
+    sa.CheckConstraint("status IN ('pending', 'succeeded', 'failed')", name="status"),
+    sa.Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+    sa.Index("ix_webhook_deliveries_org_id_endpoint_id", "org_id", "endpoint_id"),
+    sa.Index("ix_webhook_deliveries_event_id", "event_id"),
+)
+
+# Every delivery attempt: the 30-day history (retention class `webhook_deliveries`).
+webhook_attempts = sa.Table(
+    "webhook_attempts",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("org_id", ID, nullable=False),
+    sa.Column("delivery_id", ID, nullable=False),
+    sa.Column("endpoint_id", ID, nullable=False),
+    sa.Column("event_id", ID, nullable=False),
+    sa.Column("attempted_at", UTCDateTime(), nullable=False),
+    sa.Column("status_code", sa.SmallInteger(), nullable=True),
+    sa.Column("latency_ms", sa.Float(), nullable=False),
+    sa.Column("error_class", sa.String(64), nullable=True),
+    sa.Index("ix_webhook_attempts_org_id_endpoint_id_id", "org_id", "endpoint_id", "id"),
+    sa.Index("ix_webhook_attempts_delivery_id", "delivery_id"),
+    sa.Index("ix_webhook_attempts_attempted_at", "attempted_at"),
+)
+
+
+# --- onboarding: source documents (migration 0010; app.services.onboarding) -----------------
+
+# An ID-document image given to POST /v1/compare, sealed like a frame, never served; erased
+# with its subject and swept after the org's `retention.source_documents_days` (90).
+source_documents = sa.Table(
+    "source_documents",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("org_id", ID, sa.ForeignKey("orgs.id"), nullable=False),
+    sa.Column("subject_id", sa.String(128), nullable=True),
+    sa.Column("object_key", sa.String(200), nullable=False),
+    sa.Column("media_type", sa.String(32), nullable=False),
+    sa.Column("byte_size", sa.Integer(), nullable=False),
+    _created_at(),
+    sa.Index("ix_source_documents_org_id_subject_id", "org_id", "subject_id"),
+    sa.Index("ix_source_documents_created_at", "created_at"),
+)
+
+
+# --- onboarding: active liveness challenges (migration 0011; app.services.liveness) ---------
+
+# A single-use nonce (stored only as its SHA-256) and the head movements it asks for.
+liveness_challenges = sa.Table(
+    "liveness_challenges",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("org_id", ID, sa.ForeignKey("orgs.id"), nullable=False),
+    sa.Column("nonce_sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("sequence", sa.JSON(), nullable=False),
+    _created_at(),
+    sa.Column("expires_at", UTCDateTime(), nullable=False, index=True),
+    sa.Column("used_at", UTCDateTime(), nullable=True),
+)

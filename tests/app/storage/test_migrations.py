@@ -26,16 +26,22 @@ TABLES = {
     "frames",
     "idempotency_keys",
     "keyring_state",
+    "liveness_challenges",
     "org_counters",
     "org_closures",
     "orgs",
     "request_log",
     "sealed_objects",
+    "source_documents",
     "subject_keys",
     "subjects",
     "watchlist_entries",
     "watchlist_members",
     "watchlists",
+    "webhook_attempts",
+    "webhook_deliveries",
+    "webhook_endpoints",
+    "webhook_events",
 }
 
 
@@ -44,10 +50,10 @@ def _tables(engine: Engine) -> set[str]:
 
 
 def test_upgrade_fresh_database_to_head(bare_engine: Engine) -> None:
-    assert head_revision() == "0008"
+    assert head_revision() == "0011"
     upgrade_database(bare_engine)
     with bare_engine.connect() as conn:
-        assert current_revision(conn) == "0008"
+        assert current_revision(conn) == "0011"
     assert _tables(bare_engine) == TABLES
 
 
@@ -70,7 +76,7 @@ def test_upgrade_from_url_is_idempotent(database_url: URL) -> None:
     engine = create_engine_for(database_url)
     try:
         with engine.connect() as conn:
-            assert current_revision(conn) == "0008"
+            assert current_revision(conn) == "0011"
     finally:
         engine.dispose()
 
