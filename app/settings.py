@@ -109,6 +109,15 @@ class Settings(BaseSettings):
     pkcs11_pin: SecretStr | None = None
     max_wraps_per_kek_version: int = Field(default=2**30, ge=1)
 
+    # --- webhooks (app.services.webhooks; https is required in production mode) -----------
+    webhooks_allow_private: bool = Field(
+        default=False,
+        description=(
+            "Let webhook URLs name IP literals and hosts resolving to loopback, private, "
+            "link-local or metadata addresses (a receiver on the same network; tests)."
+        ),
+    )
+
     # --- models ----------------------------------------------------------------------------
     model_pack: str = "yunet-sface-2021dec"
     model_dir: Path | None = Field(

@@ -41,6 +41,8 @@ def api_settings(home: Path, database_url: str, models_dir: Path) -> Settings:
         inference_workers=2,
         # Suites fire requests back to back with one key; test_admission turns it on.
         rate_limit_per_second=0,
+        # Webhook receivers in the tests listen on loopback; tests of the refusal turn it off.
+        webhooks_allow_private=True,
     )
 
 
