@@ -181,6 +181,35 @@ class Settings(BaseSettings):
         ),
     )
 
+    # --- webhook delivery (app.services.webhook_delivery) -----------------------------------
+    webhooks_worker: bool = Field(
+        default=True,
+        description="Run the webhook delivery worker in this server (every replica may).",
+    )
+    webhooks_poll_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description=(
+            "How often the delivery worker looks for due deliveries when it was not woken "
+            "(a commit in this process that wrote deliveries wakes it at once)."
+        ),
+    )
+    webhooks_batch_size: int = Field(
+        default=50, ge=1, le=1000, description="Deliveries the worker claims per round."
+    )
+    webhooks_concurrency: int = Field(
+        default=8, ge=1, le=64, description="Deliveries the worker sends at once."
+    )
+    webhooks_disable_after_hours: float = Field(
+        default=72.0,
+        gt=0,
+        description=(
+            "An endpoint whose every attempt failed for this long is disabled (the org "
+            "enables it again); any success resets the clock."
+        ),
+    )
+
     @field_validator("region")
     @classmethod
     def _check_region(cls, value: str) -> str:

@@ -1,11 +1,12 @@
 """Starting and stopping the service around its `Runtime`: what happens between opening the
-parts and serving (indexes replayed from the database, the change feed followed), and
+parts and serving (indexes replayed from the database, the change feed followed, the
+webhook delivery worker started), and
 between serving and closing them (index snapshots written)."""
 
 from __future__ import annotations
 
 from app.runtime import Runtime
-from app.services import indexing
+from app.services import indexing, webhook_delivery
 from app.services.feed import FeedFollower
 from app.services.residency import refused_orgs
 from app.settings import Settings
@@ -28,6 +29,10 @@ def start_runtime(settings: Settings, serving: bool = True) -> Runtime:
                 follower = FeedFollower(runtime)
                 runtime.background.append(follower)
                 follower.start()
+            # After the indexes: a round of deliveries may be waiting since the last stop.
+            worker = webhook_delivery.start_worker(runtime)
+            if worker is not None:
+                runtime.background.append(worker)
     except BaseException:
         runtime.close()
         raise

@@ -9,8 +9,8 @@ class                 kept (org setting `retention.`)  purged by
 frames                90 days (`frames_days`)          crypto-shred: wrapped DEK dropped, object
                                                        deleted (`purge_after` set at enroll)
 request_logs          90 days (`request_logs_days`)    rows deleted
-webhook_deliveries    30 days (`webhook_days`)         the webhooks module's sweep, registered
-                                                       with `register_class` (none until then)
+webhook_deliveries    30 days (`webhook_days`)         attempts, finished deliveries and their
+                                                       events deleted
 idempotency           1 day = 24 h (`idempotency_days`) rows deleted (a retry runs again)
 audit                 7 years (`audit_days` >= 2557)   oldest rows deleted behind a signed anchor
 customer_records      org closure + 365 days           every subject erased, logs deleted, keys
@@ -50,6 +50,7 @@ from app.storage import (
     read_transaction,
     retention,
     utcnow,
+    webhook_deliveries,
     write_transaction,
 )
 
@@ -227,9 +228,15 @@ def purge_idempotency_records(runtime: Runtime, now: datetime | None = None) -> 
 
 
 def purge_webhook_deliveries(runtime: Runtime, now: datetime | None = None) -> dict[str, int]:
-    """No webhook delivery history is kept yet: the webhooks module registers its own sweep
-    for this class (`register_class`), using `cutoffs(runtime, "webhook_days", now)`."""
-    return {}
+    """Delete webhook attempts, finished deliveries and the events left without deliveries
+    older than each org's `webhook_days` (30 by default); rows per org."""
+    return _purge_by_age(
+        runtime,
+        now or utcnow(),
+        "webhook_days",
+        "retention.purge_webhook_history",
+        webhook_deliveries.purge_history,
+    )
 
 
 # --- the audit log ------------------------------------------------------------------------------
@@ -322,7 +329,7 @@ for _kind in (
     RetentionClass(
         "webhook_deliveries",
         "webhook_days",
-        "rows deleted (webhooks module)",
+        "attempts, finished deliveries and events deleted",
         purge_webhook_deliveries,
     ),
     RetentionClass("idempotency", "idempotency_days", "rows deleted", purge_idempotency_records),

@@ -32,6 +32,7 @@ from app.storage.schema import (
     webhook_endpoints,
     webhook_events,
 )
+from app.storage.webhook_deliveries import note_new_deliveries
 
 EVENT_VERSION = 1
 
@@ -193,6 +194,7 @@ def record_event(
     ]
     if deliveries:
         conn.execute(sa.insert(webhook_deliveries), deliveries)
+        note_new_deliveries(conn)  # this process's worker wakes after the commit
     return event_id
 
 

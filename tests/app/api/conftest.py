@@ -43,6 +43,8 @@ def api_settings(home: Path, database_url: str, models_dir: Path) -> Settings:
         rate_limit_per_second=0,
         # Webhook receivers in the tests listen on loopback; tests of the refusal turn it off.
         webhooks_allow_private=True,
+        # Tests drive delivery rounds themselves (`webhook_delivery.deliver_due`).
+        webhooks_worker=False,
     )
 
 
