@@ -24,11 +24,13 @@ async def idempotent(
     request_fingerprint: bytes,
     run: Callable[[str | None], Awaitable[tuple[int, Any]]],
     response_model: type[BaseModel],
+    kept: Callable[[Any], Any] | None = None,
 ) -> Response:
     """Run `run(key)` once per `Idempotency-Key` (`key`, the header the route declares); a
     retry gets the first answer, rendered through `response_model` (an answer stored inside
     the change's transaction holds the service's result, which the model renders as the
-    route does)."""
+    route does). `kept(payload)`: what is stored for a replay, when it must hold less than
+    the answer (a secret shown once is not stored in the clear)."""
     if key is None:
         status, payload = await run(None)
         return JSONResponse(payload, status)
@@ -48,5 +50,8 @@ async def idempotent(
     except BaseException:
         await run_in_threadpool(idempotency.release, runtime, principal.org_id, key)
         raise
-    await run_in_threadpool(idempotency.answer, runtime, principal.org_id, key, status, payload)
+    stored_payload = payload if kept is None else kept(payload)
+    await run_in_threadpool(
+        idempotency.answer, runtime, principal.org_id, key, status, stored_payload
+    )
     return Response(idempotency.encode_answer(payload), status, media_type="application/json")

@@ -9,12 +9,12 @@ operator can still export or hand over what the org held.
 
 At the purge (`purge_closed_orgs`, a class of `app.services.retention`), resumably: every
 subject erased as `DELETE /v1/subjects/{id}` erases one (frames and PII shredded, embeddings
-erased, watchlist copies withdrawn, idempotency records deleted), the org's request log and
-remaining idempotency records deleted, its watchlist memberships left and its own watchlists
-closed; an `org.purge` row in the org's log; then every key of the org destroyed (its KEK
-versions, its reference key, its subject-key KEK family), after which nothing sealed for it
-opens anywhere, backups included; last the receipt, with its SHA-256, in the system log
-(`org.purged`) and on the closure row.
+erased, watchlist copies withdrawn, idempotency records deleted), the org's request log,
+remaining idempotency records and webhooks (endpoints, events, deliveries) deleted, its
+watchlist memberships left and its own watchlists closed; an `org.purge` row in the org's
+log; then every key of the org destroyed (its KEK versions, its reference key, its
+subject-key KEK family), after which nothing sealed for it opens anywhere, backups included;
+last the receipt, with its SHA-256, in the system log (`org.purged`) and on the closure row.
 
 What stays: the org row, its revoked keys' hashes, erased subjects' ids and times (as after
 any erasure), and its audit rows, for their own 7 years (their details, sealed under the
@@ -40,6 +40,7 @@ from app.storage import (
     read_transaction,
     retention,
     utcnow,
+    webhooks,
     write_transaction,
 )
 
@@ -133,6 +134,7 @@ def purge_org(runtime: Runtime, org_id: str, now: datetime) -> dict[str, Any]:
             logs += count
         replays = retention.purge_idempotency(conn, org_id, now + timedelta(days=36500))
         left, closed = retention.leave_watchlists(conn, org_id, now)
+        hooks = webhooks.delete_org(conn, org_id)  # endpoints are org configuration
         for watchlist_id in {*left, *closed}:
             feed.bump_watchlist(conn, watchlist_id)
         receipt: dict[str, Any] = {
@@ -143,6 +145,8 @@ def purge_org(runtime: Runtime, org_id: str, now: datetime) -> dict[str, Any]:
             "idempotency_records_deleted": replays,
             "watchlists_left": left,
             "watchlists_closed": closed,
+            "webhook_endpoints_deleted": hooks["webhook_endpoints"],
+            "webhook_events_deleted": hooks["webhook_events"],
         }
         if runtime.kms.has_org(org_id):  # its own log, while its key still seals
             record(

@@ -3,7 +3,8 @@
 What wraps what (`app.storage.wrapped` reads each of them by key version):
 
 * the org KEK (key-manager org id = the org id) wraps each frame's DEK, the DEK of every audit
-  row's details, and the DEK of PII sealed before subject keys existed;
+  row's details, the DEK of PII sealed before subject keys existed, and that of each webhook
+  signing secret;
 * the org's subject-key KEK (``<org_id>/subject-keys``, `app.crypto.subject_keys`) wraps each
   subject's key, which seals that subject's PII and is mixed into its frames' keys;
 * the org's reference key (versioned, `app.crypto.references`) makes the hashed reference of
@@ -44,6 +45,7 @@ from app.services.watchlists import OrgNotFoundError
 from app.storage import Connection, feed, orgs, read_transaction, rights, write_transaction
 from app.storage import wrapped as rows_under
 from app.storage.audit import SYSTEM_CHAIN
+from app.storage.webhooks import record_event
 
 #: (what, rows done, rows in all) after each committed batch.
 Progress = Callable[[str, int, int], None]
@@ -151,6 +153,8 @@ def rotate_org_keys(
             with write_transaction(runtime.engine) as conn:
                 details = {"kek_version": kek, "subject_kek_version": subject_kek}
                 _audit(runtime, conn, org_id, "keys.rotate", details)
+                if not _is_system(org_id):
+                    record_event(conn, org_id, "key.rotated", {"key": "kek", **details})
         has_family = not _is_system(org_id) and keyring.has_family(org_id)
         report = RotationReport(
             runtime.kms.primary_version(org_id),
@@ -158,6 +162,8 @@ def rotate_org_keys(
         )
         for kind, step in _REWRAP_STEPS.items():
             if kind == "subject_keys" and report.subject_kek_version is None:
+                continue
+            if kind == "webhook_secrets" and _is_system(org_id):
                 continue
             report.rewrapped[kind], report.failed[kind] = _run_batches(
                 runtime, org_id, kind, step, report, batch, progress
@@ -225,6 +231,8 @@ def _count_below(runtime: Runtime, org_id: str, kind: str, report: RotationRepor
         if kind == "subject_keys":
             version = report.subject_kek_version or 0
             return rows_under.count_subject_keys(conn, org_id, "<", version)
+        if kind == "webhook_secrets":
+            return rows_under.count_webhook_secrets(conn, org_id, "<", report.kek_version)
         return rows_under.count_audit_details(conn, org_id, "<", report.kek_version)
 
 
@@ -304,11 +312,34 @@ def _audit_step(
     return len(rows), moved, failed, int(rows[-1].chain_seq) if rows else after
 
 
+def _webhook_secrets_step(
+    runtime: Runtime, conn: Connection, org_id: str, report: RotationReport, after: Any, n: int
+) -> tuple[int, int, list[str], Any]:
+    rows = rows_under.webhook_secrets_below(conn, org_id, report.kek_version, after, n)
+    moved, failed = 0, []
+    for row in rows:
+        for column in rows_under.SECRET_COLUMNS:
+            blob = getattr(row, column)
+            if blob is None:
+                continue
+            try:
+                new = runtime.cipher.rewrap(
+                    bytes(blob), org_id=org_id, object_id=row.id, purpose=Purpose.WEBHOOK_SECRET
+                )
+            except DecryptionError:
+                failed.append(f"{row.id}/{column}")
+                continue
+            if new != bytes(blob):
+                moved += rows_under.set_webhook_secret(conn, row.id, column, bytes(blob), new)
+    return len(rows), moved, failed, rows[-1].id if rows else after
+
+
 _REWRAP_STEPS: dict[str, Step] = {
     "frames": _frames_step,
     "pii": _pii_step,
     "subject_keys": _subject_keys_step,
     "audit_details": _audit_step,
+    "webhook_secrets": _webhook_secrets_step,
 }
 
 
@@ -350,6 +381,7 @@ def dependents(runtime: Runtime, org_id: str, family: Family, version: int) -> d
             "frames": rows_under.count_frames(conn, org_id, "==", version),
             "pii": rows_under.count_pii(conn, org_id, "==", version),
             "audit_details": rows_under.count_audit_details(conn, org_id, "==", version),
+            "webhook_secrets": rows_under.count_webhook_secrets(conn, org_id, "==", version),
         }
 
 
@@ -419,6 +451,7 @@ def rotate_references(
             with write_transaction(runtime.engine) as conn:
                 details = {"reference_version": version}
                 _audit(runtime, conn, org_id, "keys.rotate_references", details)
+                record_event(conn, org_id, "key.rotated", {"key": "reference", **details})
         report = RehashReport(runtime.kms.reference_version(org_id))
         for table in REFERENCE_TABLES:
             _rehash_table(runtime, org_id, table, report, batch, progress)

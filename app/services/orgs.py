@@ -35,6 +35,7 @@ from app.storage import (
     watchlists,
     write_transaction,
 )
+from app.storage.webhooks import record_event
 
 # How far an org may move the match threshold from the pack's calibrated one. Lower means
 # more false matches: never more than 0.05 below the pack's value; higher only costs
@@ -311,6 +312,7 @@ def update_org_settings(
             target=org_id,
             details={"changed": changed, "new": {k: updated[k] for k in changed}},
         )
+        record_event(conn, org_id, "org.settings.changed", {"changed": changed})
         feed.announce(conn, "cfg", org_id)
         # Turning sharing off (or a residency that no longer allows a watchlist's region)
         # takes the org's entries out of screening at once, and back in when it is undone.

@@ -53,6 +53,7 @@ from app.storage import (
     webhook_deliveries,
     write_transaction,
 )
+from app.storage.webhooks import record_event
 
 BATCH = 500
 #: Sealed frames are object keys `frm_<hex>`; nothing else in the store is swept.
@@ -377,4 +378,16 @@ def run_retention(runtime: Runtime, now: datetime | None = None) -> RetentionRep
                 },
                 actor="retention",
             )
+            _report_purges(conn, report)
         return report
+
+
+def _report_purges(conn: Connection, report: RetentionReport) -> None:
+    """Each org's `retention.purged` event: what the round purged of it, per class."""
+    per_org: dict[str, dict[str, int]] = {}
+    for name, purged in report.purged.items():
+        for org_id, count in purged.items():
+            if count and org_id != audit.SYSTEM_CHAIN:
+                per_org.setdefault(org_id, {})[name] = count
+    for org_id, counts in sorted(per_org.items()):
+        record_event(conn, org_id, "retention.purged", {"purged": counts})

@@ -47,6 +47,7 @@ from app.storage import (
     wrapped,
     write_transaction,
 )
+from app.storage.webhooks import record_event
 
 EXPORT_FORMAT = "wajah-subject-export/1"
 FRAMES_STATEMENT = (
@@ -111,6 +112,8 @@ def export_subject(
             target=subject_id,
             details=summary,
         )
+        event = {"subject_id": subject_id, "export_sha256": document["sha256"]}
+        record_event(conn, org_id, "subject.exported", event)
         if include_vectors:
             vectors = sum(len(e["embeddings"]) for e in document["enrollments"])
             record(

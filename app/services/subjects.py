@@ -51,6 +51,7 @@ from app.storage import (
     write_transaction,
 )
 from app.storage import idempotency as idempotency_records
+from app.storage.webhooks import record_event
 from models.pipeline import FaceCapture, FrameOutcome
 
 SUBJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
@@ -406,6 +407,8 @@ def _persist(
             "pii_fields": sorted(request.pii),
         },
     )
+    event = {"subject_id": request.subject_id, "enrollment_id": bundle_id}
+    record_event(conn, request.org_id, "enrollment.created", event)
     return EnrollmentResult(
         enrollment_id=bundle_id,
         subject_id=request.subject_id,
@@ -604,6 +607,7 @@ def retire_enrollment(runtime: Runtime, principal: Principal, enrollment_id: str
             target=enrollment_id,
             details={"embeddings": len(active)},
         )
+        record_event(conn, org_id, "enrollment.retired", {"enrollment_id": enrollment_id})
     indexing.catch_up_org(runtime, org_id)
     return {"enrollment_id": enrollment_id, "status": "retired", "embeddings": len(active)}
 
@@ -629,6 +633,7 @@ def erase_subject(runtime: Runtime, principal: Principal, subject_id: str) -> di
             target=subject_id,
             details={**receipt, "receipt_sha256": digest},
         )
+        record_event(conn, org_id, "subject.erased", {"subject_id": subject_id})
     indexing.catch_up_org(runtime, org_id)
     for watchlist_id in withdrawn_from:
         indexing.refresh_watchlist(runtime, watchlist_id)

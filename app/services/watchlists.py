@@ -49,6 +49,7 @@ from app.storage import (
     watchlists,
     write_transaction,
 )
+from app.storage.webhooks import record_event
 
 REASON_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 MAX_SCREEN_TOP_K = 50
@@ -483,6 +484,9 @@ def screen(
             },
         )
         _audit_hits(conn, runtime, principal, watchlist_id, hits)
+        if hits:  # the screener's event: its own ids only, nothing of a contributing org
+            event = {"watchlist_id": watchlist_id, "screen_id": audit_id, "hits": len(hits)}
+            record_event(conn, org_id, "watchlist.hit", event)
     for hit in hits:
         del hit["_contributor"]
     return {

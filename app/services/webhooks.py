@@ -27,6 +27,7 @@ from app.crypto import DecryptionError, Purpose
 from app.errors import ConflictError, InvalidRequestError, NotFoundError
 from app.runtime import Runtime
 from app.services import pages
+from app.services.idempotency import store_answer
 from app.services.principal import Principal, record
 from app.services.text import SERVICE_ID, check_text
 from app.services.webhook_urls import check_destination, check_url
@@ -236,8 +237,10 @@ def create_endpoint(
     url: str,
     events: Sequence[str],
     description: str | None = None,
+    idempotency_key: str | None = None,
 ) -> dict[str, Any]:
-    """A new enabled endpoint; the answer holds its secret, which is never shown again."""
+    """A new enabled endpoint; the answer holds its secret, which is never shown again (the
+    answer kept for an `Idempotency-Key` replay, in the same transaction, holds none)."""
     org_id = principal.org_id
     events = _check_events(events)
     description = _check_description(description)
@@ -264,7 +267,14 @@ def create_endpoint(
             conn, runtime, principal, "webhook.create", endpoint_id, host=_host(url), events=events
         )
         row = rows.find_endpoint(conn, org_id, endpoint_id)
+        if idempotency_key is not None:
+            store_answer(conn, org_id, idempotency_key, 201, without_secret(endpoint_view(row)))
     return {**endpoint_view(row), "secret": secret}
+
+
+def without_secret(answer: dict[str, Any]) -> dict[str, Any]:
+    """An answer that showed a secret, as a replay of its request gets it: secret null."""
+    return {**answer, "secret": None}
 
 
 def list_endpoints(runtime: Runtime, principal: Principal) -> list[dict[str, Any]]:
@@ -375,6 +385,7 @@ def rotate_secret(
     principal: Principal,
     endpoint_id: str,
     overlap: timedelta | None = None,
+    idempotency_key: str | None = None,
 ) -> dict[str, Any]:
     """A new secret (in this answer only); the current one becomes the previous one and
     keeps signing for ``overlap`` (24 h by default, 0 to drop it at once). A previous secret
@@ -409,4 +420,6 @@ def rotate_secret(
             overlap_seconds=int(overlap.total_seconds()),
         )
         row = rows.find_endpoint(conn, org_id, endpoint_id)
+        if idempotency_key is not None:
+            store_answer(conn, org_id, idempotency_key, 200, without_secret(endpoint_view(row)))
     return {**endpoint_view(row), "secret": secret}

@@ -167,10 +167,16 @@ def record_event(
     event_type: str,
     data: Mapping[str, Any],
     now: datetime | None = None,
-) -> str:
+) -> str | None:
     """Write the event to the outbox in the caller's transaction and fan it out into one
     pending delivery per enabled endpoint of the org subscribed to its type; returns the
-    event id. ``data``: ids and counts only (the module docstring)."""
+    event id. ``data``: ids and counts only (the module docstring).
+
+    No enabled endpoint of the org subscribes to the type: nothing is written (None), so an
+    org without webhooks pays one indexed read per change and keeps no event history."""
+    endpoint_ids = subscribed_endpoints(conn, org_id, event_type)
+    if not endpoint_ids:
+        return None
     now = now or utcnow()
     event_id = new_id("evt")
     payload = event_payload(event_id, org_id, event_type, data, now)
@@ -190,11 +196,10 @@ def record_event(
             "next_attempt_at": now,
             "created_at": now,
         }
-        for endpoint_id in subscribed_endpoints(conn, org_id, event_type)
+        for endpoint_id in endpoint_ids
     ]
-    if deliveries:
-        conn.execute(sa.insert(webhook_deliveries), deliveries)
-        note_new_deliveries(conn)  # this process's worker wakes after the commit
+    conn.execute(sa.insert(webhook_deliveries), deliveries)
+    note_new_deliveries(conn)  # this process's worker wakes after the commit
     return event_id
 
 

@@ -6,7 +6,9 @@ Under an org's KEK (key-manager org id = the org id):
 * sealed PII from before subject keys (``subjects.<field>_sealed`` in the org envelope,
   sealed-blob format 1; PII sealed under a subject key, format 2, is not under the org KEK);
 * audit details (``audit_log.details_sealed``, chain = the org id; the system chain under the
-  key-manager org ``_system``), or their DEK rewrapped into ``audit_detail_keys``.
+  key-manager org ``_system``), or their DEK rewrapped into ``audit_detail_keys``;
+* webhook signing secrets (``webhook_endpoints.secret_sealed`` and
+  ``previous_secret_sealed``, sealed-blob format 1).
 Under the org's subject-key KEK (``<org_id>/subject-keys``): ``subject_keys.wrapped_key``.
 Under the org's reference key: ``enrollments.hashed_ref`` and the org's contributions in
 ``watchlist_entries.hashed_ref``.
@@ -42,6 +44,7 @@ from app.storage.schema import (
     subjects,
     utcnow,
     watchlist_entries,
+    webhook_endpoints,
 )
 
 PII_COLUMNS = ("nik_sealed", "email_sealed", "phone_sealed")
@@ -156,6 +159,65 @@ def set_pii_blob(conn: Connection, subject_pk: str, column: str, old: bytes, new
     result = conn.execute(
         sa.update(subjects)
         .where(subjects.c.id == subject_pk, subjects.c[column] == old)
+        .values(**{column: new})
+    )
+    return bool(result.rowcount)
+
+
+# --- webhook signing secrets ------------------------------------------------------------------
+
+SECRET_COLUMNS = ("secret_sealed", "previous_secret_sealed")
+
+
+def _secrets_where(org_id: str, op: str, version: int) -> Any:
+    return sa.and_(
+        webhook_endpoints.c.org_id == org_id,
+        sa.or_(
+            *(
+                sa.and_(
+                    webhook_endpoints.c[name].is_not(None),
+                    _compare(_blob_version(webhook_endpoints.c[name]), op, version),
+                )
+                for name in SECRET_COLUMNS
+            )
+        ),
+    )
+
+
+def count_webhook_secrets(conn: Connection, org_id: str, op: str, version: int) -> int:
+    """Endpoints of the org with a sealed secret under a KEK version ``op`` ``version``."""
+    stmt = (
+        sa.select(sa.func.count())
+        .select_from(webhook_endpoints)
+        .where(_secrets_where(org_id, op, version))
+    )
+    return int(conn.execute(stmt).scalar_one())
+
+
+def webhook_secrets_below(
+    conn: Connection, org_id: str, version: int, after: str, limit: int
+) -> list[Any]:
+    """``id, secret_sealed, previous_secret_sealed`` of endpoints with a secret under a
+    version below ``version``, id > ``after``, by id."""
+    return list(
+        conn.execute(
+            sa.select(webhook_endpoints.c.id, *(webhook_endpoints.c[n] for n in SECRET_COLUMNS))
+            .where(_secrets_where(org_id, "<", version), webhook_endpoints.c.id > after)
+            .order_by(webhook_endpoints.c.id)
+            .limit(limit)
+        )
+    )
+
+
+def set_webhook_secret(
+    conn: Connection, endpoint_id: str, column: str, old: bytes, new: bytes
+) -> bool:
+    """Replace one sealed secret if it still holds ``old`` (not rotated meanwhile)."""
+    if column not in SECRET_COLUMNS:
+        raise ValueError(f"not a sealed secret column: {column!r}")
+    result = conn.execute(
+        sa.update(webhook_endpoints)
+        .where(webhook_endpoints.c.id == endpoint_id, webhook_endpoints.c[column] == old)
         .values(**{column: new})
     )
     return bool(result.rowcount)

@@ -124,7 +124,12 @@ def test_a_rotation_moves_everything_and_the_old_version_can_go(
     assert report.rewrapped["subject_keys"] == 2
     assert report.rewrapped["audit_details"] == len(audit_before)  # keys.rotate: under v2
     assert not any(report.failed.values())
-    assert dependents(runtime, org, Family.ORG, 1) == {"frames": 0, "pii": 0, "audit_details": 0}
+    assert dependents(runtime, org, Family.ORG, 1) == {
+        "frames": 0,
+        "pii": 0,
+        "audit_details": 0,
+        "webhook_secrets": 0,
+    }
 
     retire_kek_version(runtime, org, 1)
     retire_kek_version(runtime, org, 1, Family.SUBJECT_KEYS)
