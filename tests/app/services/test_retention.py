@@ -8,6 +8,7 @@ own; each test asserts on its own orgs only.
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -24,7 +25,7 @@ from app.errors import (
     UnauthorizedError,
 )
 from app.runtime import Runtime
-from app.services import closure, retention
+from app.services import closure, retention, webhooks
 from app.services.audit import make_checkpoint, verify_log
 from app.services.lifecycle import start_runtime, stop_runtime
 from app.services.orgs import create_org, issue_operator_key, update_org_settings
@@ -34,6 +35,7 @@ from app.storage import audit as audit_store
 from app.storage import read_transaction, utcnow, write_transaction
 from app.storage import retention as retention_store
 from app.storage import rights as rights_store
+from app.storage import webhooks as webhook_rows
 from app.storage.retention import RequestLogRow
 from app.storage.schema import audit_anchors, audit_log, frames, idempotency_keys, subjects
 from models.packs import ModelPack
@@ -431,3 +433,23 @@ def test_the_round_sweeps_every_class_and_audits_what_it_purged(
     rounds = _system_details(own, "retention.round")
     assert rounds[0]["purged"] == report.totals()
     assert rounds[0]["purged"]["request_logs"] >= 4
+
+
+def test_the_round_tells_each_subscribed_org_what_it_purged_of_it(
+    own: Runtime, admin_of: Callable[[], tuple[Principal, str]]
+) -> None:
+    listening, silent = admin_of()[0], admin_of()[0]
+    endpoint = webhooks.create_endpoint(
+        own, listening, "http://127.0.0.1:9/h", ["retention.purged"]
+    )
+    _log_request(own, listening.org_id, utcnow() - timedelta(days=91), 3)
+    _log_request(own, silent.org_id, utcnow() - timedelta(days=91), 2)
+
+    assert retention.run_retention(own) is not None
+
+    with read_transaction(own.engine) as conn:
+        [event] = webhook_rows.events_of(conn, listening.org_id, "retention.purged")
+        [delivery] = webhook_rows.deliveries_of_event(conn, listening.org_id, event.id)
+        assert webhook_rows.events_of(conn, silent.org_id) == []
+    assert json.loads(event.payload)["data"] == {"purged": {"request_logs": 3}}
+    assert (delivery.endpoint_id, delivery.status) == (endpoint["id"], "pending")
