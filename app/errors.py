@@ -162,3 +162,24 @@ class IndexNotCurrentError(ServiceNotReadyError):
     request is refused rather than answered from a stale copy (503, retry)."""
 
     code = "index_not_current"
+
+
+# --- active liveness challenges (app.services.challenges) ------------------------------------
+
+
+class LivenessChallengeNotFoundError(NotFoundError):
+    """No challenge of this org has that nonce (another org's nonce, or garbage, alike)."""
+
+    code = "liveness_challenge_not_found"
+
+
+class LivenessChallengeUsedError(ConflictError):
+    """The challenge's nonce was used before: each one answers one capture bundle."""
+
+    code = "liveness_challenge_used"
+
+
+class LivenessChallengeExpiredError(GoneError):
+    """The challenge expired unused (about two minutes after it was issued)."""
+
+    code = "liveness_challenge_expired"

@@ -12,6 +12,7 @@ request_logs          90 days (`request_logs_days`)    rows deleted
 webhook_deliveries    30 days (`webhook_days`)         attempts, finished deliveries and their
                                                        events deleted
 idempotency           1 day = 24 h (`idempotency_days`) rows deleted (a retry runs again)
+liveness_challenges   1 day after expiry (no setting)  rows deleted (nonces are only hashes)
 audit                 7 years (`audit_days` >= 2557)   oldest rows deleted behind a signed anchor
 customer_records      org closure + 365 days           every subject erased, logs deleted, keys
                       (`closure_grace_days`)           destroyed (`app.services.closure`)
@@ -45,6 +46,7 @@ from app.services.rights import shred_erasures
 from app.storage import (
     Connection,
     audit,
+    challenges,
     feed,
     frames,
     read_transaction,
@@ -60,6 +62,9 @@ BATCH = 500
 FRAME_KEY_PREFIX = "frm_"
 #: An unreferenced frame younger than this may belong to an enrollment still committing.
 ORPHAN_GRACE = timedelta(hours=1)
+
+#: Expired liveness challenges are kept this long after they expire (then deleted).
+CHALLENGE_KEEP = timedelta(days=1)
 
 #: A sweep: the rows (or objects) it purged per org id (None: the system log).
 Sweep = Callable[[Runtime, datetime], dict[str, int]]
@@ -228,6 +233,23 @@ def purge_idempotency_records(runtime: Runtime, now: datetime | None = None) -> 
     )
 
 
+def purge_liveness_challenges(runtime: Runtime, now: datetime | None = None) -> dict[str, int]:
+    """Delete liveness challenges that expired more than `CHALLENGE_KEEP` ago, used or not:
+    until then a late answer learns that its challenge expired (410), not that it never
+    existed (404). A challenge's nonce is stored only as a hash; nothing is shredded."""
+    cutoff = (now or utcnow()) - CHALLENGE_KEEP
+    purged: Counter[str] = Counter()
+    while True:
+        with write_transaction(runtime.engine) as conn:
+            batch = challenges.purge_expired(conn, cutoff, BATCH)
+            for org_id, count in batch.items():
+                details = {"rows": count, "expired_before": cutoff.isoformat()}
+                _audit_purge(conn, runtime, org_id, "retention.purge_liveness_challenges", details)
+        purged.update(batch)
+        if sum(batch.values()) < BATCH:
+            return dict(purged)
+
+
 def purge_webhook_deliveries(runtime: Runtime, now: datetime | None = None) -> dict[str, int]:
     """Delete webhook attempts, finished deliveries and the events left without deliveries
     older than each org's `webhook_days` (30 by default); rows per org."""
@@ -334,6 +356,12 @@ for _kind in (
         purge_webhook_deliveries,
     ),
     RetentionClass("idempotency", "idempotency_days", "rows deleted", purge_idempotency_records),
+    RetentionClass(
+        "liveness_challenges",
+        "",  # no org setting: a day after the challenge expired
+        "rows deleted a day after they expired",
+        purge_liveness_challenges,
+    ),
     RetentionClass(
         "audit", "audit_days", "oldest rows deleted behind a signed anchor", purge_audit
     ),
