@@ -22,7 +22,7 @@ from app.api.contract import install_openapi
 from app.api.docs import add_offline_docs
 from app.api.edge import install_edge
 from app.api.errors import register_error_handlers
-from app.api.routes import matching, ops, org, subjects, watchlists, webhooks
+from app.api.routes import matching, ops, org, subjects, watchlists, webhook_deliveries, webhooks
 from app.metrics import observe_stage
 from app.runtime import Runtime
 from app.services.idempotency import release_abandoned_reservations
@@ -138,7 +138,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     )
 
     register_error_handlers(app)
-    for module in (subjects, matching, watchlists, org, webhooks, ops, metrics):
+    for module in (subjects, matching, watchlists, org, webhooks, webhook_deliveries, ops, metrics):
         app.include_router(module.router)
     add_offline_docs(app)
     install_openapi(app)

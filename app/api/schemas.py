@@ -609,6 +609,96 @@ class RequestLogPage(BaseModel):
     next_cursor: str | None = Field(..., description=NEXT_CURSOR)
 
 
+# --- webhook deliveries (app.api.routes.webhook_deliveries) --------------------------------
+
+
+class WebhookDeliveryStatus(StrEnum):
+    """`pending`: due or waiting for a retry; `succeeded`: a 2xx came back; `failed`: the
+    retry schedule ran out (redeliver to try again)."""
+
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+_DELIVERY_EXAMPLE: dict[str, Any] = {
+    "id": "dlv_6b1f0c2e9d8a4b7c8e5f3a2d1c0b9a87",
+    "webhook_id": "wh_3c9e1a7b5d2f4e6a8b0c1d2e3f4a5b6c",
+    "event_id": "evt_0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+    "event_type": "enrollment.created",
+    "status": "pending",
+    "attempts": 2,
+    "last_attempt_at": "2026-12-03T11:40:35.120000Z",
+    "last_status_code": 503,
+    "last_error_class": "http_status",
+    "next_attempt_at": "2026-12-03T11:41:58.000000Z",
+    "completed_at": None,
+    "created_at": "2026-12-03T11:40:00.010000Z",
+}
+
+
+class WebhookDelivery(BaseModel):
+    """One event for one endpoint, and how its delivery went so far."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_DELIVERY_EXAMPLE]})
+    id: str
+    webhook_id: str
+    event_id: str = Field(..., description="Also the `webhook-id` header of every attempt.")
+    event_type: str
+    status: WebhookDeliveryStatus
+    attempts: int = Field(..., description="Attempts made so far.")
+    last_attempt_at: datetime | None
+    last_status_code: int | None = Field(..., description="The last answer's HTTP status.")
+    last_error_class: str | None = Field(
+        ...,
+        description="Why the last attempt failed: `http_status`, `redirect`, `timeout`, "
+        "`connection_refused`, `connection_error`, `tls`, `refused_destination`, "
+        "`signing_unavailable`; null after a success.",
+    )
+    next_attempt_at: datetime | None = Field(..., description="When it is tried next (pending).")
+    completed_at: datetime | None
+    created_at: datetime
+
+
+class WebhookAttempt(BaseModel):
+    attempted_at: datetime
+    status_code: int | None = Field(..., description="null: no HTTP answer came back.")
+    latency_ms: float = Field(..., description="Connect to the end of the answer (or failure).")
+    error_class: str | None = Field(..., description="null: a 2xx.")
+
+
+class WebhookDeliveryDetail(WebhookDelivery):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    **_DELIVERY_EXAMPLE,
+                    "attempt_log": [
+                        {
+                            "attempted_at": "2026-12-03T11:40:00.020000Z",
+                            "status_code": None,
+                            "latency_ms": 1.8,
+                            "error_class": "connection_refused",
+                        },
+                        {
+                            "attempted_at": "2026-12-03T11:40:35.120000Z",
+                            "status_code": 503,
+                            "latency_ms": 12.4,
+                            "error_class": "http_status",
+                        },
+                    ],
+                }
+            ]
+        }
+    )
+    attempt_log: list[WebhookAttempt] = Field(..., description="Every attempt, first first.")
+
+
+class WebhookDeliveryPage(BaseModel):
+    items: list[WebhookDelivery]
+    next_cursor: str | None = Field(..., description=NEXT_CURSOR)
+
+
 class ErrorDetail(BaseModel):
     code: str = Field(..., examples=["no_face"])
     message: str

@@ -21,8 +21,8 @@ from tests.app.api.helpers import error_code
 
 VERBS = {
     "add", "close", "create", "enroll", "erase", "export", "get", "healthz", "invite", "join",
-    "leave", "list", "metrics", "readyz", "rectify", "remove", "retire", "revoke", "rotate",
-    "screen", "search", "update", "verify", "withdraw",
+    "leave", "list", "metrics", "readyz", "rectify", "redeliver", "remove", "retire", "revoke",
+    "rotate", "screen", "search", "update", "verify", "withdraw",
 }  # fmt: skip
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from fastapi.testclient import TestClient
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from app.crypto import Scope
@@ -24,6 +25,7 @@ from app.storage import create_engine_for, read_transaction, utcnow, write_trans
 from app.storage import webhook_deliveries as store
 from app.storage import webhooks as rows
 from tests.app.api.conftest import Org
+from tests.app.api.helpers import error_code
 from tests.app.api.webhook_receiver import Receiver, free_port
 
 EVENT = "enrollment.created"
@@ -422,3 +424,58 @@ def test_retention_purges_history_older_than_the_orgs_period(
     with read_transaction(runtime.engine) as conn:
         assert rows.find_event(conn, org.org_id, old_event) is None
         assert rows.find_event(conn, org.org_id, recent_event) is not None
+
+
+def test_the_history_api_lists_shows_and_redelivers(
+    client: TestClient, runtime: Runtime, new_org: Callable[[], Org], receiver: Receiver
+) -> None:
+    org, stranger = new_org(), new_org()
+    hooked = hook(runtime, org, receiver)
+    (event_id,) = emit(runtime, org.org_id)
+    drain(runtime, utcnow())
+    base = f"/v1/webhooks/{hooked.endpoint_id}/deliveries"
+    page = client.get(base, headers=org.admin)
+    assert page.status_code == 200, page.text
+    (listed,) = page.json()["items"]
+    assert page.json()["next_cursor"] is None
+    assert (listed["event_id"], listed["status"], listed["attempts"]) == (event_id, "succeeded", 1)
+    per_event = client.get(f"/v1/webhook-events/{event_id}/deliveries", headers=org.admin)
+    assert per_event.json()["items"] == [listed]
+    detail = client.get(f"{base}/{listed['id']}", headers=org.admin).json()
+    assert [(a["status_code"], a["error_class"]) for a in detail["attempt_log"]] == [(204, None)]
+    again = client.post(f"{base}/{listed['id']}/redeliver", headers=org.admin)
+    assert again.status_code == 202, again.text
+    assert again.json()["status"] == "pending"
+    repeat = client.post(f"{base}/{listed['id']}/redeliver", headers=org.admin)
+    assert repeat.status_code == 202
+    drain(runtime, utcnow())
+    assert [g.headers["webhook-id"] for g in receiver.wait_for(2)] == [event_id, event_id]
+    audit = client.get("/v1/audit", headers=org.admin).json()["items"]
+    assert [e["action"] for e in audit].count("webhook.redeliver") == 1
+    # Another org's ids, garbage ids and cursors: clear 4xx, nothing changed.
+    foreign = [
+        ("get", base),
+        ("get", f"{base}/{listed['id']}"),
+        ("get", f"/v1/webhook-events/{event_id}/deliveries"),
+        ("post", f"{base}/{listed['id']}/redeliver"),
+    ]
+    for method, path in foreign:
+        answer = client.request(method.upper(), path, headers=stranger.admin)
+        assert answer.status_code == 404, (method, path)
+        assert error_code(answer).startswith("webhook_"), (method, path)
+    for path, code in (
+        ("/v1/webhooks/wh_nothex/deliveries", "webhook_not_found"),
+        (f"{base}/dlv_{'0' * 32}", "webhook_delivery_not_found"),
+        (f"{base}/{'x' * 5000}", "webhook_delivery_not_found"),
+        (f"/v1/webhook-events/evt_{'f' * 32}/deliveries", "webhook_event_not_found"),
+    ):
+        answer = client.get(path, headers=org.admin)
+        assert (answer.status_code, error_code(answer)) == (404, code), path
+    bad_cursor = client.get(base, headers=org.admin, params={"cursor": "%%%"})
+    assert (bad_cursor.status_code, error_code(bad_cursor)) == (422, "invalid_cursor")
+    bad_limit = client.get(base, headers=org.admin, params={"limit": 0})
+    assert (bad_limit.status_code, error_code(bad_limit)) == (422, "invalid_request")
+    unauthenticated = client.get(base)
+    assert unauthenticated.status_code == 401
+    after = client.get(f"{base}/{listed['id']}", headers=org.admin).json()
+    assert (after["status"], after["attempts"]) == ("succeeded", 2)
