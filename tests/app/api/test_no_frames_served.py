@@ -77,6 +77,11 @@ def test_no_route_ever_returns_frame_bytes(
     enroll(client, owner, "cust-3", face_images["person3"])
     key_id = client.post("/v1/api-keys", headers=owner, json={"name": "k", "scopes": ["match"]})
     probe = {"image": b64(jpeg)}
+    hook = {"url": "http://127.0.0.1:9/hooks", "events": ["enrollment.created"]}
+    hook_id = client.post("/v1/webhooks", headers=owner, json=hook).json()["id"]
+
+    def on_hook(suffix: str = "") -> str:
+        return f"/v1/webhooks/{hook_id}{suffix}"
 
     calls: dict[tuple[str, str], Callable[[], list[Response]]] = {
         ("post", "/v1/subjects/{subject_id}/enrollments"): lambda: [
@@ -126,6 +131,16 @@ def test_no_route_ever_returns_frame_bytes(
         ("post", "/v1/search"): lambda: [
             client.post("/v1/search", headers=owner, json={"probe": probe, "top_k": 10})
         ],
+        ("post", "/v1/webhooks"): lambda: [client.post("/v1/webhooks", headers=owner, json=hook)],
+        ("get", "/v1/webhooks"): lambda: [client.get("/v1/webhooks", headers=owner)],
+        ("get", "/v1/webhooks/{webhook_id}"): lambda: [client.get(on_hook(), headers=owner)],
+        ("patch", "/v1/webhooks/{webhook_id}"): lambda: [
+            client.patch(on_hook(), headers=owner, json={"enabled": False})
+        ],
+        ("post", "/v1/webhooks/{webhook_id}/rotate-secret"): lambda: [
+            client.post(on_hook("/rotate-secret"), headers=owner)
+        ],
+        ("delete", "/v1/webhooks/{webhook_id}"): lambda: [client.delete(on_hook(), headers=owner)],
         ("post", "/v1/api-keys"): lambda: [
             client.post("/v1/api-keys", headers=owner, json={"name": "n", "scopes": ["enroll"]})
         ],
