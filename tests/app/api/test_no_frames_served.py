@@ -83,6 +83,12 @@ def test_no_route_ever_returns_frame_bytes(
     def on_hook(suffix: str = "") -> str:
         return f"/v1/webhooks/{hook_id}{suffix}"
 
+    def delivery() -> dict[str, Any]:  # of the enrollment.created of cust-4 (the first call)
+        items: list[dict[str, Any]] = client.get(on_hook("/deliveries"), headers=owner).json()[
+            "items"
+        ]
+        return items[0]
+
     calls: dict[tuple[str, str], Callable[[], list[Response]]] = {
         ("post", "/v1/subjects/{subject_id}/enrollments"): lambda: [
             client.post(
@@ -134,6 +140,18 @@ def test_no_route_ever_returns_frame_bytes(
         ("post", "/v1/webhooks"): lambda: [client.post("/v1/webhooks", headers=owner, json=hook)],
         ("get", "/v1/webhooks"): lambda: [client.get("/v1/webhooks", headers=owner)],
         ("get", "/v1/webhooks/{webhook_id}"): lambda: [client.get(on_hook(), headers=owner)],
+        ("get", "/v1/webhooks/{webhook_id}/deliveries"): lambda: [
+            client.get(on_hook("/deliveries"), headers=owner)
+        ],
+        ("get", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}"): lambda: [
+            client.get(on_hook(f"/deliveries/{delivery()['id']}"), headers=owner)
+        ],
+        ("get", "/v1/webhook-events/{event_id}/deliveries"): lambda: [
+            client.get(f"/v1/webhook-events/{delivery()['event_id']}/deliveries", headers=owner)
+        ],
+        ("post", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver"): lambda: [
+            client.post(on_hook(f"/deliveries/{delivery()['id']}/redeliver"), headers=owner)
+        ],
         ("patch", "/v1/webhooks/{webhook_id}"): lambda: [
             client.patch(on_hook(), headers=owner, json={"enabled": False})
         ],
@@ -230,6 +248,8 @@ def test_no_route_ever_returns_frame_bytes(
     assert statuses["('get', '/v1/audit') #0"] == 200
     watchlist_calls = {k: v for k, v in statuses.items() if "/v1/watchlists" in k}
     assert set(watchlist_calls.values()) <= {200, 201}, watchlist_calls
+    webhook_calls = {k: v for k, v in statuses.items() if "/v1/webhook" in k}
+    assert set(webhook_calls.values()) <= {200, 201, 202}, webhook_calls
     assert statuses["('post', '/v1/watchlists/{watchlist_id}/screen') #1"] == 200
     for label, response in responses:
         assert_no_frame(response, frames, label)
