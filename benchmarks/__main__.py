@@ -5,7 +5,7 @@
 
 Suites, each in its own subprocess (a crash in one never hides the others' figures):
 pipeline, index, crypto, api, load, peers, pool, calibration, backup, replicas, edge, audit,
-milvus. Each prints
+webhooks, milvus. Each prints
 its own tables as it runs and hands its payload back through ``$WAJAH_BENCH_OUT``. Then this
 writes ``benchmarks/results/<date>-<host>.json`` (``-quick`` added in quick mode) with the machine
 (CPU model, cores, memory, library versions, model pack and its FLOPs), the load average
@@ -45,6 +45,7 @@ SUITES = (
     "replicas",
     "edge",
     "audit",
+    "webhooks",
     "milvus",
 )
 # Baseline each suite runs in the same process and run, for the combined JSON.
@@ -61,6 +62,7 @@ BASELINES = {
     "replicas": "search without the freshness check; GET /v1/org/settings on 045d28c; 1 replica",
     "edge": "plain HTTP; wajah serve of 9fe7efc (before the edge); the pixel budget off",
     "audit": "app.storage.audit.append of 2cdcf7d (plain SHA-256), interleaved in one process",
+    "webhooks": "the same enroll / outbox transaction for an org with no endpoint, interleaved",
     "milvus": "the embedded exact index on the same vectors, single queries interleaved",
 }
 TIMEOUT_S = {"quick": 600, "full": 3600}
