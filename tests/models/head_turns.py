@@ -82,3 +82,30 @@ def turn_head(
         )
         out = np.ascontiguousarray(turned.swapaxes(0, 1))
     return out
+
+
+YAW_OF_STEP = {"turn_left": 30.0, "turn_right": -30.0}
+
+
+def face_crop(
+    image: NDArray[np.uint8], box: NDArray[np.float32], margin: float = 0.8
+) -> NDArray[np.uint8]:
+    """One face of a group photo with `margin` of its box's size on every side."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    width, height = x2 - x1, y2 - y1
+    left, top = int(max(0, x1 - margin * width)), int(max(0, y1 - margin * height))
+    right = int(min(image.shape[1], x2 + margin * width))
+    bottom = int(min(image.shape[0], y2 + margin * height))
+    return np.ascontiguousarray(image[top:bottom, left:right])
+
+
+def turned_frames(
+    image: NDArray[np.uint8],
+    landmarks: NDArray[np.float32],
+    steps: list[str],
+    start_yaw: float = 0.0,
+) -> list[NDArray[np.uint8]]:
+    """A capture bundle answering `steps` (yaw steps): the face as it is (or turned by
+    `start_yaw` to face the camera), then turned for each step in turn."""
+    start = image if not start_yaw else turn_head(image, landmarks, start_yaw)
+    return [start, *(turn_head(image, landmarks, start_yaw + YAW_OF_STEP[s]) for s in steps)]
