@@ -69,8 +69,8 @@ RETRY_DELAYS: tuple[timedelta, ...] = tuple(
 MAX_ATTEMPTS = len(RETRY_DELAYS) + 1
 #: Connect, send and read together: an attempt never takes longer.
 ATTEMPT_TIMEOUT_S = 10.0
-#: A claimed delivery is this replica's until then; past it, another replica may send it.
-LEASE = timedelta(seconds=ATTEMPT_TIMEOUT_S + 50)
+#: Beyond the longest a round can take, a claim lasts this much longer (see `lease`).
+LEASE_MARGIN = timedelta(seconds=20)
 #: Bytes of a response body read (then discarded): a receiver cannot make us read more.
 RESPONSE_BODY_LIMIT = 4096
 
@@ -83,6 +83,14 @@ def _user_agent() -> str:
 
 
 USER_AGENT = _user_agent()
+
+
+def lease(batch: int, concurrency: int) -> timedelta:
+    """How long a round's claim lasts: its deliveries go out `concurrency` at a time, each
+    within the timeout, so the last one starts no later than that; past the lease, another
+    replica may send them (a replica that died)."""
+    waves = -(-batch // concurrency)
+    return timedelta(seconds=ATTEMPT_TIMEOUT_S * waves) + LEASE_MARGIN
 
 
 def retry_delay(attempts_made: int, rng: random.Random | None = None) -> timedelta:
@@ -213,10 +221,10 @@ def deliver_due(
     through the schedule); signatures carry the wall clock, as receivers check it."""
     settings = runtime.settings
     moment = now or utcnow()
+    batch = limit or settings.webhooks_batch_size
+    until = moment + lease(batch, settings.webhooks_concurrency)
     with write_transaction(runtime.engine) as conn:
-        claimed = store.claim_due(
-            conn, moment, limit or settings.webhooks_batch_size, moment + LEASE
-        )
+        claimed = store.claim_due(conn, moment, batch, until)
     if not claimed:
         return 0
     owned = client is None

@@ -91,11 +91,11 @@ class Receiver:
         headers = {k.lower(): v for k, v in request.headers.items()}
         error = self.verify(body, headers)
         got = Received(request.path, headers, body, error is None, error, time.time())
-        if self.mode == "stall":
-            time.sleep(self.stall_s)
-        with self._arrived:
+        with self._arrived:  # noted on arrival: a stalled request counts as received
             self.received.append(got)
             self._arrived.notify_all()
+        if self.mode == "stall":
+            time.sleep(self.stall_s)
         self._answer(request)
 
     def _answer(self, request: BaseHTTPRequestHandler) -> None:
