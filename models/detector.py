@@ -6,7 +6,8 @@ Landmark order everywhere: right eye, left eye, nose tip, right mouth corner, le
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
@@ -138,6 +139,11 @@ class YuNetDetector:
     def from_file(cls, path: Path, spec: DetectorSpec, threads: int = 1) -> YuNetDetector:
         return cls(create_session(any_input_size(path.read_bytes()), threads), spec)
 
+    def with_score_threshold(self, threshold: float) -> YuNetDetector:
+        """The same session, keeping candidates down to ``threshold`` (an ID document's
+        small printed face scores lower than a selfie: `models.documents`)."""
+        return YuNetDetector(self._session, replace(self._spec, score_threshold=threshold))
+
     @staticmethod
     @lru_cache(maxsize=32)
     def _grid(cols: int, rows: int) -> FloatArray:
@@ -208,6 +214,12 @@ class ScrfdDetector:
             str(path), providers=["CPUExecutionProvider"], sess_options=session_options(threads)
         )
         self._model.prepare(-1, input_size=tuple(spec.input_size))
+
+    def with_score_threshold(self, threshold: float) -> ScrfdDetector:
+        """The same model, keeping detections down to ``threshold`` (see YuNet's)."""
+        derived = copy.copy(self)
+        derived._spec = replace(self._spec, score_threshold=threshold)
+        return derived
 
     def detect(self, image_bgr: NDArray[np.uint8]) -> list[Detection]:
         dets, kpss = self._model.detect(

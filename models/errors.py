@@ -87,6 +87,37 @@ class ExtremePoseError(QualityError):
     code = "extreme_pose"
 
 
+# --- ID documents (models.documents): the reference side of a compare ----------------------
+
+
+class DocumentUnreadableError(ImageError):
+    """The document image does not decode (garbage, truncated, not an image type)."""
+
+    code = "document_unreadable"
+
+
+class DocumentQualityError(QualityError):
+    """The document's face is missing or unusable; `report` holds what was measured."""
+
+    code = "document_quality_rejected"
+
+
+class DocumentNoFaceError(DocumentQualityError):
+    code = "document_no_face"
+
+
+class DocumentFaceTooSmallError(DocumentQualityError):
+    code = "document_face_too_small"
+
+
+class DocumentTooBlurryError(DocumentQualityError):
+    code = "document_too_blurry"
+
+
+class DocumentFacePoseError(DocumentQualityError):
+    code = "document_face_pose"
+
+
 # --- model packs ----------------------------------------------------------------------------
 
 

@@ -73,6 +73,7 @@ class OpenedImage:
         self.data = data
         self.kind = kind
         self._image = image
+        self.size: tuple[int, int] = image.size  # (width, height)
         self.pixels = image.size[0] * image.size[1]
 
     def decode(self) -> NDArray[np.uint8]:
