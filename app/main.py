@@ -22,7 +22,16 @@ from app.api.contract import install_openapi
 from app.api.docs import add_offline_docs
 from app.api.edge import install_edge
 from app.api.errors import register_error_handlers
-from app.api.routes import matching, ops, org, subjects, watchlists, webhook_deliveries, webhooks
+from app.api.routes import (
+    compare,
+    matching,
+    ops,
+    org,
+    subjects,
+    watchlists,
+    webhook_deliveries,
+    webhooks,
+)
 from app.metrics import observe_stage
 from app.runtime import Runtime
 from app.services.idempotency import release_abandoned_reservations
@@ -125,6 +134,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         openapi_tags=[
             {"name": "subjects", "description": "Enroll, read, list, retire and erase."},
             {"name": "matching", "description": "Verify (1:1) and search (1:N)."},
+            {
+                "name": "onboarding",
+                "description": "Compare a selfie with an ID document; sealed source documents.",
+            },
             {"name": "watchlists", "description": "Shared watchlists with bilateral opt-in."},
             {"name": "org", "description": "API keys, settings and audit log (admin)."},
             {"name": "webhooks", "description": "Signed event deliveries to your endpoints."},
@@ -138,7 +151,17 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     )
 
     register_error_handlers(app)
-    for module in (subjects, matching, watchlists, org, webhooks, webhook_deliveries, ops, metrics):
+    for module in (
+        subjects,
+        matching,
+        compare,
+        watchlists,
+        org,
+        webhooks,
+        webhook_deliveries,
+        ops,
+        metrics,
+    ):
         app.include_router(module.router)
     add_offline_docs(app)
     install_openapi(app)

@@ -25,7 +25,7 @@ from fastapi.routing import APIRoute
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException
 
-from app.api.schemas import EnrollForm, EnrollJson, ErrorBody
+from app.api.schemas import CompareForm, CompareJson, EnrollForm, EnrollJson, ErrorBody
 from app.services.idempotency import MAX_KEY_LENGTH
 from app.services.pages import CURSOR_PATTERN
 
@@ -247,7 +247,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
         separate_input_output_schemas=app.separate_input_output_schemas,
     )
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
-    _add_models(schemas, [EnrollJson, EnrollForm])
+    _add_models(schemas, [EnrollJson, EnrollForm, CompareJson, CompareForm])
     _drop_fastapi_422(document)
     settings = getattr(app.state, "settings", None)
     if settings is not None:

@@ -448,6 +448,7 @@ class ErasureReceipt(BaseModel):
     erased_at: datetime
     embeddings_erased: int
     frames_shredded: int
+    source_documents_deleted: int = Field(0, description="ID documents from `POST /v1/compare`.")
     pii_shredded: list[str]
     watchlist_entries_withdrawn: int = 0
     subject_key_destroyed: bool = False
@@ -514,6 +515,9 @@ class Retention(BaseModel):
         "After the org is closed, days until its data is purged and its keys destroyed.",
         ge=1,
         le=3650,
+    )
+    source_documents_days: JsonInt = _omittable(
+        "ID-document images kept from `POST /v1/compare` (90 by default).", ge=1, le=3650
     )
 
 
@@ -961,6 +965,137 @@ class SubjectExport(BaseModel):
     watchlist_entries: list[dict[str, Any]]
     audit_events: list[dict[str, Any]]
     frames: dict[str, Any]
+    source_documents: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="ID documents kept from `POST /v1/compare`: ids, types, sizes and dates; "
+        "never their bytes (sealed like frames, never served).",
+    )
     vectors_included: bool
     sha256: str
+    audit_id: str
+
+
+# --- onboarding: compare a selfie with an ID document (app.services.onboarding) -------------
+
+
+class ReferenceKind(StrEnum):
+    """`document`: an ID document's image (own detection settings; sealed and kept as a
+    source document); `photo`: a plain photo (the selfie's gate; not kept)."""
+
+    DOCUMENT = "document"
+    PHOTO = "photo"
+
+
+class CompareProbe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image: Base64Image = Field(..., description="The selfie: base64 JPEG, PNG or WebP.")
+
+
+class CompareReference(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image: Base64Image = Field(..., description="The ID document (or photo): base64 image.")
+    kind: ReferenceKind = Field(ReferenceKind.DOCUMENT, description="Left out: `document`.")
+
+
+class CompareEnroll(BaseModel):
+    """Enroll the selfie under `subject_id` when it matches, as `POST
+    /v1/subjects/{subject_id}/enrollments` would (`enroll` scope)."""
+
+    model_config = ConfigDict(extra="forbid")
+    subject_id: SubjectId
+    duplicate_check: DuplicateCheck = _omittable("Left out: the org's duplicate policy.")
+
+
+class CompareJson(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "probe": {"image": _B64_EXAMPLE},
+                    "reference": {"image": _B64_EXAMPLE, "kind": "document"},
+                    "enroll": {"subject_id": "cust-0042"},
+                }
+            ]
+        },
+    )
+    probe: CompareProbe
+    reference: CompareReference
+    enroll: CompareEnroll | None = Field(None, description="Left out: compare only.")
+
+
+class CompareForm(BaseModel):
+    """The multipart form of a compare: the same fields as `CompareJson`, the two images as
+    files. Documents the form; `app.api.routes.compare` reads it."""
+
+    probe: bytes = Field(..., description="The selfie: a JPEG, PNG or WebP file.")
+    reference: bytes = Field(..., description="The ID document (or photo): an image file.")
+    reference_kind: ReferenceKind = _omittable("Left out: `document`.")
+    enroll_subject_id: str = _omittable(
+        "Enroll the selfie under this subject when it matches.",
+        {"pattern": SUBJECT_ID_PATTERN, "minLength": 1, "maxLength": 128},
+    )
+    duplicate_check: DuplicateCheck = _omittable("With `enroll_subject_id`.")
+
+
+class DocumentQuality(Quality):
+    """The reference's quality; for a document, `interocular_px` is in its own pixels."""
+
+
+class CompareResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "decision": "match",
+                    "score": 0.78,
+                    "threshold": 0.363,
+                    "threshold_source": "model pack yunet-sface-2021dec: OpenCV ...",
+                    "model_id": "yunet-sface-2021dec",
+                    "probe_quality": {
+                        "face_count": 1,
+                        "detector_score": 0.91,
+                        "interocular_px": 88.2,
+                        "blur_variance": 241.0,
+                        "yaw_degrees": -4.1,
+                        "pitch_degrees": 6.3,
+                        "passed": True,
+                        "reasons": [],
+                    },
+                    "reference_kind": "document",
+                    "reference_quality": {
+                        "face_count": 2,
+                        "detector_score": 0.92,
+                        "interocular_px": 23.6,
+                        "blur_variance": 38.5,
+                        "yaw_degrees": -8.6,
+                        "pitch_degrees": 7.9,
+                        "passed": True,
+                        "reasons": [],
+                    },
+                    "reference_rotation_degrees": 270,
+                    "document_id": "doc_5c0e2a9b7d6f4e3a8b1c0d9e8f7a6b5c",
+                    "enrollment": None,
+                    "audit_id": "aud_...",
+                }
+            ]
+        }
+    )
+    decision: Decision
+    score: float = Field(..., description="Cosine similarity of the two faces.")
+    threshold: float = Field(..., description="The org's effective threshold.")
+    threshold_source: str
+    model_id: str
+    probe_quality: Quality
+    reference_kind: ReferenceKind
+    reference_quality: DocumentQuality
+    reference_rotation_degrees: int = Field(
+        ..., description="How far the reference was turned clockwise to stand the face upright."
+    )
+    document_id: str | None = Field(
+        ..., description="The sealed source document (never served); null for a `photo`."
+    )
+    enrollment: EnrollmentResponse | None = Field(
+        ..., description="The enrollment, when `enroll` was asked and the faces match."
+    )
     audit_id: str

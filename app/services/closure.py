@@ -9,12 +9,13 @@ operator can still export or hand over what the org held.
 
 At the purge (`purge_closed_orgs`, a class of `app.services.retention`), resumably: every
 subject erased as `DELETE /v1/subjects/{id}` erases one (frames and PII shredded, embeddings
-erased, watchlist copies withdrawn, idempotency records deleted), the org's request log,
-remaining idempotency records and webhooks (endpoints, events, deliveries) deleted, its
-watchlist memberships left and its own watchlists closed; an `org.purge` row in the org's
-log; then every key of the org destroyed (its KEK versions, its reference key, its
-subject-key KEK family), after which nothing sealed for it opens anywhere, backups included;
-last the receipt, with its SHA-256, in the system log (`org.purged`) and on the closure row.
+erased, watchlist copies withdrawn, idempotency records deleted), its source documents
+deleted (`app.services.onboarding`), the org's request log, remaining idempotency records and
+webhooks (endpoints, events, deliveries) deleted, its watchlist memberships left and its own
+watchlists closed; an `org.purge` row in the org's log; then every key of the org destroyed
+(its KEK versions, its reference key, its subject-key KEK family), after which nothing sealed
+for it opens anywhere, backups included; last the receipt, with its SHA-256, in the system
+log (`org.purged`) and on the closure row.
 
 What stays: the org row, its revoked keys' hashes, erased subjects' ids and times (as after
 any erasure), and its audit rows, for their own 7 years (their details, sealed under the
@@ -35,6 +36,7 @@ from app.services.rights import canonical_sha256
 from app.services.subjects import erase_rows, log_erasure
 from app.services.text import SERVICE_ID
 from app.storage import (
+    documents,
     feed,
     orgs,
     read_transaction,
@@ -128,6 +130,7 @@ def purge_org(runtime: Runtime, org_id: str, now: datetime) -> dict[str, Any]:
     """Erase, delete and destroy what a closed org holds (see the module docstring); the
     receipt. Resumable: a run cut short starts again where it stopped."""
     erased = _erase_all_subjects(runtime, org_id)
+    documents_deleted = _delete_all_documents(runtime, org_id)
     with write_transaction(runtime.engine) as conn:
         logs = 0
         while (count := retention.delete_org_request_logs(conn, org_id)) > 0:
@@ -141,6 +144,7 @@ def purge_org(runtime: Runtime, org_id: str, now: datetime) -> dict[str, Any]:
             "org_id": org_id,
             "purged_at": now.isoformat(),
             "subjects_erased": erased,
+            "source_documents_deleted": documents_deleted,
             "request_log_rows_deleted": logs,
             "idempotency_records_deleted": replays,
             "watchlists_left": left,
@@ -200,6 +204,19 @@ def _erase_all_subjects(runtime: Runtime, org_id: str) -> int:
     if erased:
         indexing.catch_up_org(runtime, org_id)
     return erased
+
+
+def _delete_all_documents(runtime: Runtime, org_id: str) -> int:
+    """The org's source documents not tied to a subject (its subjects' went with them)."""
+    deleted = 0
+    while True:
+        with write_transaction(runtime.engine) as conn:
+            keys = documents.delete_org_documents(conn, org_id)
+        for key in keys:  # after commit, as an erasure does
+            runtime.objects.delete(key)
+        deleted += len(keys)
+        if len(keys) < documents.BATCH:
+            return deleted
 
 
 def _destroy_keys(runtime: Runtime, org_id: str) -> list[str]:

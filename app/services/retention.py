@@ -8,6 +8,7 @@ class                 kept (org setting `retention.`)  purged by
 ====================  ==============================  ========================================
 frames                90 days (`frames_days`)          crypto-shred: wrapped DEK dropped, object
                                                        deleted (`purge_after` set at enroll)
+source_documents      90 days (`source_documents_days`) row (with its DEK) and object deleted
 request_logs          90 days (`request_logs_days`)    rows deleted
 webhook_deliveries    30 days (`webhook_days`)         attempts, finished deliveries and their
                                                        events deleted
@@ -47,6 +48,7 @@ from app.storage import (
     Connection,
     audit,
     challenges,
+    documents,
     feed,
     frames,
     read_transaction,
@@ -58,8 +60,10 @@ from app.storage import (
 from app.storage.webhooks import record_event
 
 BATCH = 500
-#: Sealed frames are object keys `frm_<hex>`; nothing else in the store is swept.
+#: Sealed frames are object keys `frm_<hex>`, sealed source documents `doc_<hex>`; nothing
+#: else in the store is swept.
 FRAME_KEY_PREFIX = "frm_"
+DOCUMENT_KEY_PREFIX = "doc_"
 #: An unreferenced frame younger than this may belong to an enrollment still committing.
 ORPHAN_GRACE = timedelta(hours=1)
 
@@ -148,18 +152,21 @@ def purge_expired_frames(runtime: Runtime, now: datetime | None = None) -> dict[
 def sweep_orphaned_frames(
     runtime: Runtime, now: datetime | None = None, grace: timedelta = ORPHAN_GRACE
 ) -> int:
-    """Delete sealed frames older than ``grace`` that no unpurged frame row references.
+    """Delete sealed frames (and source documents) older than ``grace`` that no unpurged
+    frame row (no document row) references.
 
     Returns how many were deleted; one audit row in the system log records the count.
     """
     cutoff = (now or utcnow()) - grace
     keys = (
-        k for k in runtime.objects.keys_written_before(cutoff) if k.startswith(FRAME_KEY_PREFIX)
+        k
+        for k in runtime.objects.keys_written_before(cutoff)
+        if k.startswith((FRAME_KEY_PREFIX, DOCUMENT_KEY_PREFIX))
     )
     deleted = 0
     for batch in _batches(keys, BATCH):
         with read_transaction(runtime.engine) as conn:
-            live = frames.live_object_keys(conn, batch)
+            live = frames.live_object_keys(conn, batch) | documents.live_object_keys(conn, batch)
         deleted += sum(runtime.objects.delete(k) for k in batch if k not in live)
     if deleted:
         with write_transaction(runtime.engine) as conn:
@@ -180,6 +187,33 @@ def _batches(items: Iterable[str], size: int) -> Iterator[list[str]]:
     iterator = iter(items)
     while batch := list(islice(iterator, size)):
         yield batch
+
+
+# --- source documents ----------------------------------------------------------------------------
+
+
+def purge_source_documents(runtime: Runtime, now: datetime | None = None) -> dict[str, int]:
+    """Delete the ID documents (`app.services.onboarding`) older than each org's
+    `source_documents_days`, row and sealed object; documents per org. A document tied to a
+    subject goes earlier if the subject is erased; one tied to none goes only this way."""
+    moment = now or utcnow()
+    purged: dict[str, int] = {}
+    for org_id, cutoff in cutoffs(runtime, "source_documents_days", moment).items():
+        total = 0
+        while True:
+            with write_transaction(runtime.engine) as conn:
+                keys = documents.delete_expired(conn, org_id, cutoff)
+                if keys:
+                    details = {"source_documents": len(keys), "older_than": cutoff.isoformat()}
+                    _audit_purge(conn, runtime, org_id, "retention.purge_source_documents", details)
+            for key in keys:  # after commit: a crash here leaves only unreadable ciphertext
+                runtime.objects.delete(key)
+            total += len(keys)
+            if len(keys) < documents.BATCH:
+                break
+        if total:
+            purged[org_id] = total
+    return purged
 
 
 # --- rows deleted by age: request logs, idempotency records --------------------------------------
@@ -347,6 +381,12 @@ def _signed_anchor(
 for _kind in (
     RetentionClass(
         "frames", "frames_days", "crypto-shred (DEK dropped, object deleted)", purge_expired_frames
+    ),
+    RetentionClass(
+        "source_documents",
+        "source_documents_days",
+        "row (with its DEK) and sealed object deleted",
+        purge_source_documents,
     ),
     RetentionClass("request_logs", "request_logs_days", "rows deleted", purge_request_logs),
     RetentionClass(

@@ -39,6 +39,7 @@ from app.services.principal import Principal, record
 from app.services.subjects import PII_FIELDS, SUBJECT_ID, check_pii, erase_rows
 from app.storage import (
     Connection,
+    documents,
     feed,
     read_transaction,
     rights,
@@ -169,6 +170,15 @@ def _export_document(
         ],
         "audit_events": [_export_event(runtime, org_id, e, rewrapped) for e in events],
         "frames": {"exported": False, "statement": FRAMES_STATEMENT},
+        "source_documents": [
+            {
+                "document_id": d.id,
+                "media_type": d.media_type,
+                "byte_size": d.byte_size,
+                "created_at": _iso(d.created_at),
+            }
+            for d in documents.documents_of_subject(conn, org_id, subject_id)
+        ],
         "vectors_included": include_vectors,
     }
 

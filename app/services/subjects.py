@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -40,6 +40,7 @@ from app.services.principal import Principal, record
 from app.services.watchlists import screen_everywhere
 from app.storage import (
     Connection,
+    documents,
     feed,
     frames,
     new_id,
@@ -172,12 +173,16 @@ def enroll_subject(
     subject_id: str,
     bundle: CaptureBundle,
     idempotency_key: str | None = None,
+    *,
+    within: Callable[[Connection, EnrollmentResult], tuple[int, Any]] | None = None,
 ) -> EnrollmentResult:
     """Enroll a capture bundle: one embedding per accepted frame, frames sealed.
 
     With `idempotency_key` (reserved by the caller), the answer is stored in the same
     transaction as the enrollment, so a crash can never leave a committed enrollment whose
-    retry would run it a second time.
+    retry would run it a second time. `within`: the rest of a larger change that enrolls as
+    one of its steps (`POST /v1/compare`), written in the enrollment's transaction after its
+    rows; the (status, answer) it returns is what `idempotency_key` stores.
     """
     request = _check_request(runtime, principal, subject_id, bundle)
     captured = _capture(runtime, bundle.frames)
@@ -188,9 +193,10 @@ def enroll_subject(
         with write_transaction(runtime.engine) as conn:
             duplicates = _duplicate_check(conn, runtime, request, captured.vectors)
             result = _persist(conn, runtime, principal, request, captured, sealed, duplicates)
+            status, answer = (201, result) if within is None else within(conn, result)
             if idempotency_key is not None:
                 idempotency.store_answer(
-                    conn, request.org_id, idempotency_key, 201, result, request.subject_id
+                    conn, request.org_id, idempotency_key, status, answer, request.subject_id
                 )
     except BaseException as failure:
         # Nothing half-written: no orphan sealed frames either. Once the rows are committed
@@ -657,8 +663,9 @@ def erase_rows(
     conn: Connection, org_id: str, subject_id: str
 ) -> tuple[dict[str, Any], list[Any], list[str]]:
     """Erase the subject's rows in the caller's transaction: embeddings erased, frames and
-    PII shredded, watchlist copies withdrawn. Returns the receipt, the shredded frames and
-    the watchlists whose entries were withdrawn."""
+    PII shredded, source documents deleted, watchlist copies withdrawn. Returns the receipt,
+    the sealed objects to delete once it commits (frames and source documents, each with its
+    `object_key`) and the watchlists whose entries were withdrawn."""
     row = subjects.find_subject(conn, org_id, subject_id, lock=True)
     if row is None:
         raise SubjectNotFoundError(f"no subject {subject_id!r}")
@@ -673,6 +680,8 @@ def erase_rows(
     # Dropping the wrapped DEK is the shred: the ciphertext, wherever copies of it survive
     # (backups), can no longer be opened.
     frames.shred(conn, [f.id for f in frame_rows], now)
+    # Its ID documents from onboarding (`app.services.onboarding`): rows and DEKs deleted.
+    document_rows = documents.delete_documents_of_subject(conn, org_id, subject_id)
     subjects.mark_subject_erased(conn, row.id, now)
     # The subject's own key: what still opens its PII and frames in copies of the database,
     # until the shred destroys the KEK versions that wrapped those copies (app.services.rights).
@@ -690,9 +699,10 @@ def erase_rows(
         "erased_at": now.isoformat(),
         "embeddings_erased": len(embeddings),
         "frames_shredded": len(frame_rows),
+        "source_documents_deleted": len(document_rows),
         "pii_shredded": [n for n in PII_FIELDS if getattr(row, f"{n}_sealed") is not None],
         "watchlist_entries_withdrawn": len(withdrawn),
         "subject_key_destroyed": key_destroyed,
         "idempotency_records_deleted": replays,
     }
-    return receipt, frame_rows, withdrawn_from
+    return receipt, [*frame_rows, *document_rows], withdrawn_from

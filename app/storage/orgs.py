@@ -25,6 +25,7 @@ DEFAULT_ORG_SETTINGS: dict[str, Any] = {
         "idempotency_days": 1,
         "audit_days": 2557,  # 7 years, leap days included
         "closure_grace_days": 365,  # customer records after the org closes
+        "source_documents_days": 90,  # ID images from POST /v1/compare
     },
     "watchlist_sharing": False,
     "data_residency": "ID-only",
@@ -39,6 +40,7 @@ RETENTION_LIMITS: dict[str, tuple[int, int]] = {
     "idempotency_days": (1, 3650),
     "audit_days": (2557, 36500),
     "closure_grace_days": (1, 3650),
+    "source_documents_days": (1, 3650),
 }
 
 

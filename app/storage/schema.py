@@ -472,7 +472,11 @@ source_documents = sa.Table(
     sa.Column("id", ID, primary_key=True),
     sa.Column("org_id", ID, sa.ForeignKey("orgs.id"), nullable=False),
     sa.Column("subject_id", sa.String(128), nullable=True),
-    sa.Column("object_key", sa.String(200), nullable=False),
+    sa.Column("object_key", sa.String(200), nullable=False, unique=True),
+    # The document's DEK wrapped by the org KEK, as a frame's; the payload is in the object
+    # store. Tied to an enrolled subject, the payload key also mixes in the subject's key.
+    sa.Column("wrapped_dek", sa.LargeBinary(), nullable=False),
+    sa.Column("kek_version", sa.Integer(), nullable=False),
     sa.Column("media_type", sa.String(32), nullable=False),
     sa.Column("byte_size", sa.Integer(), nullable=False),
     _created_at(),

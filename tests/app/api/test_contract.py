@@ -20,9 +20,9 @@ from tests.app.api.conftest import Org
 from tests.app.api.helpers import error_code
 
 VERBS = {
-    "add", "close", "create", "enroll", "erase", "export", "get", "healthz", "invite", "join",
-    "leave", "list", "metrics", "readyz", "rectify", "redeliver", "remove", "retire", "revoke",
-    "rotate", "screen", "search", "update", "verify", "withdraw",
+    "add", "close", "compare", "create", "enroll", "erase", "export", "get", "healthz", "invite",
+    "join", "leave", "list", "metrics", "readyz", "rectify", "redeliver", "remove", "retire",
+    "revoke", "rotate", "screen", "search", "update", "verify", "withdraw",
 }  # fmt: skip
 
 

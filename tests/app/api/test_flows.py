@@ -196,6 +196,7 @@ def test_erasure(
         "erased_at": canonical["erased_at"],
         "embeddings_erased": 3,
         "frames_shredded": 3,
+        "source_documents_deleted": 0,
         "pii_shredded": ["nik", "email", "phone"],
         "watchlist_entries_withdrawn": 0,
         "subject_key_destroyed": True,

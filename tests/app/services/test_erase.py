@@ -42,6 +42,7 @@ def test_the_receipt_counts_what_was_shredded_and_hashes_its_canonical_json(
         "erased_at": receipt["erased_at"],
         "embeddings_erased": 3,
         "frames_shredded": 3,
+        "source_documents_deleted": 0,
         "pii_shredded": ["nik", "email", "phone"],
         "watchlist_entries_withdrawn": 0,
         "subject_key_destroyed": True,

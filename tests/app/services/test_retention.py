@@ -226,6 +226,7 @@ def test_bad_retention_settings_are_refused_and_change_nothing(
         "idempotency_days": 1,
         "audit_days": 2557,
         "closure_grace_days": 365,
+        "source_documents_days": 90,
     }
 
 
@@ -423,6 +424,7 @@ def test_the_round_sweeps_every_class_and_audits_what_it_purged(
     assert report is not None
     assert list(report.purged) == [
         "frames",
+        "source_documents",
         "request_logs",
         "webhook_deliveries",
         "idempotency",

@@ -71,6 +71,7 @@ def test_org_settings_defaults_and_aware_timestamps(engine: Engine) -> None:
             "idempotency_days": 1,
             "audit_days": 2557,
             "closure_grace_days": 365,
+            "source_documents_days": 90,
         },
         "watchlist_sharing": False,
         "data_residency": "ID-only",
