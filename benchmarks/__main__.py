@@ -5,7 +5,7 @@
 
 Suites, each in its own subprocess (a crash in one never hides the others' figures):
 pipeline, index, crypto, api, load, peers, pool, calibration, backup, replicas, edge, audit,
-webhooks, milvus. Each prints
+webhooks, milvus, compare. Each prints
 its own tables as it runs and hands its payload back through ``$WAJAH_BENCH_OUT``. Then this
 writes ``benchmarks/results/<date>-<host>.json`` (``-quick`` added in quick mode) with the machine
 (CPU model, cores, memory, library versions, model pack and its FLOPs), the load average
@@ -47,6 +47,7 @@ SUITES = (
     "audit",
     "webhooks",
     "milvus",
+    "compare",
 )
 # Baseline each suite runs in the same process and run, for the combined JSON.
 BASELINES = {
@@ -64,6 +65,7 @@ BASELINES = {
     "audit": "app.storage.audit.append of 2cdcf7d (plain SHA-256), interleaved in one process",
     "webhooks": "the same enroll / outbox transaction for an org with no endpoint, interleaved",
     "milvus": "the embedded exact index on the same vectors, single queries interleaved",
+    "compare": "two POST /v1/verify calls on the same two images, interleaved",
 }
 TIMEOUT_S = {"quick": 600, "full": 3600}
 

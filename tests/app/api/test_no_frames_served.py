@@ -108,6 +108,28 @@ def test_no_route_ever_returns_frame_bytes(
                 json={"frames": [b64(jpeg)], "duplicate_check": "reject"},
             ),
         ],
+        # A document is sealed like a frame: neither the answer nor a refusal holds it.
+        ("post", "/v1/compare"): lambda: [
+            client.post(
+                "/v1/compare",
+                headers=owner,
+                json={"probe": probe, "reference": {"image": b64(jpeg)}},
+            ),
+            client.post(
+                "/v1/compare",
+                headers=owner,
+                json={
+                    "probe": probe,
+                    "reference": {"image": b64(png), "kind": "photo"},
+                    "enroll": {"subject_id": "cust-7"},
+                },
+            ),
+            client.post(
+                "/v1/compare",
+                headers=owner,
+                json={"probe": probe, "reference": {"image": b64(jpeg[:500])}},
+            ),
+        ],
         ("get", "/v1/subjects"): lambda: [client.get("/v1/subjects", headers=owner)],
         ("get", "/v1/subjects/{subject_id}"): lambda: [
             client.get("/v1/subjects/cust-1", headers=owner)
