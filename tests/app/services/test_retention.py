@@ -428,6 +428,7 @@ def test_the_round_sweeps_every_class_and_audits_what_it_purged(
         "request_logs",
         "webhook_deliveries",
         "idempotency",
+        "liveness_challenges",
         "audit",
         "customer_records",
     ]
