@@ -22,6 +22,7 @@ import time
 from app.errors import IndexNotCurrentError
 from app.runtime import Runtime
 from app.services import indexing
+from app.services.webhook_delivery import DeliveryWorker
 from app.storage import feed
 
 log = logging.getLogger("wajah")
@@ -108,5 +109,9 @@ def apply_notification(runtime: Runtime, payload: str) -> None:
         runtime.api_keys.forget(ident)
     elif kind == "keys":
         runtime.kms.refresh()
+    elif kind == "wh":
+        for worker in runtime.background:
+            if isinstance(worker, DeliveryWorker):
+                worker.wake()
     else:
         log.warning("change feed: unknown notification %r", payload)

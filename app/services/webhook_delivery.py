@@ -315,6 +315,7 @@ class DeliveryWorker:
         self._thread = threading.Thread(target=self._run, name="wajah-webhooks", daemon=True)
         self._client = new_client()
         self._listener: Callable[..., None] | None = None
+        self.rounds = 0  # rounds run so far (tests wait for the first)
 
     def start(self) -> None:
         self._listener = store.nudge_after(self.runtime.engine, self._wake.set)
@@ -342,6 +343,7 @@ class DeliveryWorker:
             except Exception:  # the database may be away for a moment: keep going
                 log.exception("webhooks: delivery round failed")
                 sent = 0
+            self.rounds += 1
             if sent < settings.webhooks_batch_size:
                 self._wake.wait(settings.webhooks_poll_interval_s)
 

@@ -15,6 +15,7 @@ names what moved:
     cfg:<org_id>        an org's settings
     key:<key_id>        an API key (revoked)
     keys:<name>         the key manager's state (a KEK rotated, disabled or destroyed)
+    wh:due              webhook deliveries became due (wakes the delivery workers)
 
 Notifications only wake; positions decide. A replica that missed some (its listening
 connection dropped) catches up by comparing positions when it reconnects.

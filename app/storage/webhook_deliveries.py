@@ -19,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from app.storage import feed
 from app.storage.schema import (
     webhook_attempts,
     webhook_deliveries,
@@ -49,9 +50,11 @@ class DueDelivery:
 
 
 def note_new_deliveries(conn: Connection) -> None:
-    """Mark this connection's transaction as having written pending deliveries: when it is
-    returned to the pool (after its commit), the local worker is woken (`nudge_after`)."""
+    """Mark this connection's transaction as having written due deliveries: when it is
+    returned to the pool (after its commit), this process's worker is woken (`nudge_after`);
+    on PostgreSQL every replica's is, by the change feed's notification ``wh:due``."""
     conn.info[NUDGE_KEY] = True
+    feed.announce(conn, "wh", "due")
 
 
 def nudge_after(engine: Engine, wake: Callable[[], None]) -> Callable[..., None]:

@@ -312,7 +312,7 @@ def test_concurrent_workers_never_send_a_delivery_twice(
 
 
 def test_an_endpoint_failing_for_the_period_is_disabled_and_enabled_again(
-    runtime: Runtime, new_org: Callable[[], Org], receiver: Receiver
+    client: TestClient, runtime: Runtime, new_org: Callable[[], Org], receiver: Receiver
 ) -> None:
     receiver.mode = "fail"
     org = new_org()
@@ -329,6 +329,9 @@ def test_an_endpoint_failing_for_the_period_is_disabled_and_enabled_again(
     endpoint = webhooks.get_endpoint(runtime, hooked.admin, hooked.endpoint_id)
     assert endpoint["enabled"] is False
     assert "failed since" in endpoint["disabled_reason"]
+    audit = client.get("/v1/audit", headers=org.admin).json()["items"]
+    disabled = [e for e in audit if e["action"] == "webhook.disabled"]
+    assert [(e["target"], e["actor"]) for e in disabled] == [(hooked.endpoint_id, "webhooks")]
     with read_transaction(runtime.engine) as conn:
         count = store.list_deliveries(conn, org.org_id, endpoint_id=hooked.endpoint_id)
     assert [d.status for d in count] == ["pending", "pending"]
@@ -479,3 +482,36 @@ def test_the_history_api_lists_shows_and_redelivers(
     assert unauthenticated.status_code == 401
     after = client.get(f"{base}/{listed['id']}", headers=org.admin).json()
     assert (after["status"], after["attempts"]) == ("succeeded", 2)
+
+
+def test_the_worker_is_woken_by_a_commit_not_its_poll(
+    runtime: Runtime, new_org: Callable[[], Org], receiver: Receiver
+) -> None:
+    """The worker polls once a minute here: only the wake-up can deliver in time. SQLite: the
+    committing connection's nudge in this process. PostgreSQL: the event is written by
+    another engine (another replica), and the change feed's `wh:due` notification wakes it."""
+    org = new_org()
+    hooked = hook(runtime, org, receiver)
+    slow_poll = runtime.settings.model_copy(update={"webhooks_poll_interval_s": 60})
+    served = dataclasses.replace(runtime, settings=slow_poll)
+    worker = webhook_delivery.DeliveryWorker(served)
+    worker.start()
+    runtime.background.append(worker)  # where the change feed finds it
+    other = create_engine_for(runtime.settings.resolved_database_url)
+    try:
+        for _ in range(600):
+            if worker.rounds:
+                break
+            threading.Event().wait(0.05)
+        assert worker.rounds >= 1
+        writer = dataclasses.replace(
+            runtime, engine=other if runtime.settings.uses_postgresql else runtime.engine
+        )
+        (event_id,) = emit(writer, org.org_id)
+        (got,) = receiver.wait_for(1, timeout=30)
+        assert got.headers["webhook-id"] == event_id and got.verified
+    finally:
+        runtime.background.remove(worker)
+        worker.stop()
+        other.dispose()
+    assert [d.status for d in deliveries(runtime, org.org_id, hooked.endpoint_id)] == ["succeeded"]
