@@ -24,6 +24,7 @@ from app.api.edge import install_edge
 from app.api.errors import register_error_handlers
 from app.api.routes import (
     compare,
+    liveness,
     matching,
     ops,
     org,
@@ -141,6 +142,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             {"name": "watchlists", "description": "Shared watchlists with bilateral opt-in."},
             {"name": "org", "description": "API keys, settings and audit log (admin)."},
             {"name": "webhooks", "description": "Signed event deliveries to your endpoints."},
+            {"name": "liveness", "description": "Active liveness: head-movement challenges."},
             {"name": "ops", "description": "Health and readiness."},
         ],
     )
@@ -155,6 +157,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         subjects,
         matching,
         compare,
+        liveness,
         watchlists,
         org,
         webhooks,

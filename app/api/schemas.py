@@ -1099,3 +1099,42 @@ class CompareResponse(BaseModel):
         ..., description="The enrollment, when `enroll` was asked and the faces match."
     )
     audit_id: str
+
+
+# --- active liveness ----------------------------------------------------------------------------
+
+LivenessStep = Literal["turn_left", "turn_right", "look_up", "look_down"]
+
+
+class LivenessChallengeCreated(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "lch_3f9a0c5e7b1d4a2f9e8c7b6a5d4c3b2a",
+                    "nonce": "mJ0o0wGk7f3oYJ7tq2m1b8aQyq6Yv8c3xX2Yt1n0ZkE",
+                    "sequence": ["turn_left", "look_up"],
+                    "expires_at": "2026-12-03T10:02:00Z",
+                    "instructions": [
+                        "Look straight at the camera.",
+                        "Turn your head to your left.",
+                        "Tilt your head up.",
+                    ],
+                }
+            ]
+        }
+    )
+    id: str
+    nonce: str = Field(
+        ...,
+        description="Shown once (only its SHA-256 is stored). Send it as `liveness_challenge` "
+        "with the capture bundle that answers the challenge; it is valid once, until "
+        "`expires_at`.",
+    )
+    sequence: list[LivenessStep] = Field(
+        ..., description="The head movements to capture, in order, after a frontal frame."
+    )
+    expires_at: datetime
+    instructions: list[str] = Field(
+        ..., description="One line per frame to capture: the frontal start, then each step."
+    )

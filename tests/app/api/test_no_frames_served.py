@@ -181,6 +181,9 @@ def test_no_route_ever_returns_frame_bytes(
             client.post(on_hook("/rotate-secret"), headers=owner)
         ],
         ("delete", "/v1/webhooks/{webhook_id}"): lambda: [client.delete(on_hook(), headers=owner)],
+        ("post", "/v1/liveness/challenges"): lambda: [
+            client.post("/v1/liveness/challenges", headers=owner)
+        ],
         ("post", "/v1/api-keys"): lambda: [
             client.post("/v1/api-keys", headers=owner, json={"name": "n", "scopes": ["enroll"]})
         ],
