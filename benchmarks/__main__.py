@@ -5,7 +5,7 @@
 
 Suites, each in its own subprocess (a crash in one never hides the others' figures):
 pipeline, index, crypto, api, load, peers, pool, calibration, backup, replicas, edge, audit,
-webhooks, milvus, compare. Each prints
+webhooks, milvus, compare, challenge. Each prints
 its own tables as it runs and hands its payload back through ``$WAJAH_BENCH_OUT``. Then this
 writes ``benchmarks/results/<date>-<host>.json`` (``-quick`` added in quick mode) with the machine
 (CPU model, cores, memory, library versions, model pack and its FLOPs), the load average
@@ -48,6 +48,7 @@ SUITES = (
     "webhooks",
     "milvus",
     "compare",
+    "challenge",
 )
 # Baseline each suite runs in the same process and run, for the combined JSON.
 BASELINES = {
@@ -66,6 +67,7 @@ BASELINES = {
     "webhooks": "the same enroll / outbox transaction for an org with no endpoint, interleaved",
     "milvus": "the embedded exact index on the same vectors, single queries interleaved",
     "compare": "two POST /v1/verify calls on the same two images, interleaved",
+    "challenge": "FacePipeline.capture_bundle on the same 5 frames, interleaved",
 }
 TIMEOUT_S = {"quick": 600, "full": 3600}
 
