@@ -2,9 +2,9 @@
 
 What wraps what (`app.storage.wrapped` reads each of them by key version):
 
-* the org KEK (key-manager org id = the org id) wraps each frame's DEK, the DEK of every audit
-  row's details, the DEK of PII sealed before subject keys existed, and that of each webhook
-  signing secret;
+* the org KEK (key-manager org id = the org id) wraps each frame's DEK (and each source
+  document's, `app.services.onboarding`), the DEK of every audit row's details, the DEK of
+  PII sealed before subject keys existed, and that of each webhook signing secret;
 * the org's subject-key KEK (``<org_id>/subject-keys``, `app.crypto.subject_keys`) wraps each
   subject's key, which seals that subject's PII and is mixed into its frames' keys;
 * the org's reference key (versioned, `app.crypto.references`) makes the hashed reference of
@@ -42,7 +42,15 @@ from app.runtime import Runtime
 from app.services import sealing
 from app.services.principal import record
 from app.services.watchlists import OrgNotFoundError
-from app.storage import Connection, feed, orgs, read_transaction, rights, write_transaction
+from app.storage import (
+    Connection,
+    documents,
+    feed,
+    orgs,
+    read_transaction,
+    rights,
+    write_transaction,
+)
 from app.storage import wrapped as rows_under
 from app.storage.audit import SYSTEM_CHAIN
 from app.storage.webhooks import record_event
@@ -163,7 +171,7 @@ def rotate_org_keys(
         for kind, step in _REWRAP_STEPS.items():
             if kind == "subject_keys" and report.subject_kek_version is None:
                 continue
-            if kind == "webhook_secrets" and _is_system(org_id):
+            if kind in ("webhook_secrets", "source_documents") and _is_system(org_id):
                 continue
             report.rewrapped[kind], report.failed[kind] = _run_batches(
                 runtime, org_id, kind, step, report, batch, progress
@@ -233,6 +241,8 @@ def _count_below(runtime: Runtime, org_id: str, kind: str, report: RotationRepor
             return rows_under.count_subject_keys(conn, org_id, "<", version)
         if kind == "webhook_secrets":
             return rows_under.count_webhook_secrets(conn, org_id, "<", report.kek_version)
+        if kind == "source_documents":
+            return documents.count_wrapped_under(conn, org_id, "<", report.kek_version)
         return rows_under.count_audit_details(conn, org_id, "<", report.kek_version)
 
 
@@ -334,8 +344,26 @@ def _webhook_secrets_step(
     return len(rows), moved, failed, rows[-1].id if rows else after
 
 
+def _documents_step(
+    runtime: Runtime, conn: Connection, org_id: str, report: RotationReport, after: Any, n: int
+) -> tuple[int, int, list[str], Any]:
+    """Source documents (`app.services.onboarding`): sealed as frames are, so rewrapped so."""
+    rows = documents.wrapped_below(conn, org_id, report.kek_version, after, n)
+    moved, failed = 0, []
+    for row in rows:
+        old = bytes(row.wrapped_dek)
+        try:
+            new = runtime.cipher.rewrap(old, org_id=org_id, object_id=row.id, purpose=Purpose.FRAME)
+        except DecryptionError:
+            failed.append(row.id)
+            continue
+        moved += documents.set_wrapped_dek(conn, row.id, old, new, kek_version_of(new))
+    return len(rows), moved, failed, rows[-1].id if rows else after
+
+
 _REWRAP_STEPS: dict[str, Step] = {
     "frames": _frames_step,
+    "source_documents": _documents_step,
     "pii": _pii_step,
     "subject_keys": _subject_keys_step,
     "audit_details": _audit_step,
@@ -379,6 +407,7 @@ def dependents(runtime: Runtime, org_id: str, family: Family, version: int) -> d
             return {"subject_keys": rows_under.count_subject_keys(conn, org_id, "==", version)}
         return {
             "frames": rows_under.count_frames(conn, org_id, "==", version),
+            "source_documents": documents.count_wrapped_under(conn, org_id, "==", version),
             "pii": rows_under.count_pii(conn, org_id, "==", version),
             "audit_details": rows_under.count_audit_details(conn, org_id, "==", version),
             "webhook_secrets": rows_under.count_webhook_secrets(conn, org_id, "==", version),

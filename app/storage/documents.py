@@ -133,3 +133,45 @@ def count_documents(conn: Connection, org_id: str) -> int:
             .where(source_documents.c.org_id == org_id)
         ).scalar_one()
     )
+
+
+# --- key rotation (app.services.keys): documents' DEKs are wrapped by the org KEK ---------------
+
+
+def _under(org_id: str, op: str, version: int) -> Any:
+    column = source_documents.c.kek_version
+    return sa.and_(
+        source_documents.c.org_id == org_id,
+        column < version if op == "<" else column == version,
+    )
+
+
+def count_wrapped_under(conn: Connection, org_id: str, op: str, version: int) -> int:
+    """The org's documents whose DEK is wrapped under a version ``op`` ("<", "==")
+    ``version``."""
+    stmt = sa.select(sa.func.count()).select_from(source_documents)
+    return int(conn.execute(stmt.where(_under(org_id, op, version))).scalar_one())
+
+
+def wrapped_below(conn: Connection, org_id: str, version: int, after: str, limit: int) -> list[Any]:
+    """``id, wrapped_dek`` of documents under a version below ``version``, id > ``after``."""
+    return list(
+        conn.execute(
+            sa.select(source_documents.c.id, source_documents.c.wrapped_dek)
+            .where(_under(org_id, "<", version), source_documents.c.id > after)
+            .order_by(source_documents.c.id)
+            .limit(limit)
+        )
+    )
+
+
+def set_wrapped_dek(
+    conn: Connection, document_id: str, old: bytes, wrapped_dek: bytes, kek_version: int
+) -> bool:
+    """Replace a document's wrapped DEK if it is still ``old`` (not deleted meanwhile)."""
+    result = conn.execute(
+        sa.update(source_documents)
+        .where(source_documents.c.id == document_id, source_documents.c.wrapped_dek == old)
+        .values(wrapped_dek=wrapped_dek, kek_version=kek_version)
+    )
+    return bool(result.rowcount)

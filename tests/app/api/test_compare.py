@@ -466,3 +466,25 @@ def test_document_bytes_are_nowhere_in_plaintext(
                         assert not any(piece in bytes(value) for piece in pieces)
                     elif isinstance(value, str):
                         assert b64(card)[:64] not in value
+
+
+def test_a_key_rotation_rewraps_documents_and_they_still_open(
+    client: TestClient, new_org: Callable[[], Org], runtime: Runtime, crops: list
+) -> None:
+    from app.services import keys
+
+    org = new_org()
+    probe, card = selfie(crops[SAME]), document(crops[SAME])
+    owned = _compare(client, org.admin, probe, card, enroll={"subject_id": "rot"}).json()
+    unowned = _compare(client, org.admin, probe, document(crops[OTHER])).json()
+    assert keys.dependents(runtime, org.org_id, keys.Family.ORG, 1)["source_documents"] == 2
+
+    report = keys.rotate_org_keys(runtime, org.org_id)
+
+    assert report.rewrapped["source_documents"] == 2 and not report.failed["source_documents"]
+    assert {d.kek_version for d in _documents(runtime, org.org_id)} == {report.kek_version}
+    assert keys.dependents(runtime, org.org_id, keys.Family.ORG, 1)["source_documents"] == 0
+    keys.retire_kek_version(runtime, org.org_id, 1)
+    keys.destroy_kek_version(runtime, org.org_id, 1)
+    assert open_source_document(runtime, org.org_id, owned["document_id"]) == card
+    assert open_source_document(runtime, org.org_id, unowned["document_id"]) is not None

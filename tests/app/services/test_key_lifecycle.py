@@ -126,6 +126,7 @@ def test_a_rotation_moves_everything_and_the_old_version_can_go(
     assert not any(report.failed.values())
     assert dependents(runtime, org, Family.ORG, 1) == {
         "frames": 0,
+        "source_documents": 0,
         "pii": 0,
         "audit_details": 0,
         "webhook_secrets": 0,
