@@ -213,12 +213,15 @@ def deliver_due(
     *,
     limit: int | None = None,
     client: httpx.Client | None = None,
+    stopping: threading.Event | None = None,
 ) -> int:
     """One round: claim due deliveries (at most `limit`, the batch size by default), send
-    them concurrently, record each attempt; returns how many were attempted.
+    them concurrently, record each attempt; returns how many were claimed.
 
-    `now` is the round's clock for what is due and when retries fall (tests pass it to step
-    through the schedule); signatures carry the wall clock, as receivers check it."""
+    `now` is the round's clock for what is due, when attempts were made and when retries
+    fall (tests pass it to step through the schedule; by default each attempt's own time);
+    signatures carry the wall clock, as receivers check it. Once `stopping` is set, claimed
+    deliveries not yet sent are handed back, due at once (for the next start or replica)."""
     settings = runtime.settings
     moment = now or utcnow()
     batch = limit or settings.webhooks_batch_size
@@ -232,7 +235,7 @@ def deliver_due(
     try:
         workers = min(settings.webhooks_concurrency, len(claimed))
         with ThreadPoolExecutor(workers, thread_name_prefix="wajah-webhook") as pool:
-            list(pool.map(lambda d: _deliver_one(runtime, http, d, moment), claimed))
+            list(pool.map(lambda d: _deliver_one(runtime, http, d, now, stopping), claimed))
     finally:
         if owned:
             http.close()
@@ -240,8 +243,17 @@ def deliver_due(
 
 
 def _deliver_one(
-    runtime: Runtime, client: httpx.Client, delivery: DueDelivery, now: datetime
+    runtime: Runtime,
+    client: httpx.Client,
+    delivery: DueDelivery,
+    clock: datetime | None,
+    stopping: threading.Event | None,
 ) -> None:
+    now = clock or utcnow()
+    if stopping is not None and stopping.is_set():
+        with write_transaction(runtime.engine) as conn:
+            store.release(conn, delivery, now)
+        return
     try:
         secrets = signing_secrets(runtime, delivery.org_id, delivery.endpoint_id, now)
     except WebhookNotFoundError:  # deleted since the claim, its pending deliveries with it
@@ -339,7 +351,7 @@ class DeliveryWorker:
         while not self._stop.is_set():
             self._wake.clear()
             try:
-                sent = deliver_due(self.runtime, client=self._client)
+                sent = deliver_due(self.runtime, client=self._client, stopping=self._stop)
             except Exception:  # the database may be away for a moment: keep going
                 log.exception("webhooks: delivery round failed")
                 sent = 0

@@ -183,6 +183,21 @@ def settle(
     return updated.rowcount == 1
 
 
+def release(conn: Connection, delivery: DueDelivery, due_at: datetime) -> bool:
+    """Hand a claimed delivery back unsent (the worker is stopping): due at ``due_at``
+    instead of when the lease ends. Only while the caller's lease holds."""
+    updated = conn.execute(
+        sa.update(webhook_deliveries)
+        .where(
+            webhook_deliveries.c.id == delivery.id,
+            webhook_deliveries.c.status == PENDING,
+            webhook_deliveries.c.next_attempt_at == delivery.lease_until,
+        )
+        .values(next_attempt_at=due_at)
+    )
+    return updated.rowcount == 1
+
+
 # --- endpoints' health --------------------------------------------------------------------------
 
 

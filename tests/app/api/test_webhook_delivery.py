@@ -11,7 +11,9 @@ import dataclasses
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from standardwebhooks import Webhook, WebhookVerificationError
@@ -26,7 +28,7 @@ from app.storage import webhook_deliveries as store
 from app.storage import webhooks as rows
 from tests.app.api.conftest import Org
 from tests.app.api.helpers import error_code
-from tests.app.api.webhook_receiver import Receiver, free_port
+from tests.app.api.webhook_receiver import Receiver, free_port, self_signed_tls
 
 EVENT = "enrollment.created"
 
@@ -515,3 +517,65 @@ def test_the_worker_is_woken_by_a_commit_not_its_poll(
         worker.stop()
         other.dispose()
     assert [d.status for d in deliveries(runtime, org.org_id, hooked.endpoint_id)] == ["succeeded"]
+
+
+def test_an_untrusted_certificate_is_a_tls_failure(
+    runtime: Runtime, new_org: Callable[[], Org], tmp_path: Path
+) -> None:
+    receiver = Receiver(tls=self_signed_tls(tmp_path)).start()
+    try:
+        org = new_org()
+        hooked = hook(runtime, org, receiver)
+        emit(runtime, org.org_id)
+        drain(runtime, utcnow())
+        assert receiver.received == []
+        (row,) = deliveries(runtime, org.org_id, hooked.endpoint_id)
+        assert (row.status, row.last_status_code, row.last_error_class) == (
+            "pending",
+            None,
+            "tls",
+        )
+    finally:
+        receiver.stop()
+
+
+def test_a_receiver_slower_than_the_timeout_is_a_timeout(
+    runtime: Runtime, new_org: Callable[[], Org], receiver: Receiver
+) -> None:
+    receiver.mode, receiver.stall_s = "stall", 3.0
+    org = new_org()
+    hooked = hook(runtime, org, receiver)
+    emit(runtime, org.org_id)
+    # The service's 10 s, shortened for the test through the round's own client.
+    with httpx.Client(timeout=httpx.Timeout(0.5), follow_redirects=False) as quick:
+        while webhook_delivery.deliver_due(runtime, utcnow(), client=quick):
+            pass
+    (row,) = deliveries(runtime, org.org_id, hooked.endpoint_id)
+    assert (row.status, row.last_status_code, row.last_error_class) == (
+        "pending",
+        None,
+        "timeout",
+    )
+    assert len(receiver.wait_for(1)) == 1
+
+
+def test_a_stopping_worker_hands_its_claims_back_unsent(
+    runtime: Runtime, new_org: Callable[[], Org], receiver: Receiver
+) -> None:
+    org = new_org()
+    hooked = hook(runtime, org, receiver)
+    emit(runtime, org.org_id, 3)
+    moment, stopping = utcnow(), threading.Event()
+    stopping.set()
+    while webhook_delivery.deliver_due(runtime, moment, stopping=stopping):
+        if all(
+            d.next_attempt_at == moment for d in deliveries(runtime, org.org_id, hooked.endpoint_id)
+        ):
+            break
+    assert receiver.received == []
+    rows_now = deliveries(runtime, org.org_id, hooked.endpoint_id)
+    assert [(d.status, d.attempts, d.next_attempt_at) for d in rows_now] == [
+        ("pending", 0, moment)
+    ] * 3
+    drain(runtime, moment)
+    assert len(receiver.wait_for(3)) == 3
