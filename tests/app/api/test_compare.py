@@ -488,3 +488,39 @@ def test_a_key_rotation_rewraps_documents_and_they_still_open(
     keys.destroy_kek_version(runtime, org.org_id, 1)
     assert open_source_document(runtime, org.org_id, owned["document_id"]) == card
     assert open_source_document(runtime, org.org_id, unowned["document_id"]) is not None
+
+
+def test_an_org_closure_purge_deletes_every_document_of_the_org(
+    client: TestClient, new_org: Callable[[], Org], runtime: Runtime, crops: list
+) -> None:
+    from app.services import closure
+
+    org, bystander = new_org(), new_org()
+    probe, card = selfie(crops[SAME]), document(crops[SAME])
+    _compare(client, org.admin, probe, card, enroll={"subject_id": "closing"})
+    _compare(client, org.admin, probe, document(crops[OTHER]))  # tied to no subject
+    kept = _compare(client, bystander.admin, probe, card).json()["document_id"]
+    keys = [d.object_key for d in _documents(runtime, org.org_id)]
+    assert len(keys) == 2
+
+    closure.close_org(runtime, org.org_id, grace_days=1)
+    receipt = closure.purge_org(runtime, org.org_id, utcnow() + timedelta(days=2))
+
+    assert receipt["subjects_erased"] == 1 and receipt["source_documents_deleted"] == 1
+    assert _documents(runtime, org.org_id) == []
+    assert not set(keys) & set(object_keys(runtime))
+    assert [d.id for d in _documents(runtime, bystander.org_id)] == [kept]
+
+
+def test_the_orphan_sweep_deletes_document_objects_no_row_references(
+    client: TestClient, new_org: Callable[[], Org], runtime: Runtime, crops: list
+) -> None:
+    org = new_org()
+    live = _compare(client, org.admin, selfie(crops[SAME]), document(crops[SAME])).json()
+    orphan = "doc_" + "0" * 31 + "1"  # what a crash between the put and the commit leaves
+    runtime.objects.put(orphan, b"sealed bytes of a compare that never committed")
+
+    retention.sweep_orphaned_frames(runtime, utcnow() + timedelta(hours=2))
+
+    assert orphan not in object_keys(runtime)
+    assert live["document_id"] in object_keys(runtime)
