@@ -55,7 +55,7 @@ from app.runtime import Runtime
 from app.services.principal import record
 from app.services.webhook_urls import WebhookDestinationForbiddenError, check_destination
 from app.services.webhooks import WebhookNotFoundError, signing_secrets
-from app.storage import Connection, utcnow, write_transaction
+from app.storage import Connection, read_transaction, utcnow, write_transaction
 from app.storage import webhook_deliveries as store
 from app.storage.webhook_deliveries import AttemptResult, DueDelivery
 
@@ -226,6 +226,9 @@ def deliver_due(
     moment = now or utcnow()
     batch = limit or settings.webhooks_batch_size
     until = moment + lease(batch, settings.webhooks_concurrency)
+    with read_transaction(runtime.engine) as conn:
+        if not store.any_due(conn, moment):
+            return 0
     with write_transaction(runtime.engine) as conn:
         claimed = store.claim_due(conn, moment, batch, until)
     if not claimed:

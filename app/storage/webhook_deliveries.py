@@ -74,6 +74,22 @@ def stop_nudging(engine: Engine, listener: Callable[..., None]) -> None:
     sa.event.remove(engine, "checkin", listener)
 
 
+def any_due(conn: Connection, now: datetime) -> bool:
+    """Whether some delivery to an enabled endpoint is due: a read, so an idle worker never
+    takes SQLite's write lock."""
+    found = conn.execute(
+        sa.select(webhook_deliveries.c.id)
+        .join(webhook_endpoints, webhook_endpoints.c.id == webhook_deliveries.c.endpoint_id)
+        .where(
+            webhook_deliveries.c.status == PENDING,
+            webhook_deliveries.c.next_attempt_at <= now,
+            webhook_endpoints.c.enabled.is_(True),
+        )
+        .limit(1)
+    ).first()
+    return found is not None
+
+
 def claim_due(
     conn: Connection, now: datetime, limit: int, lease_until: datetime
 ) -> list[DueDelivery]:

@@ -579,3 +579,30 @@ def test_a_stopping_worker_hands_its_claims_back_unsent(
     ] * 3
     drain(runtime, moment)
     assert len(receiver.wait_for(3)) == 3
+
+
+def test_an_orgs_own_webhook_days_decides_what_is_purged(
+    client: TestClient, runtime: Runtime, new_org: Callable[[], Org], receiver: Receiver
+) -> None:
+    short, default = new_org(), new_org()
+    patched = client.patch(
+        "/v1/org/settings", headers=short.admin, json={"retention": {"webhook_days": 5}}
+    )
+    assert patched.status_code == 200, patched.text
+    refused = client.patch(
+        "/v1/org/settings", headers=short.admin, json={"retention": {"webhook_days": 0}}
+    )
+    assert refused.status_code == 422
+    six_days_ago = utcnow() - timedelta(days=6)
+    hooks = {org.org_id: hook(runtime, org, receiver) for org in (short, default)}
+    for org in (short, default):
+        emit(runtime, org.org_id, now=six_days_ago)
+    drain(runtime, six_days_ago)
+    purged = purge_webhook_deliveries(runtime)
+    assert purged.get(short.org_id) == 3
+    assert default.org_id not in purged
+    assert deliveries(runtime, short.org_id, hooks[short.org_id].endpoint_id) == []
+    kept = deliveries(runtime, default.org_id, hooks[default.org_id].endpoint_id)
+    assert [d.status for d in kept] == ["succeeded"]
+    audit = client.get("/v1/audit", headers=short.admin).json()["items"]
+    assert "retention.purge_webhook_history" in [e["action"] for e in audit]
