@@ -524,3 +524,23 @@ def test_the_orphan_sweep_deletes_document_objects_no_row_references(
 
     assert orphan not in object_keys(runtime)
     assert live["document_id"] in object_keys(runtime)
+
+
+def test_multipart_enrolls_too_and_refuses_unknown_fields(
+    client: TestClient, new_org: Callable[[], Org], runtime: Runtime, crops: list
+) -> None:
+    org = new_org()
+    files = {"probe": ("s.jpg", selfie(crops[5])), "reference": ("k.jpg", document(crops[5]))}
+    refused = client.post("/v1/compare", headers=org.admin, files=files, data={"nik": "1"})
+    assert refused.status_code == 422 and error_code(refused) == "invalid_request"
+    assert _documents(runtime, org.org_id) == []
+    response = client.post(
+        "/v1/compare",
+        headers=org.admin,
+        files=files,
+        data={"enroll_subject_id": "form-1", "duplicate_check": "flag"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["enrollment"]["subject_id"] == "form-1"
+    assert response.json()["enrollment"]["duplicate_check"] == "flag"
+    assert [d.subject_id for d in _documents(runtime, org.org_id)] == ["form-1"]
