@@ -32,7 +32,7 @@ from app.storage import documents as source_documents
 from models.documents import DocumentCapture, DocumentSettings, capture_document
 from models.errors import FacePipelineError
 from models.imaging import sniff_image_type
-from models.pipeline import FaceCapture
+from models.pipeline import FaceCapture, FrameOutcome
 
 REFERENCE_KINDS = ("document", "photo")
 #: The document side's detection and quality settings (README "Onboarding").
@@ -105,6 +105,8 @@ def compare_faces(
                 bundle,
                 idempotency_key,
                 within=persist,
+                # The selfie was captured for the comparison: enroll does not run it again.
+                outcomes=[FrameOutcome(compared.probe, None)],
             )
         else:
             with write_transaction(runtime.engine) as conn:

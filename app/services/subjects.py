@@ -175,6 +175,7 @@ def enroll_subject(
     idempotency_key: str | None = None,
     *,
     within: Callable[[Connection, EnrollmentResult], tuple[int, Any]] | None = None,
+    outcomes: list[FrameOutcome] | None = None,
 ) -> EnrollmentResult:
     """Enroll a capture bundle: one embedding per accepted frame, frames sealed.
 
@@ -182,10 +183,11 @@ def enroll_subject(
     transaction as the enrollment, so a crash can never leave a committed enrollment whose
     retry would run it a second time. `within`: the rest of a larger change that enrolls as
     one of its steps (`POST /v1/compare`), written in the enrollment's transaction after its
-    rows; the (status, answer) it returns is what `idempotency_key` stores.
+    rows; the (status, answer) it returns is what `idempotency_key` stores. `outcomes`: the
+    frames' captures when the caller already ran them (compare's selfie), one per frame.
     """
     request = _check_request(runtime, principal, subject_id, bundle)
-    captured = _capture(runtime, bundle.frames)
+    captured = _capture(runtime, bundle.frames, outcomes)
     key = sealing.ensure_subject_key(runtime, request.org_id, request.subject_id)
     request = dataclasses.replace(request, key=key)
     sealed = _seal_frames(runtime, key, bundle.frames, captured)
@@ -246,9 +248,15 @@ def _check_request(
     )
 
 
-def _capture(runtime: Runtime, frame_bytes: list[bytes]) -> _Captured:
-    """Decode, detect, gate, align and embed every frame on the inference pool."""
-    outcomes = runtime.inference.run(lambda pipeline: pipeline.capture_bundle(frame_bytes))
+def _capture(
+    runtime: Runtime, frame_bytes: list[bytes], outcomes: list[FrameOutcome] | None = None
+) -> _Captured:
+    """Decode, detect, gate, align and embed every frame on the inference pool (unless the
+    caller did: `outcomes`)."""
+    if outcomes is None:
+        outcomes = runtime.inference.run(lambda pipeline: pipeline.capture_bundle(frame_bytes))
+    elif len(outcomes) != len(frame_bytes):
+        raise ValueError("one capture outcome per frame")
     reports = _frame_reports(outcomes)
     accepted = [(i, o.capture) for i, o in enumerate(outcomes) if o.capture is not None]
     if not accepted:

@@ -106,7 +106,7 @@ async def _read_compare(request: Request) -> service.CompareRequest:
         INDEX,
         {
             403: ("forbidden",),
-            409: ("duplicate_face", "idempotency_request_in_flight"),
+            409: ("duplicate_face", "model_pack_mismatch", "idempotency_request_in_flight"),
             410: ("subject_erased",),
             422: (*DOCUMENT_ERRORS, "idempotency_key_reused"),
         },
