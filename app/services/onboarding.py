@@ -114,11 +114,22 @@ def compare_faces(
                 if idempotency_key is not None:
                     idempotency.store_answer(conn, principal.org_id, idempotency_key, 200, answer)
     except BaseException:
-        # Nothing half-written: the sealed document goes if its row did not commit.
-        if sealed is not None:
+        # Nothing half-written: the sealed document goes if its row did not commit. A failure
+        # after the commit (enroll's index catch-up) leaves it to the row that owns it.
+        if sealed is not None and not _committed(runtime, principal.org_id, sealed.document_id):
             runtime.objects.delete(sealed.document_id)
         raise
     return answer
+
+
+def _committed(runtime: Runtime, org_id: str, document_id: str) -> bool:
+    """Whether the document's row exists; when that cannot be read, True: the orphan sweep
+    (`app.services.retention`) deletes an object no row took."""
+    try:
+        with read_transaction(runtime.engine) as conn:
+            return source_documents.find_document(conn, org_id, document_id) is not None
+    except Exception:
+        return True
 
 
 def _check_request(runtime: Runtime, principal: Principal, request: CompareRequest) -> None:
