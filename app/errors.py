@@ -183,3 +183,14 @@ class LivenessChallengeExpiredError(GoneError):
     """The challenge expired unused (about two minutes after it was issued)."""
 
     code = "liveness_challenge_expired"
+
+
+# --- liveness (app.services.liveness) --------------------------------------------------------
+
+
+class LivenessFailedError(WajahError):
+    """The org's liveness policy is ``reject`` and the capture was judged a spoof:
+    `details["reasons"]` names why, `details["liveness"]` carries the report (scores only).
+    Nothing of the request was stored."""
+
+    code = "liveness_failed"

@@ -41,6 +41,7 @@ from app.storage.keyring import DatabaseKeyringStore
 from app.storage.objects import DatabaseObjectStore
 from index import IndexBackend, IndexRegistry, LoadReport
 from models.imaging import ImageLimits, PixelBudget
+from models.liveness import PadModelSlot
 from models.pipeline import FacePipeline
 from models.prepare import resolve_pack
 from models.quality import QualityPolicy
@@ -185,6 +186,7 @@ class Runtime:
     inference: InferencePool
     # Who this process is among replicas: kept in its home, so a restart is the same replica.
     replica_id: str
+    pad: PadModelSlot  # passive liveness, loaded on first use (app.services.liveness)
     health: IndexHealth = field(default_factory=IndexHealth)
     # Per index namespace: the database position this replica's copy includes, and the lock
     # that serialises changing it (see `app.services.indexing`).
@@ -232,6 +234,7 @@ class Runtime:
             feed=FeedStatus(required=settings.uses_postgresql),
             claim=claim,
             replica_id=_replica_id(settings.home),
+            pad=PadModelSlot(settings.models_dir, settings.inference_threads),
             serving=serving,
         )
 

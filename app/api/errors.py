@@ -35,6 +35,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (domain.RequestTooLargeError, 413),
     (domain.InvalidRequestError, 422),
     (domain.NoUsableFrameError, 422),
+    (domain.LivenessFailedError, 422),
     (domain.ServiceNotReadyError, 503),
     (pipeline.ImageTooLargeError, 413),
     (pipeline.ImageDimensionsError, 413),

@@ -521,6 +521,35 @@ class Retention(BaseModel):
     )
 
 
+class LivenessPolicy(StrEnum):
+    off = "off"
+    flag = "flag"
+    reject = "reject"
+
+
+class LivenessSettingsPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    policy: LivenessPolicy = _omittable(
+        "`off` (default): not checked unless a challenge is sent; `flag`: checked and "
+        "reported; `reject`: a spoof refuses the request (422 `liveness_failed`). Calibrate "
+        "the threshold (`wajah calibrate --pad`) before `reject`."
+    )
+    passive_threshold: StrictFloat = _omittable(
+        "Live score at or above which a face counts as live (the PAD model's authors: 0.1826).",
+        ge=0.01,
+        le=0.99,
+    )
+    require_challenge: StrictBool = _omittable(
+        "Under `flag`/`reject`, a request without `liveness_challenge` is a spoof."
+    )
+
+
+class LivenessSettings(BaseModel):
+    policy: LivenessPolicy
+    passive_threshold: float
+    require_challenge: bool
+
+
 class OrgSettingsPatch(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -546,6 +575,7 @@ class OrgSettingsPatch(BaseModel):
     data_residency: DataResidency = _omittable(
         "`ID-only`: only watchlists in the Indonesian region may be joined."
     )
+    liveness: LivenessSettingsPatch = _omittable("Liveness policy and passive threshold.")
 
 
 class OrgSettings(BaseModel):
@@ -562,6 +592,11 @@ class OrgSettings(BaseModel):
                     "retention": {"frames_days": 90, "request_logs_days": 90, "webhook_days": 30},
                     "watchlist_sharing": False,
                     "data_residency": "ID-only",
+                    "liveness": {
+                        "policy": "flag",
+                        "passive_threshold": 0.1826,
+                        "require_challenge": False,
+                    },
                     "model_id": "yunet-sface-2021dec",
                 }
             ]
@@ -576,6 +611,7 @@ class OrgSettings(BaseModel):
     retention: dict[str, int] = Field(..., examples=[{"frames_days": 90}])
     watchlist_sharing: bool
     data_residency: DataResidency
+    liveness: LivenessSettings
     model_id: str
 
 

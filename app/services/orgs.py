@@ -19,6 +19,7 @@ from app.errors import (
 )
 from app.runtime import Runtime
 from app.services import indexing, pages
+from app.services.liveness import changed_liveness_settings
 from app.services.principal import Principal, record
 from app.services.residency import DATA_RESIDENCIES, check_served, residency_allows
 from app.services.text import SERVICE_ID, check_text
@@ -363,6 +364,10 @@ def _changed_settings(
                 raise InvalidSettingsError(f"retention.{field} must be {low}..{high} days")
             retention[field] = value
         updated["retention"] = retention
+    if "liveness" in changes:
+        updated["liveness"] = changed_liveness_settings(
+            updated.get("liveness") or {}, changes["liveness"]
+        )
     if "watchlist_sharing" in changes:
         updated["watchlist_sharing"] = bool(changes["watchlist_sharing"])
     if "data_residency" in changes:

@@ -29,6 +29,8 @@ DEFAULT_ORG_SETTINGS: dict[str, Any] = {
     },
     "watchlist_sharing": False,
     "data_residency": "ID-only",
+    # Passive/active liveness (app.services.liveness); off until calibrated.
+    "liveness": {"policy": "off", "passive_threshold": 0.1826, "require_challenge": False},
 }
 
 # What an org may set each retention period to, in days: the audit log is kept at least the

@@ -17,6 +17,7 @@ from app.api.schemas import (
     ApiKeyInfo,
     ApiKeyPage,
     AuditPage,
+    LivenessSettings,
     OrgSettings,
     OrgSettingsPatch,
     RequestLogPage,
@@ -25,6 +26,7 @@ from app.crypto import Scope
 from app.runtime import Runtime
 from app.services import orgs as service
 from app.services import request_logs
+from app.services.liveness import liveness_settings
 from app.services.principal import Principal
 from app.storage import utcnow
 
@@ -98,6 +100,7 @@ def _settings_view(runtime: Runtime, settings: dict[str, Any]) -> OrgSettings:
         retention=settings["retention"],
         watchlist_sharing=bool(settings["watchlist_sharing"]),
         data_residency=settings["data_residency"],
+        liveness=LivenessSettings.model_validate(liveness_settings(settings)),
         model_id=runtime.model_id,
     )
 
@@ -138,6 +141,8 @@ async def update_org_settings(body: OrgSettingsPatch, caller: AdminDep) -> OrgSe
     changes = body.model_dump(exclude_unset=True)
     if "retention" in changes:
         changes["retention"] = body.retention.model_dump(exclude_unset=True)
+    if "liveness" in changes:
+        changes["liveness"] = body.liveness.model_dump(mode="json", exclude_unset=True)
 
     def update(runtime: Runtime, principal: Principal) -> OrgSettings:
         return _settings_view(runtime, service.update_org_settings(runtime, principal, changes))
