@@ -207,6 +207,82 @@ class Pii(BaseModel):
     phone: Phone | None = Field(None, examples=["+6281234567890"])
 
 
+LIVENESS_CHALLENGE_DESCRIPTION = (
+    "The nonce of a challenge from `POST /v1/liveness/challenges`: the frames (in capture "
+    "order) answer it. Used up by this request whatever it shows."
+)
+
+
+class LivenessDecision(StrEnum):
+    live = "live"
+    spoof = "spoof"
+    not_checked = "not_checked"
+
+
+class PassiveFrameResult(BaseModel):
+    index: int = Field(..., description="The frame's position in the request.")
+    score: float
+    live: bool
+
+
+class PassiveLivenessResult(BaseModel):
+    model_id: str
+    threshold: float
+    score: float = Field(..., description="The least live frame's score: the bundle's.")
+    live: bool
+    frames: list[PassiveFrameResult]
+
+
+class ChallengeFramePose(BaseModel):
+    yaw: float
+    pitch: float
+    movement: str
+
+
+class ChallengeOutcome(BaseModel):
+    challenge_id: str | None
+    passed: bool
+    reasons: list[str]
+    sequence: list[str] = Field(..., description="The movements the challenge asked for.")
+    observed: list[str] = Field(..., description="The movements the frames showed.")
+    poses: list[ChallengeFramePose]
+    min_face_similarity: float | None
+    min_frame_difference: float | None
+
+
+LIVENESS_EXAMPLE: dict[str, Any] = {
+    "policy": "flag",
+    "decision": "live",
+    "reasons": [],
+    "passive": {
+        "model_id": "fas-256s-v10.2",
+        "threshold": 0.1826,
+        "score": 0.2056,
+        "live": True,
+        "frames": [{"index": 0, "score": 0.2056, "live": True}],
+    },
+    "challenge": None,
+    "require_challenge": False,
+}
+
+
+class LivenessResult(BaseModel):
+    """The liveness of the request's capture under the org's policy (scores, never pixels)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [LIVENESS_EXAMPLE]})
+    policy: str = Field(..., description="The org's liveness policy: off, flag or reject.")
+    decision: LivenessDecision
+    reasons: list[str] = Field(
+        ...,
+        description="`passive_spoof`, `challenge_required`, or the challenge's own reasons "
+        "(`too_few_frames`, `start_not_frontal`, `sequence_not_followed`, `face_changed`, "
+        "`static_frames`).",
+    )
+    passive: PassiveLivenessResult | None = None
+    challenge: ChallengeOutcome | None = None
+    require_challenge: bool = False
+
+
 class EnrollJson(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -226,6 +302,9 @@ class EnrollJson(BaseModel):
     screen_watchlists: StrictBool = Field(
         False, description="Also screen against your shared watchlists (`watchlist` scope)."
     )
+    liveness_challenge: str | None = Field(
+        None, max_length=64, description=LIVENESS_CHALLENGE_DESCRIPTION
+    )
 
 
 class EnrollForm(BaseModel):
@@ -240,6 +319,7 @@ class EnrollForm(BaseModel):
     # A form has no null: a field is sent or left out.
     duplicate_check: DuplicateCheck = _omittable("Left out: the org's duplicate policy.")
     screen_watchlists: bool = False
+    liveness_challenge: str = _omittable(LIVENESS_CHALLENGE_DESCRIPTION, {"maxLength": 64})
     nik: str = _omittable("Indonesian NIK.", {"pattern": NIK_PATTERN})
     email: str = _omittable(schema={"pattern": EMAIL_PATTERN})
     phone: str = _omittable("`+` optional.", {"pattern": PHONE_PATTERN})
@@ -287,6 +367,7 @@ class EnrollmentResponse(BaseModel):
                     "threshold": 0.363,
                     "duplicate_check": "flag",
                     "duplicates": [],
+                    "liveness": LIVENESS_EXAMPLE,
                     "frames": [
                         {
                             "index": 0,
@@ -320,6 +401,9 @@ class EnrollmentResponse(BaseModel):
     watchlist_hits: list[ScreenHit] | None = Field(
         None, description="Present when `screen_watchlists` was set."
     )
+    liveness: LivenessResult | None = Field(
+        None, description="The capture's liveness under the org's policy."
+    )
 
 
 class ProbeBody(BaseModel):
@@ -342,6 +426,14 @@ class VerifyRequest(BaseModel):
     )
     subject_id: SubjectId
     probe: ProbeBody
+    liveness_challenge: str | None = Field(
+        None, max_length=64, description=LIVENESS_CHALLENGE_DESCRIPTION
+    )
+    liveness_frames: list[Base64Image] = Field(
+        default_factory=list,
+        description="With `liveness_challenge`: the frames captured after the probe, in "
+        "order (the probe image is the challenge's frontal first frame).",
+    )
 
 
 class VerifyResponse(BaseModel):
@@ -357,6 +449,7 @@ class VerifyResponse(BaseModel):
                     "model_id": "yunet-sface-2021dec",
                     "probe": "image",
                     "probe_quality": None,
+                    "liveness": LIVENESS_EXAMPLE,
                     "audit_id": "aud_...",
                 }
             ]
@@ -370,6 +463,9 @@ class VerifyResponse(BaseModel):
     model_id: str
     probe: ProbeKind
     probe_quality: Quality | None = None
+    liveness: LivenessResult | None = Field(
+        None, description="The probe's liveness under the org's policy."
+    )
     audit_id: str
 
 

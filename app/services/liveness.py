@@ -37,7 +37,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from app.errors import InvalidSettingsError, LivenessFailedError
+from app.errors import (
+    InvalidRequestError,
+    InvalidSettingsError,
+    LivenessFailedError,
+    TooManyFramesError,
+)
 from app.runtime import Runtime
 from app.services.challenges import ChallengeFrame, check_challenge
 from models.liveness import DEFAULT_THRESHOLD, PassiveLiveness, face_crop
@@ -123,7 +128,9 @@ class LivenessReport:
 
     @property
     def refused(self) -> bool:
-        return self.policy == "reject" and self.decision == "spoof"
+        """Under ``reject`` only ``live`` passes: a spoof, or a capture that could not be
+        checked (a vector probe carries no pixels)."""
+        return self.policy == "reject" and self.decision != "live"
 
 
 NOT_CHECKED = LivenessReport(policy="off", decision="not_checked", reasons=[])
@@ -241,6 +248,42 @@ def _decode_and_score(
     )
 
 
+def assess_probe(
+    runtime: Runtime,
+    org_settings: Mapping[str, Any],
+    org_id: str,
+    image: bytes | None,
+    capture: FaceCapture | None,
+    challenge_nonce: str | None = None,
+    challenge_frames: Sequence[bytes] = (),
+) -> LivenessReport:
+    """The liveness of a match probe (verify): its image, already captured, and, answering a
+    challenge, the frames that followed it (the probe is the challenge's frontal first frame;
+    these are captured here). A vector probe carries no pixels: ``not_checked`` (reason
+    ``vector_probe``), which ``reject`` refuses."""
+    config = liveness_settings(org_settings)
+    if challenge_frames and challenge_nonce is None:
+        raise InvalidRequestError("liveness_frames answer a challenge: send liveness_challenge")
+    if image is None or capture is None:
+        if challenge_nonce is not None:
+            raise InvalidRequestError("a liveness challenge needs an image probe")
+        reasons = [] if config["policy"] == "off" else ["vector_probe"]
+        return LivenessReport(policy=str(config["policy"]), decision="not_checked", reasons=reasons)
+    limit = runtime.settings.max_frames_per_request
+    if len(challenge_frames) + 1 > limit:
+        raise TooManyFramesError(f"{len(challenge_frames) + 1} frames; at most {limit}")
+    captures = [CapturedFrame(0, image, capture)]
+    if challenge_frames:
+        frames = list(challenge_frames)
+        outcomes = runtime.inference.run(lambda pipeline: pipeline.capture_bundle(frames))
+        captures += [
+            CapturedFrame(position + 1, data, outcome.capture)
+            for position, (data, outcome) in enumerate(zip(frames, outcomes, strict=True))
+            if outcome.capture is not None
+        ]
+    return assess(runtime, org_settings, captures, challenge_nonce, org_id=org_id)
+
+
 def refuse_if_spoof(report: LivenessReport) -> None:
     """Under ``reject``, a spoof refuses the request (422 ``liveness_failed``)."""
     if report.refused:
@@ -258,6 +301,7 @@ __all__ = [
     "LivenessReport",
     "PassiveLiveness",
     "assess",
+    "assess_probe",
     "captured_frames",
     "changed_liveness_settings",
     "liveness_settings",

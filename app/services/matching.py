@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -10,9 +11,10 @@ from app.errors import ConflictError, InvalidProbeError, SubjectNotFoundError
 from app.metrics import SEARCH_SECONDS
 from app.runtime import Runtime
 from app.services import indexing
+from app.services.liveness import LivenessReport, assess_probe, refuse_if_spoof
 from app.services.orgs import effective_threshold, org_settings
 from app.services.principal import Principal, record
-from app.services.probes import Probe, start_probe
+from app.services.probes import Probe, ProbeVector, start_probe
 from app.services.subjects import check_subject_id, subject_ids_for_vectors
 from app.storage import read_transaction, subjects, write_transaction
 
@@ -26,9 +28,16 @@ def _decision(score: float, threshold: float) -> str:
 
 
 def verify_probe(
-    runtime: Runtime, principal: Principal, subject_id: str, probe: Probe
+    runtime: Runtime,
+    principal: Principal,
+    subject_id: str,
+    probe: Probe,
+    liveness_challenge: str | None = None,
+    liveness_frames: Sequence[bytes] = (),
 ) -> dict[str, Any]:
-    """1:1: the best cosine between the probe and the subject's active, intact embeddings."""
+    """1:1: the best cosine between the probe and the subject's active, intact embeddings,
+    and the probe's liveness under the org's policy (`app.services.liveness.assess_probe`;
+    a refusal is audited and raised before any decision)."""
     org_id = principal.org_id
     check_subject_id(subject_id)
     # The capture runs while the subject's embeddings and the org's threshold are read.
@@ -39,6 +48,9 @@ def verify_probe(
         pending.cancel()
         raise
     probe_result = pending.wait()
+    liveness = _probe_liveness(
+        runtime, principal, subject_id, probe, probe_result, liveness_challenge, liveness_frames
+    )
     score = float(np.max(np.stack(gallery) @ probe_result.vector))
     decision = _decision(score, threshold)
     with write_transaction(runtime.engine) as conn:
@@ -55,6 +67,7 @@ def verify_probe(
                 "decision": decision,
                 "model_id": runtime.model_id,
                 "probe": probe_result.kind,
+                "liveness": liveness.as_dict(),
             },
         )
     return {
@@ -66,8 +79,42 @@ def verify_probe(
         "model_id": runtime.model_id,
         "probe": probe_result.kind,
         "probe_quality": probe_result.quality,
+        "liveness": liveness.as_dict(),
         "audit_id": audit_id,
     }
+
+
+def _probe_liveness(
+    runtime: Runtime,
+    principal: Principal,
+    subject_id: str,
+    probe: Probe,
+    probe_result: ProbeVector,
+    challenge: str | None,
+    challenge_frames: Sequence[bytes],
+) -> LivenessReport:
+    report = assess_probe(
+        runtime,
+        org_settings(runtime, principal.org_id),
+        principal.org_id,
+        probe.image,
+        probe_result.capture,
+        challenge,
+        challenge_frames,
+    )
+    if report.refused:
+        with write_transaction(runtime.engine) as conn:
+            record(
+                conn,
+                runtime,
+                principal,
+                org_id=principal.org_id,
+                action="match.verify_liveness_rejected",
+                target=subject_id,
+                details={"liveness": report.as_dict(), "probe": probe_result.kind},
+            )
+        refuse_if_spoof(report)
+    return report
 
 
 def _verify_inputs(

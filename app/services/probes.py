@@ -28,6 +28,7 @@ class ProbeVector:
     vector: np.ndarray
     kind: str
     quality: dict[str, Any] | None
+    capture: FaceCapture | None = None  # an image probe's face (liveness reuses it)
 
 
 def probe_vector(runtime: Runtime, probe: Probe) -> ProbeVector:
@@ -48,7 +49,7 @@ class PendingProbe:
             assert self._vector is not None
             return self._vector
         capture = self._capture.result()
-        return ProbeVector(capture.embedding, "image", capture.quality.as_dict())
+        return ProbeVector(capture.embedding, "image", capture.quality.as_dict(), capture)
 
     def cancel(self) -> None:
         """Drop the capture if it has not started: a request that fails early must not leave

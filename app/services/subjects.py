@@ -35,6 +35,14 @@ from app.errors import (
 )
 from app.runtime import Runtime
 from app.services import idempotency, indexing, pages, sealing, text
+from app.services.liveness import (
+    NOT_CHECKED,
+    CapturedFrame,
+    LivenessReport,
+    assess,
+    liveness_settings,
+    refuse_if_spoof,
+)
 from app.services.orgs import DUPLICATE_POLICIES, effective_threshold, org_settings
 from app.services.principal import Principal, record
 from app.services.watchlists import screen_everywhere
@@ -102,6 +110,8 @@ class CaptureBundle:
     duplicate_check: str | None = None
     pii: Mapping[str, str | None] = field(default_factory=dict)
     screen_watchlists: bool = False
+    #: A nonce from `POST /v1/liveness/challenges`: the frames answer that challenge.
+    liveness_challenge: str | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +142,7 @@ class EnrollmentResult:
     duplicates: list[DuplicateCandidate] = field(default_factory=list)
     # Only when `screen_watchlists` was asked for: hits in the watchlists the org screens.
     watchlist_hits: list[dict[str, Any]] | None = None
+    liveness: dict[str, Any] | None = None  # `LivenessReport.as_dict()`
 
 
 @dataclass(frozen=True)
@@ -145,6 +156,7 @@ class _CheckedRequest:
     threshold: float
     frames_days: int
     existing: Any  # the subject's row, None for a new subject
+    liveness: dict[str, Any] = field(default_factory=dict)  # the org's liveness settings
     key: SubjectKey | None = None  # the subject's own key, once it is known
 
 
@@ -154,6 +166,7 @@ class _Captured:
 
     reports: list[FrameReport]
     accepted: list[tuple[int, FaceCapture]]
+    liveness: LivenessReport = NOT_CHECKED
 
     @property
     def vectors(self) -> NDArray[np.float32]:
@@ -176,6 +189,7 @@ def enroll_subject(
     *,
     within: Callable[[Connection, EnrollmentResult], tuple[int, Any]] | None = None,
     outcomes: list[FrameOutcome] | None = None,
+    liveness: LivenessReport | None = None,
 ) -> EnrollmentResult:
     """Enroll a capture bundle: one embedding per accepted frame, frames sealed.
 
@@ -185,9 +199,12 @@ def enroll_subject(
     one of its steps (`POST /v1/compare`), written in the enrollment's transaction after its
     rows; the (status, answer) it returns is what `idempotency_key` stores. `outcomes`: the
     frames' captures when the caller already ran them (compare's selfie), one per frame.
+    `liveness`: the report when the caller already assessed these frames; otherwise they are
+    assessed here under the org's policy, and a refusal stores nothing.
     """
     request = _check_request(runtime, principal, subject_id, bundle)
     captured = _capture(runtime, bundle.frames, outcomes)
+    captured = _check_liveness(runtime, principal, request, bundle, captured, liveness)
     key = sealing.ensure_subject_key(runtime, request.org_id, request.subject_id)
     request = dataclasses.replace(request, key=key)
     sealed = _seal_frames(runtime, key, bundle.frames, captured)
@@ -245,6 +262,7 @@ def _check_request(
         threshold=threshold,
         frames_days=int(settings["retention"]["frames_days"]),
         existing=existing,
+        liveness=liveness_settings(settings),
     )
 
 
@@ -265,6 +283,38 @@ def _capture(
             frames=[_report_dict(r) for r in reports],
         )
     return _Captured(reports, accepted)
+
+
+def _check_liveness(
+    runtime: Runtime,
+    principal: Principal,
+    request: _CheckedRequest,
+    bundle: CaptureBundle,
+    captured: _Captured,
+    given: LivenessReport | None,
+) -> _Captured:
+    """The bundle's liveness under the org's policy, before anything is sealed or written:
+    a refusal is audited on its own and raised (422 `liveness_failed`)."""
+    report = given or assess(
+        runtime,
+        {"liveness": request.liveness},
+        [CapturedFrame(i, bundle.frames[i], capture) for i, capture in captured.accepted],
+        bundle.liveness_challenge,
+        org_id=request.org_id,
+    )
+    if report.refused:
+        with write_transaction(runtime.engine) as conn:
+            record(
+                conn,
+                runtime,
+                principal,
+                org_id=request.org_id,
+                action="enrollment.liveness_rejected",
+                target=request.subject_id,
+                details={"liveness": report.as_dict()},
+            )
+        refuse_if_spoof(report)
+    return dataclasses.replace(captured, liveness=report)
 
 
 def _frame_reports(outcomes: list[FrameOutcome]) -> list[FrameReport]:
@@ -419,6 +469,7 @@ def _persist(
             "duplicate_check": request.policy,
             "duplicates": [asdict(d) for d in duplicates],
             "pii_fields": sorted(request.pii),
+            "liveness": captured.liveness.as_dict(),
         },
     )
     event = {"subject_id": request.subject_id, "enrollment_id": bundle_id}
@@ -432,6 +483,7 @@ def _persist(
         frames=reports,
         duplicate_check=request.policy,
         duplicates=duplicates,
+        liveness=captured.liveness.as_dict(),
     )
 
 

@@ -31,7 +31,12 @@ def probe_from(body: ProbeBody) -> service.Probe:
     response_model=VerifyResponse,
     responses=errors(
         PROBE,
-        {404: ("subject_not_found",), 409: ("conflict",)},
+        {
+            404: ("subject_not_found", "liveness_challenge_not_found"),
+            409: ("conflict", "liveness_challenge_used"),
+            410: ("liveness_challenge_expired",),
+            422: ("liveness_failed", "too_many_frames"),
+        },
         body=True,
     ),
     summary="1:1 — does the probe match this subject?",
@@ -39,9 +44,20 @@ def probe_from(body: ProbeBody) -> service.Probe:
 async def verify(body: VerifyRequest, caller: MatcherDep) -> VerifyResponse:
     """Compare the probe with the subject's active embeddings: the best cosine score, the
     threshold it was held to (and where that comes from) and the decision. Audited. A
-    subject with nothing active to compare with is 409 `conflict`."""
+    subject with nothing active to compare with is 409 `conflict`.
+
+    Liveness follows the org's policy and answers in `liveness`: passive PAD on the probe's
+    face, and, with `liveness_challenge`, the challenge answered by the probe (the frontal
+    first frame) and `liveness_frames`. Under `reject`, a spoof (or a vector probe, which
+    cannot be checked) is 422 `liveness_failed`."""
     return VerifyResponse.model_validate(
-        await caller.run(service.verify_probe, body.subject_id, probe_from(body.probe))
+        await caller.run(
+            service.verify_probe,
+            body.subject_id,
+            probe_from(body.probe),
+            body.liveness_challenge,
+            body.liveness_frames,
+        )
     )
 
 

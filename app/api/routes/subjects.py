@@ -92,7 +92,10 @@ async def _read_bundle(request: Request, max_frames: int) -> service.CaptureBund
         if not frames:
             raise InvalidRequestError("send the frames as multipart files named `frames`")
         screen = _form_flag(form["screen_watchlists"]) if "screen_watchlists" in form else False
-        return service.CaptureBundle(frames, str(policy) if policy else None, pii, screen)
+        nonce = form.get("liveness_challenge")
+        return service.CaptureBundle(
+            frames, str(policy) if policy else None, pii, screen, str(nonce) if nonce else None
+        )
     if is_json(content_type):
         try:
             body = EnrollJson.model_validate_json(await request.body())
@@ -102,7 +105,9 @@ async def _read_bundle(request: Request, max_frames: int) -> service.CaptureBund
                 errors=[{"loc": [str(p) for p in e["loc"]], "msg": e["msg"]} for e in exc.errors()],
             ) from None
         pii = body.pii.model_dump(exclude_none=True) if body.pii else {}
-        return service.CaptureBundle(body.frames, body.duplicate_check, pii, body.screen_watchlists)
+        return service.CaptureBundle(
+            body.frames, body.duplicate_check, pii, body.screen_watchlists, body.liveness_challenge
+        )
     raise unsupported_media_type("multipart/form-data or application/json")
 
 
@@ -115,11 +120,18 @@ async def _read_bundle(request: Request, max_frames: int) -> service.CaptureBund
         INDEX,
         {
             403: ("forbidden",),
-            409: ("duplicate_face", "model_pack_mismatch", "idempotency_request_in_flight"),
-            410: ("subject_erased",),
+            404: ("liveness_challenge_not_found",),
+            409: (
+                "duplicate_face",
+                "model_pack_mismatch",
+                "idempotency_request_in_flight",
+                "liveness_challenge_used",
+            ),
+            410: ("subject_erased", "liveness_challenge_expired"),
             422: (
                 "too_many_frames",
                 "no_usable_frame",
+                "liveness_failed",
                 "invalid_pii",
                 "idempotency_key_reused",
             ),
@@ -141,6 +153,11 @@ async def enroll(
     AES-256-GCM and never returned. Creates the subject on its first enrollment. A bundle
     whose every frame is refused is 422 `no_usable_frame`, with each frame's reason in
     `error.details.frames`. Retry-safe with `Idempotency-Key`.
+
+    Liveness follows the org's policy (`liveness` in the org settings) and answers in
+    `liveness`: passive PAD on each accepted frame, and the active challenge when
+    `liveness_challenge` carries its nonce. Under `reject`, a spoof is 422 `liveness_failed`
+    (reasons in `error.details.reasons`) and nothing is stored.
     """
     # The key first: an upload is read only for a caller who may enroll.
     runtime, principal = caller.runtime, await caller.principal()
@@ -153,6 +170,7 @@ async def enroll(
                 bundle.duplicate_check,
                 sorted(bundle.pii.items()),
                 bundle.screen_watchlists,
+                bundle.liveness_challenge,
             )
         ).encode()
     ).digest()

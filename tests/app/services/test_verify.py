@@ -45,7 +45,9 @@ def test_a_genuine_probe_matches_with_the_packs_threshold(
         "decision": "match",
         "model_id": pack.model_id,
         "probe": "image",
+        "liveness": verdict["liveness"],
     }
+    assert verdict["liveness"]["decision"] == "not_checked"  # the org's policy is off
 
 
 def test_another_persons_face_does_not_match(
