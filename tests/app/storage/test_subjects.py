@@ -75,6 +75,7 @@ def test_org_settings_defaults_and_aware_timestamps(engine: Engine) -> None:
         },
         "watchlist_sharing": False,
         "data_residency": "ID-only",
+        "liveness": {"policy": "off", "passive_threshold": 0.1826, "require_challenge": False},
     }
     assert (row.id, row.created_at) == (org_id, T0)
     assert row.created_at.tzinfo is UTC
