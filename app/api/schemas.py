@@ -1154,6 +1154,14 @@ class CompareJson(BaseModel):
     probe: CompareProbe
     reference: CompareReference
     enroll: CompareEnroll | None = Field(None, description="Left out: compare only.")
+    liveness_challenge: str | None = Field(
+        None, max_length=64, description=LIVENESS_CHALLENGE_DESCRIPTION
+    )
+    liveness_frames: list[Base64Image] = Field(
+        default_factory=list,
+        description="With `liveness_challenge`: the frames captured after the selfie, in "
+        "order (the selfie is the challenge's frontal first frame).",
+    )
 
 
 class CompareForm(BaseModel):
@@ -1168,6 +1176,11 @@ class CompareForm(BaseModel):
         {"pattern": SUBJECT_ID_PATTERN, "minLength": 1, "maxLength": 128},
     )
     duplicate_check: DuplicateCheck = _omittable("With `enroll_subject_id`.")
+    liveness_challenge: str = _omittable(LIVENESS_CHALLENGE_DESCRIPTION, {"maxLength": 64})
+    liveness_frames: list[bytes] = _omittable(
+        "With `liveness_challenge`: the frames captured after the selfie, each a part named "
+        "`liveness_frames`, in order."
+    )
 
 
 class DocumentQuality(Quality):
@@ -1208,6 +1221,7 @@ class CompareResponse(BaseModel):
                     "reference_rotation_degrees": 270,
                     "document_id": "doc_5c0e2a9b7d6f4e3a8b1c0d9e8f7a6b5c",
                     "enrollment": None,
+                    "liveness": LIVENESS_EXAMPLE,
                     "audit_id": "aud_...",
                 }
             ]
@@ -1229,6 +1243,9 @@ class CompareResponse(BaseModel):
     )
     enrollment: EnrollmentResponse | None = Field(
         ..., description="The enrollment, when `enroll` was asked and the faces match."
+    )
+    liveness: LivenessResult | None = Field(
+        None, description="The selfie's liveness under the org's policy."
     )
     audit_id: str
 

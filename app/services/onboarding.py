@@ -2,9 +2,10 @@
 
 `compare_faces` reads top to bottom: check the request → capture both sides at once (the
 selfie through the selfie gate, the document through `models.documents`) → score against the
-org's threshold → seal the document (a *source document*) → persist (one transaction: the
-document's row, the audit row, the stored answer to an `Idempotency-Key`) → optionally enroll
-the selfie, through enroll's own code path, in that same transaction.
+org's threshold → the selfie's liveness under the org's policy (as verify judges its probe)
+→ seal the document (a *source document*) → persist (one transaction: the document's row,
+the audit row, the stored answer to an `Idempotency-Key`) → optionally enroll the selfie,
+through enroll's own code path, in that same transaction.
 
 Source documents are sealed exactly as frames are (a fresh DEK wrapped by the org KEK, the
 payload in the object store; purpose `frame`, object id `doc_…`); when the selfie is enrolled
@@ -24,6 +25,7 @@ from app.crypto import Purpose, Scope
 from app.errors import ForbiddenError, InvalidRequestError, SubjectErasedError
 from app.runtime import Runtime
 from app.services import idempotency, sealing
+from app.services.liveness import LivenessReport, assess_probe, refuse_if_spoof
 from app.services.orgs import DUPLICATE_POLICIES, effective_threshold, org_settings
 from app.services.principal import Principal, record
 from app.services.subjects import CaptureBundle, EnrollmentResult, check_subject_id, enroll_subject
@@ -50,6 +52,10 @@ class CompareRequest:
     #: Enroll the selfie under this subject when it matches (None: compare only).
     enroll_subject_id: str | None = None
     duplicate_check: str | None = None
+    #: A nonce from `POST /v1/liveness/challenges`, answered by the selfie (the frontal first
+    #: frame) and `liveness_frames` (the frames captured after it, in order).
+    liveness_challenge: str | None = None
+    liveness_frames: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -86,12 +92,16 @@ def compare_faces(
     transaction as the document and the enrollment."""
     _check_request(runtime, principal, request)
     compared = _compare(runtime, principal.org_id, request)
+    # As verify does: the selfie's liveness under the org's policy; a refusal stores nothing.
+    liveness = _selfie_liveness(runtime, principal, request, compared)
     enroll = request.enroll_subject_id is not None and compared.decision == "match"
     sealed = _seal_document(runtime, principal.org_id, request, enroll)
     answer: dict[str, Any] = {}
 
     def persist(conn: Connection, enrollment: EnrollmentResult | None) -> tuple[int, Any]:
-        answer.update(_persist(conn, runtime, principal, request, compared, sealed, enrollment))
+        answer.update(
+            _persist(conn, runtime, principal, request, compared, liveness, sealed, enrollment)
+        )
         return 200, answer
 
     try:
@@ -105,8 +115,10 @@ def compare_faces(
                 bundle,
                 idempotency_key,
                 within=persist,
-                # The selfie was captured for the comparison: enroll does not run it again.
+                # The selfie was captured and assessed for the comparison: enroll does not run
+                # it again (nor spend the challenge's nonce a second time).
                 outcomes=[FrameOutcome(compared.probe, None)],
+                liveness=liveness,
             )
         else:
             with write_transaction(runtime.engine) as conn:
@@ -175,6 +187,35 @@ def _compare(runtime: Runtime, org_id: str, request: CompareRequest) -> _Compare
     return _Compared(probe_capture, reference_capture, round(score, 6), threshold, source)
 
 
+def _selfie_liveness(
+    runtime: Runtime, principal: Principal, request: CompareRequest, compared: _Compared
+) -> LivenessReport:
+    """The selfie's liveness (`app.services.liveness.assess_probe`); under `reject`, a spoof
+    is audited on its own and refused (422 `liveness_failed`) before anything is sealed."""
+    report = assess_probe(
+        runtime,
+        org_settings(runtime, principal.org_id),
+        principal.org_id,
+        request.probe,
+        compared.probe,
+        request.liveness_challenge,
+        request.liveness_frames,
+    )
+    if report.refused:
+        with write_transaction(runtime.engine) as conn:
+            record(
+                conn,
+                runtime,
+                principal,
+                org_id=principal.org_id,
+                action="onboarding.compare_liveness_rejected",
+                target=request.enroll_subject_id or "compare",
+                details={"liveness": report.as_dict(), "score": compared.score},
+            )
+        refuse_if_spoof(report)
+    return report
+
+
 def _side(name: str, result: Callable[[], Any]) -> Any:
     """A side's capture; its refusal names the side (`no_face` alone would not say which)."""
     try:
@@ -217,6 +258,7 @@ def _persist(
     principal: Principal,
     request: CompareRequest,
     compared: _Compared,
+    liveness: LivenessReport,
     sealed: _Sealed | None,
     enrollment: EnrollmentResult | None,
 ) -> dict[str, Any]:
@@ -241,6 +283,7 @@ def _persist(
         "reference_kind": request.reference_kind,
         "document_id": document_id,
         "enrollment_id": enrollment.enrollment_id if enrollment else None,
+        "liveness": liveness.as_dict(),
     }
     audit_id = record(
         conn,
@@ -264,6 +307,7 @@ def _persist(
         "reference_rotation_degrees": getattr(reference, "rotation_degrees", 0),
         "document_id": document_id,
         "enrollment": asdict(enrollment) if enrollment is not None else None,
+        "liveness": liveness.as_dict(),
         "audit_id": audit_id,
     }
 

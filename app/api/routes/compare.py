@@ -23,7 +23,7 @@ from app.api.contract import (
 from app.api.deps import MatcherDep
 from app.api.idempotency import idempotent
 from app.api.schemas import CompareJson, CompareResponse
-from app.errors import InvalidRequestError
+from app.errors import InvalidRequestError, TooManyFramesError
 from app.services import onboarding as service
 
 router = APIRouter(tags=["onboarding"], route_class=JsonBodyRoute)
@@ -37,11 +37,12 @@ _COMPARE_BODY = {
             "encoding": {
                 "probe": {"contentType": "image/jpeg, image/png, image/webp"},
                 "reference": {"contentType": "image/jpeg, image/png, image/webp"},
+                "liveness_frames": {"contentType": "image/jpeg, image/png, image/webp"},
             },
         },
     },
 }
-_FORM_FIELDS = ("reference_kind", "enroll_subject_id", "duplicate_check")
+_FORM_FIELDS = ("reference_kind", "enroll_subject_id", "duplicate_check", "liveness_challenge")
 DOCUMENT_ERRORS = (
     "document_unreadable",
     "document_no_face",
@@ -51,13 +52,16 @@ DOCUMENT_ERRORS = (
 )
 
 
-async def _read_compare(request: Request) -> service.CompareRequest:
-    """The compare of a multipart or JSON body (two images at most either way)."""
+async def _read_compare(request: Request, max_frames: int) -> service.CompareRequest:
+    """The compare of a multipart or JSON body: two images, and the frames answering a
+    liveness challenge (the service checks their count; the parser stops one above it)."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         try:
-            form = await request.form(max_files=2, max_fields=8)
+            form = await request.form(max_files=2 + max_frames, max_fields=8)
         except Exception as exc:  # starlette raises a bare MultiPartException on garbage
+            if "Too many files" in str(exc):
+                raise TooManyFramesError(f"more than {max_frames} frames") from None
             raise InvalidRequestError(f"malformed multipart body: {exc}") from None
         files = {}
         for name in ("probe", "reference"):
@@ -65,16 +69,19 @@ async def _read_compare(request: Request) -> service.CompareRequest:
             if len(parts) != 1 or not isinstance(parts[0], UploadFile):
                 raise InvalidRequestError(f"send exactly one file named `{name}`")
             files[name] = await parts[0].read()
-        unknown = set(form) - {"probe", "reference", *_FORM_FIELDS}
+        unknown = set(form) - {"probe", "reference", "liveness_frames", *_FORM_FIELDS}
         if unknown:
             raise InvalidRequestError(f"unknown form fields: {', '.join(sorted(unknown))}")
         fields = {k: str(form[k]) for k in _FORM_FIELDS if k in form}
+        frames = [f for f in form.getlist("liveness_frames") if isinstance(f, UploadFile)]
         return service.CompareRequest(
             probe=files["probe"],
             reference=files["reference"],
             reference_kind=fields.get("reference_kind", "document"),
             enroll_subject_id=fields.get("enroll_subject_id"),
             duplicate_check=fields.get("duplicate_check"),
+            liveness_challenge=fields.get("liveness_challenge"),
+            liveness_frames=tuple([await f.read() for f in frames]),
         )
     if is_json(content_type):
         try:
@@ -94,6 +101,8 @@ async def _read_compare(request: Request) -> service.CompareRequest:
                 if body.enroll and body.enroll.duplicate_check
                 else None
             ),
+            liveness_challenge=body.liveness_challenge,
+            liveness_frames=tuple(body.liveness_frames),
         )
     raise unsupported_media_type("multipart/form-data or application/json")
 
@@ -106,9 +115,15 @@ async def _read_compare(request: Request) -> service.CompareRequest:
         INDEX,
         {
             403: ("forbidden",),
-            409: ("duplicate_face", "model_pack_mismatch", "idempotency_request_in_flight"),
-            410: ("subject_erased",),
-            422: (*DOCUMENT_ERRORS, "idempotency_key_reused"),
+            404: ("liveness_challenge_not_found",),
+            409: (
+                "duplicate_face",
+                "model_pack_mismatch",
+                "liveness_challenge_used",
+                "idempotency_request_in_flight",
+            ),
+            410: ("subject_erased", "liveness_challenge_expired"),
+            422: (*DOCUMENT_ERRORS, "liveness_failed", "too_many_frames", "idempotency_key_reused"),
         },
         body=True,
     ),
@@ -130,16 +145,29 @@ async def compare(
     `retention.source_documents_days` (90) and erased with its subject. With `enroll` (and
     the `enroll` scope) a matching selfie is enrolled under `subject_id` as `POST
     /v1/subjects/{subject_id}/enrollments` would, and the document belongs to that subject.
-    Send JSON (base64) or multipart files `probe` and `reference`. Audited
-    (`onboarding.compare`); retry-safe with `Idempotency-Key`.
+    Liveness follows the org's policy and answers in `liveness`, as for verify: passive PAD
+    on the selfie's face and, with `liveness_challenge`, the challenge answered by the selfie
+    (the frontal first frame) and `liveness_frames`. Under `reject`, a spoof is 422
+    `liveness_failed` and nothing is kept. Send JSON (base64) or multipart files `probe`,
+    `reference` (and `liveness_frames`). Audited (`onboarding.compare`); retry-safe with
+    `Idempotency-Key`.
     """
     # The key first: an upload is read only for a caller who may compare.
     runtime, principal = caller.runtime, await caller.principal()
-    body = await _read_compare(request)
+    body = await _read_compare(request, runtime.settings.max_frames_per_request)
     fingerprint = hashlib.sha256(
-        hashlib.sha256(body.probe).digest()
-        + hashlib.sha256(body.reference).digest()
-        + repr((body.reference_kind, body.enroll_subject_id, body.duplicate_check)).encode()
+        b"".join(
+            hashlib.sha256(image).digest()
+            for image in (body.probe, body.reference, *body.liveness_frames)
+        )
+        + repr(
+            (
+                body.reference_kind,
+                body.enroll_subject_id,
+                body.duplicate_check,
+                body.liveness_challenge,
+            )
+        ).encode()
     ).digest()
 
     async def run(idempotency_key: str | None) -> tuple[int, Any]:

@@ -44,6 +44,7 @@ def _compare(
     reference: bytes,
     kind: str | None = None,
     enroll: dict[str, Any] | None = None,
+    liveness_challenge: str | None = None,
     **kwargs: Any,
 ) -> Any:
     body: dict[str, Any] = {"probe": {"image": b64(probe)}, "reference": {"image": b64(reference)}}
@@ -51,6 +52,8 @@ def _compare(
         body["reference"]["kind"] = kind
     if enroll is not None:
         body["enroll"] = enroll
+    if liveness_challenge is not None:
+        body["liveness_challenge"] = liveness_challenge
     return client.post("/v1/compare", headers=headers, json=body, **kwargs)
 
 
@@ -544,3 +547,93 @@ def test_multipart_enrolls_too_and_refuses_unknown_fields(
     assert response.json()["enrollment"]["subject_id"] == "form-1"
     assert response.json()["enrollment"]["duplicate_check"] == "flag"
     assert [d.subject_id for d in _documents(runtime, org.org_id)] == ["form-1"]
+
+
+# --- liveness: the selfie is judged as verify judges its probe --------------------------------
+
+
+def _policy(client: TestClient, org: Org, **liveness: object) -> None:
+    response = client.patch("/v1/org/settings", headers=org.admin, json={"liveness": liveness})
+    assert response.status_code == 200, response.text
+
+
+@pytest.fixture(scope="module")
+def printed_selfie(single_face_path: Path) -> bytes:
+    from models.imaging import decode_image, encode_jpeg
+    from tests.pad_renders import print_attack
+
+    return encode_jpeg(print_attack(decode_image(single_face_path.read_bytes())), 92)
+
+
+def test_reject_refuses_a_printed_selfie_and_keeps_nothing(
+    client: TestClient,
+    new_org: Callable[[], Org],
+    runtime: Runtime,
+    crops: list,
+    printed_selfie: bytes,
+) -> None:
+    org = new_org()
+    _policy(client, org, policy="reject")
+    before, objects = org_state(runtime, org.org_id), set(object_keys(runtime))
+    response = _compare(
+        client, org.admin, printed_selfie, document(crops[6]), enroll={"subject_id": "p"}
+    )
+    assert response.status_code == 422, response.text
+    assert error_code(response) == "liveness_failed"
+    assert response.json()["error"]["details"]["reasons"] == ["passive_spoof"]
+    assert _documents(runtime, org.org_id) == [] and set(object_keys(runtime)) == objects
+    state = org_state(runtime, org.org_id)
+    assert (state.subjects, state.enrollments, state.frames) == (0, 0, 0)
+    assert state.audit == before.audit + 1  # the refusal, audited on its own
+    assert audit_actions(runtime, org.org_id)[-1] == "onboarding.compare_liveness_rejected"
+
+
+def test_flag_reports_the_spoof_next_to_the_match(
+    client: TestClient,
+    new_org: Callable[[], Org],
+    runtime: Runtime,
+    crops: list,
+    printed_selfie: bytes,
+) -> None:
+    org = new_org()
+    off = _compare(client, org.admin, printed_selfie, document(crops[6])).json()
+    assert off["liveness"] == {
+        "policy": "off",
+        "decision": "not_checked",
+        "reasons": [],
+        "passive": None,
+        "challenge": None,
+        "require_challenge": False,
+    }
+    _policy(client, org, policy="flag")
+    body = _compare(client, org.admin, printed_selfie, document(crops[6])).json()
+    assert body["decision"] == "match"
+    assert body["liveness"]["decision"] == "spoof"
+    assert body["liveness"]["reasons"] == ["passive_spoof"]
+    assert len(_documents(runtime, org.org_id)) == 2  # flag refuses nothing
+
+
+def test_a_challenge_nonce_is_spent_once_even_when_the_selfie_is_enrolled(
+    client: TestClient, new_org: Callable[[], Org], runtime: Runtime, crops: list
+) -> None:
+    """The selfie alone cannot answer a two-step challenge (`too_few_frames`); what matters
+    here is that compare and the enrollment it makes check the nonce once between them."""
+    from app.services import challenges
+
+    org = new_org()
+    issued = challenges.create_challenge(runtime, org.org_id, None)
+    probe, card = selfie(crops[SAME]), document(crops[SAME])
+    files = {"probe": ("s.jpg", probe), "reference": ("k.jpg", card)}
+    data = {"enroll_subject_id": "nonce-1", "liveness_challenge": issued.nonce}
+    response = client.post("/v1/compare", headers=org.admin, files=files, data=data)
+    assert response.status_code == 200, response.text
+    report = response.json()["liveness"]
+    assert report["challenge"]["challenge_id"] == issued.id
+    assert report["reasons"] == ["too_few_frames"]
+    assert response.json()["enrollment"]["liveness"] == report
+    objects, documents = set(object_keys(runtime)), _documents(runtime, org.org_id)
+    again = _compare(client, org.admin, probe, card, liveness_challenge=issued.nonce)
+    assert again.status_code == 409 and error_code(again) == "liveness_challenge_used"
+    unknown = _compare(client, org.admin, probe, card, liveness_challenge="x" * 43)
+    assert unknown.status_code == 404 and error_code(unknown) == "liveness_challenge_not_found"
+    assert _documents(runtime, org.org_id) == documents and set(object_keys(runtime)) == objects
