@@ -20,6 +20,7 @@ from models.calibration import (
     det_curve,
     rule_of_three,
 )
+from models.calibration.pad import PadReport
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -89,12 +90,14 @@ def write_det_plot(
     *,
     threshold: float | None = None,
     title: str | None = None,
+    rate_names: tuple[str, str] = ("FMR", "FNMR"),
 ) -> Path:
     """Render a DET curve (FNMR against FMR, both log-scaled) as a PNG at `path`.
 
     Marks `threshold` (default: the report's pack threshold) and the report's target FMRs.
     On log axes a rate of 0 cannot be drawn: FMR = 0 points are left out and FNMR = 0 is
-    drawn at 1 / (2 × genuine comparisons), as the axis label says.
+    drawn at 1 / (2 × genuine comparisons), as the axis label says. `rate_names`: what the
+    two rates are called (a PAD report plots APCER against BPCER).
     """
     # Imported here so that the service, which never plots, does not pay for matplotlib.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -123,18 +126,25 @@ def write_det_plot(
     bound = rule_of_three(scores.impostor.size)
     if lowest < bound:
         axes.axvspan(
-            lowest, min(bound, 1.0), color="0.9", label="FMR < 3/N: beyond what N can show"
+            lowest,
+            min(bound, 1.0),
+            color="0.9",
+            label=f"{rate_names[0]} < 3/N: beyond what N can show",
         )
     if threshold is not None:
-        _mark_threshold(axes, scores, threshold, fnmr_floor)
+        _mark_threshold(axes, scores, threshold, fnmr_floor, rate_names)
     axes.set_xscale("log")
     axes.set_yscale("log")
     axes.set_xlim(lowest, 1)
     axes.set_ylim(fnmr_floor * 0.8, 1.05)
-    axes.set_xlabel(f"FMR ({scores.impostor.size} impostor comparisons)")
-    axes.set_ylabel(
-        f"FNMR ({scores.genuine.size} genuine comparisons; 0 drawn at {fnmr_floor:.2g})"
+    x_name, y_name = rate_names
+    negatives, positives = (
+        ("impostor comparisons", "genuine comparisons")
+        if rate_names == ("FMR", "FNMR")
+        else ("attack presentations", "bona fide presentations")
     )
+    axes.set_xlabel(f"{x_name} ({scores.impostor.size} {negatives})")
+    axes.set_ylabel(f"{y_name} ({scores.genuine.size} {positives}; 0 drawn at {fnmr_floor:.2g})")
     axes.set_title(title or "DET")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(loc="upper right", fontsize="small")
@@ -147,7 +157,13 @@ def write_det_plot(
     return path
 
 
-def _mark_threshold(axes: Axes, scores: ScoreSet, threshold: float, fnmr_floor: float) -> None:
+def _mark_threshold(
+    axes: Axes,
+    scores: ScoreSet,
+    threshold: float,
+    fnmr_floor: float,
+    rate_names: tuple[str, str] = ("FMR", "FNMR"),
+) -> None:
     """One point on the DET plot where `threshold` operates, named with its rates."""
     rates = ThresholdRates.at(scores, threshold)
     assert rates.fmr is not None and rates.fnmr is not None
@@ -159,6 +175,43 @@ def _mark_threshold(axes: Axes, scores: ScoreSet, threshold: float, fnmr_floor: 
         [max(rates.fnmr, fnmr_floor)],
         "o",
         color="C3",
-        label=f"threshold {threshold:.3f}: FMR {'<' if not rates.false_matches else ''}"
-        f"{x:.2g}, FNMR {rates.fnmr:.2g}",
+        label=f"threshold {threshold:.3f}: {rate_names[0]} "
+        f"{'<' if not rates.false_matches else ''}{x:.2g}, {rate_names[1]} {rates.fnmr:.2g}",
     )
+
+
+def format_pad_report(report: PadReport) -> str:
+    """A plain-text summary of a PAD calibration (the JSON form is `PadReport.to_dict`)."""
+    out = io.StringIO()
+    out.write(f"PAD model {report.model_id}\n")
+    live, attacks = report.live_scores, report.attack_scores
+    out.write(f"scored: {len(live)} bona fide, {len(attacks)} attack presentations\n")
+    for failure in report.failures:
+        out.write(f"  not scored  {failure.path}: {failure.code} ({failure.message})\n")
+    for name, values in (("bona fide", live), ("attack", attacks)):
+        out.write(
+            f"{name} scores: min {min(values):.4f}, median {float(np.median(values)):.4f}, "
+            f"max {max(values):.4f}\n"
+        )
+    out.write(
+        "APCER: share of attack presentations classified bona fide (live score >= threshold),\n"
+        "       per PAI species; the worst species is reported (ISO/IEC 30107-3)\n"
+        "BPCER: share of bona fide presentations classified as attacks (score < threshold)\n"
+    )
+    for title, rates in (
+        ("at the threshold", report.at_threshold),
+        (f"for BPCER <= {report.target_bpcer:g}", report.for_target),
+    ):
+        if rates is None:
+            continue
+        out.write(
+            f"{title} {rates.threshold:.4f}: APCER {_rate(rates.apcer)}, "
+            f"BPCER {_rate(rates.bpcer)}\n"
+        )
+        for species, apcer in rates.apcer_by_species.items():
+            out.write(f"  APCER {species}: {apcer:.3g}\n")
+    out.write(
+        "The passive model is not validated on your population: these figures hold for this "
+        "folder only. Calibrate on your own captures and attacks before the `reject` policy.\n"
+    )
+    return out.getvalue()

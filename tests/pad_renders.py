@@ -98,28 +98,35 @@ def live_captures(detector: FaceDetector, group_photo: Path, single_face: Path) 
     return captures
 
 
-def attack_captures(detector: FaceDetector, group_photo: Path, single_face: Path) -> list[Image]:
-    """Simulated attacks: a print and a screen replay of each face, and the group photo held
-    up whole."""
+def attack_captures(
+    detector: FaceDetector, group_photo: Path, single_face: Path
+) -> dict[str, list[Image]]:
+    """Simulated attacks by PAI species: a print and a screen replay of each face, and the
+    group photo held up whole."""
     faces = face_crops(detector, group_photo)
     faces.append(decode_image(single_face.read_bytes()))
-    attacks = [print_attack(face, seed=n) for n, face in enumerate(faces)]
-    attacks += [screen_attack(face, seed=n) for n, face in enumerate(faces)]
-    attacks.append(photo_attack(decode_image(group_photo.read_bytes())))
-    return attacks
+    return {
+        "print": [print_attack(face, seed=n) for n, face in enumerate(faces)],
+        "screen": [screen_attack(face, seed=n) for n, face in enumerate(faces)],
+        "photo": [photo_attack(decode_image(group_photo.read_bytes()))],
+    }
 
 
 def write_folder(
     root: Path, detector: FaceDetector, group_photo: Path, single_face: Path
 ) -> tuple[int, int]:
-    """A calibration folder: ``root/live/*.jpg`` and ``root/attack/*.jpg``; the counts."""
-    live, attack = root / "live", root / "attack"
+    """A calibration folder: ``root/live/*.jpg`` and ``root/attack/<species>/*.jpg``; the
+    counts of bona fide and attack images."""
+    live = root / "live"
     live.mkdir(parents=True, exist_ok=True)
-    attack.mkdir(parents=True, exist_ok=True)
     lives = live_captures(detector, group_photo, single_face)
-    attacks = attack_captures(detector, group_photo, single_face)
     for n, image in enumerate(lives):
         (live / f"live_{n:02d}.jpg").write_bytes(encode_jpeg(image, 92))
-    for n, image in enumerate(attacks):
-        (attack / f"attack_{n:02d}.jpg").write_bytes(encode_jpeg(image, 92))
-    return len(lives), len(attacks)
+    attacks = 0
+    for species, images in attack_captures(detector, group_photo, single_face).items():
+        folder = root / "attack" / species
+        folder.mkdir(parents=True, exist_ok=True)
+        for n, image in enumerate(images):
+            (folder / f"{species}_{n:02d}.jpg").write_bytes(encode_jpeg(image, 92))
+        attacks += len(images)
+    return len(lives), attacks
