@@ -26,6 +26,7 @@ time across replicas and CLI processes (`feed.exclusive`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -246,10 +247,10 @@ def _count_below(runtime: Runtime, org_id: str, kind: str, report: RotationRepor
         return rows_under.count_audit_details(conn, org_id, "<", report.kek_version)
 
 
-def _frames_step(
-    runtime: Runtime, conn: Connection, org_id: str, report: RotationReport, after: Any, n: int
-) -> tuple[int, int, list[str], Any]:
-    rows = rows_under.frames_below(conn, org_id, report.kek_version, after, n)
+def _rewrap_frame_deks(
+    runtime: Runtime, org_id: str, rows: list[Any], set_dek: Callable[..., int]
+) -> tuple[int, list[str]]:
+    """Rewrap the DEKs of rows sealed as frames are (frames, source documents)."""
     moved, failed = 0, []
     for row in rows:
         old = bytes(row.wrapped_dek)
@@ -258,7 +259,17 @@ def _frames_step(
         except DecryptionError:
             failed.append(row.id)
             continue
-        moved += rows_under.set_frame_dek(conn, row.id, old, new, kek_version_of(new))
+        moved += set_dek(row.id, old, new, kek_version_of(new))
+    return moved, failed
+
+
+def _frames_step(
+    runtime: Runtime, conn: Connection, org_id: str, report: RotationReport, after: Any, n: int
+) -> tuple[int, int, list[str], Any]:
+    rows = rows_under.frames_below(conn, org_id, report.kek_version, after, n)
+    moved, failed = _rewrap_frame_deks(
+        runtime, org_id, rows, functools.partial(rows_under.set_frame_dek, conn)
+    )
     return len(rows), moved, failed, rows[-1].id if rows else after
 
 
@@ -349,15 +360,9 @@ def _documents_step(
 ) -> tuple[int, int, list[str], Any]:
     """Source documents (`app.services.onboarding`): sealed as frames are, so rewrapped so."""
     rows = documents.wrapped_below(conn, org_id, report.kek_version, after, n)
-    moved, failed = 0, []
-    for row in rows:
-        old = bytes(row.wrapped_dek)
-        try:
-            new = runtime.cipher.rewrap(old, org_id=org_id, object_id=row.id, purpose=Purpose.FRAME)
-        except DecryptionError:
-            failed.append(row.id)
-            continue
-        moved += documents.set_wrapped_dek(conn, row.id, old, new, kek_version_of(new))
+    moved, failed = _rewrap_frame_deks(
+        runtime, org_id, rows, functools.partial(documents.set_wrapped_dek, conn)
+    )
     return len(rows), moved, failed, rows[-1].id if rows else after
 
 
