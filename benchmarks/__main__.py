@@ -5,7 +5,7 @@
 
 Suites, each in its own subprocess (a crash in one never hides the others' figures):
 pipeline, index, crypto, api, load, peers, pool, calibration, backup, replicas, edge, audit,
-webhooks, milvus, compare, challenge. Each prints
+webhooks, milvus, compare, challenge, pad. Each prints
 its own tables as it runs and hands its payload back through ``$WAJAH_BENCH_OUT``. Then this
 writes ``benchmarks/results/<date>-<host>.json`` (``-quick`` added in quick mode) with the machine
 (CPU model, cores, memory, library versions, model pack and its FLOPs), the load average
@@ -49,6 +49,7 @@ SUITES = (
     "milvus",
     "compare",
     "challenge",
+    "pad",
 )
 # Baseline each suite runs in the same process and run, for the combined JSON.
 BASELINES = {
@@ -68,6 +69,7 @@ BASELINES = {
     "milvus": "the embedded exact index on the same vectors, single queries interleaved",
     "compare": "two POST /v1/verify calls on the same two images, interleaved",
     "challenge": "FacePipeline.capture_bundle on the same 5 frames, interleaved",
+    "pad": "bare session.run of the PAD model (floor) and the recognizer's embed, interleaved",
 }
 TIMEOUT_S = {"quick": 600, "full": 3600}
 
@@ -418,6 +420,13 @@ def summary(suites: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         ),
     ):
         add(17, label, measured, goal, check)
+    add(
+        21,
+        "PAD per frame p50 ms at 1 thread",
+        _get(suites, "pad", "results", "results", "pad_score", "p50_ms"),
+        "≤ 10",
+        lambda v: v <= 10,
+    )
     return rows
 
 
