@@ -13,8 +13,9 @@ Policy (org setting ``liveness``; docs/onboarding.md "Liveness policy"):
   one, is still checked and reported; nothing is refused on liveness grounds.
 * ``flag`` — the passive model runs on every captured face; the report goes in the answer and
   the audit row; nothing is refused.
-* ``reject`` — as ``flag``, and a ``spoof`` decision refuses the request with 422
-  ``liveness_failed`` (its reasons listed) before anything is stored.
+* ``reject`` — as ``flag``, and a decision other than ``live`` refuses the request with 422
+  ``liveness_failed`` (its reasons listed) before anything is stored: a spoof, or a vector
+  probe, which carries no pixels to check (``not_checked``, reason ``vector_probe``).
 
 ``require_challenge: true`` makes a request without a nonce a spoof (reason
 ``challenge_required``) under ``flag`` and ``reject``. A nonce that is unknown, used or expired

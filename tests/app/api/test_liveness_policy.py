@@ -150,3 +150,45 @@ def test_a_challenge_nonce_travels_in_json_and_multipart(
         },
     )
     assert garbage.status_code == 404 and error_code(garbage) == "liveness_challenge_not_found"
+
+
+def test_bad_liveness_input_is_a_clear_4xx_and_changes_nothing(
+    client: TestClient, new_org: Callable[[], Org], face_images: dict[str, bytes]
+) -> None:
+    org, other = new_org(), new_org()
+    tom = _b64(face_images["tom"])
+    enrolled = client.post(
+        "/v1/subjects/cust-1/enrollments", headers=org.key(Scope.ENROLL), json={"frames": [tom]}
+    )
+    assert enrolled.status_code == 201, enrolled.text
+    match = org.key(Scope.MATCH)
+
+    def verify(**fields: object) -> tuple[int, str]:
+        body = {"subject_id": "cust-1", "probe": {"image": tom}, **fields}
+        response = client.post("/v1/verify", headers=match, json=body)
+        return response.status_code, error_code(response) if response.status_code >= 400 else ""
+
+    foreign = challenges.create_challenge(other.runtime, other.org_id, None)
+    assert verify(liveness_challenge=foreign.nonce) == (404, "liveness_challenge_not_found")
+    assert verify(liveness_challenge="x" * 65)[0] == 422  # longer than any nonce
+    assert verify(liveness_challenge=7)[0] == 422
+    assert verify(liveness_frames=[tom]) == (422, "invalid_request")  # frames, no challenge
+    issued = challenges.create_challenge(org.runtime, org.org_id, None)
+    limit = org.runtime.settings.max_frames_per_request
+    too_many = verify(liveness_challenge=issued.nonce, liveness_frames=[tom] * limit)
+    assert too_many == (422, "too_many_frames")
+    assert verify(liveness_challenge=issued.nonce, liveness_frames=["not base64!"])[0] == 422
+    vector = {"vector": [0.1] * 128, "model_id": org.runtime.model_id}
+    response = client.post(
+        "/v1/verify",
+        headers=match,
+        json={"subject_id": "cust-1", "probe": vector, "liveness_challenge": issued.nonce},
+    )
+    assert response.status_code == 422 and error_code(response) == "invalid_request"
+    # None of these used the org's challenge up: it still answers a bundle once.
+    truncated = _b64(face_images["tom"][:200])
+    answered = verify(liveness_challenge=issued.nonce, liveness_frames=[truncated])
+    assert answered == (200, "")
+    assert verify(liveness_challenge=issued.nonce) == (409, "liveness_challenge_used")
+    # The foreign org's challenge was not touched either.
+    assert challenges.consume_challenge(other.runtime, other.org_id, foreign.nonce).id == foreign.id
