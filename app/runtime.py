@@ -234,7 +234,7 @@ class Runtime:
             feed=FeedStatus(required=settings.uses_postgresql),
             claim=claim,
             replica_id=_replica_id(settings.home),
-            pad=PadModelSlot(settings.models_dir, settings.inference_threads),
+            pad=PadModelSlot.prepared(settings.models_dir, settings.inference_threads),
             serving=serving,
         )
 

