@@ -51,7 +51,7 @@ def main() -> None:
     # The network runs for about a second per frame on the 2-core reference machine: few
     # rounds, so the suite stays inside `python -m benchmarks --quick`'s few minutes.
     rounds = args.rounds or (5 if args.quick else 50)
-    warmup = 5 if args.quick else 10
+    warmup = 2 if args.quick else 10
 
     import numpy as np
 
