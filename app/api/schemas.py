@@ -655,6 +655,7 @@ class OrgSettingsPatch(BaseModel):
                     "threshold": 0.42,
                     "threshold_calibration": "wajah calibrate 2026-11-27, FMR 1e-4",
                     "duplicate_policy": "flag",
+                    "liveness": {"policy": "flag", "passive_threshold": 0.2},
                 }
             ]
         },

@@ -18,7 +18,7 @@ from app.cli import cli
 from models.calibration import CalibrationInputError
 from models.calibration.pad import PadReport, rates_at, score_pad_folder, threshold_for_bpcer
 from models.imaging import encode_jpeg
-from models.liveness import DEFAULT_THRESHOLD, PassiveLiveness
+from models.liveness import DEFAULT_THRESHOLD, PAD_SHA256, PassiveLiveness, read_pad_model
 from models.packs import ModelPack
 from models.pipeline import FacePipeline
 from tests.pad_renders import write_folder
@@ -158,3 +158,15 @@ def test_the_command_prints_the_rates_and_writes_json_and_a_det_plot(
 
     missing = CliRunner().invoke(cli, ["calibrate", "--pad", str(tmp_path / "nope")])
     assert missing.exit_code == 1 and "is not a folder" in " ".join(missing.output.split())
+
+
+def test_models_prepare_also_prepares_the_pad_model(
+    tmp_path: Path, default_pack: ModelPack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models_dir = default_pack.directory.parent
+    monkeypatch.setenv("WAJAH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("WAJAH_MODEL_CACHE_DIR", str(models_dir))
+    result = CliRunner().invoke(cli, ["models", "prepare"])
+    assert result.exit_code == 0, result.output
+    assert f"fas-256s-v10.2 ready at {models_dir / 'fas-256s-v10.2'}" in result.stdout
+    assert read_pad_model(models_dir).sha256 == PAD_SHA256
