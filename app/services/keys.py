@@ -45,7 +45,6 @@ from app.services.principal import record
 from app.services.watchlists import OrgNotFoundError
 from app.storage import (
     Connection,
-    documents,
     feed,
     orgs,
     read_transaction,
@@ -243,7 +242,7 @@ def _count_below(runtime: Runtime, org_id: str, kind: str, report: RotationRepor
         if kind == "webhook_secrets":
             return rows_under.count_webhook_secrets(conn, org_id, "<", report.kek_version)
         if kind == "source_documents":
-            return documents.count_wrapped_under(conn, org_id, "<", report.kek_version)
+            return rows_under.count_documents(conn, org_id, "<", report.kek_version)
         return rows_under.count_audit_details(conn, org_id, "<", report.kek_version)
 
 
@@ -359,9 +358,9 @@ def _documents_step(
     runtime: Runtime, conn: Connection, org_id: str, report: RotationReport, after: Any, n: int
 ) -> tuple[int, int, list[str], Any]:
     """Source documents (`app.services.onboarding`): sealed as frames are, so rewrapped so."""
-    rows = documents.wrapped_below(conn, org_id, report.kek_version, after, n)
+    rows = rows_under.documents_below(conn, org_id, report.kek_version, after, n)
     moved, failed = _rewrap_frame_deks(
-        runtime, org_id, rows, functools.partial(documents.set_wrapped_dek, conn)
+        runtime, org_id, rows, functools.partial(rows_under.set_document_dek, conn)
     )
     return len(rows), moved, failed, rows[-1].id if rows else after
 
@@ -412,7 +411,7 @@ def dependents(runtime: Runtime, org_id: str, family: Family, version: int) -> d
             return {"subject_keys": rows_under.count_subject_keys(conn, org_id, "==", version)}
         return {
             "frames": rows_under.count_frames(conn, org_id, "==", version),
-            "source_documents": documents.count_wrapped_under(conn, org_id, "==", version),
+            "source_documents": rows_under.count_documents(conn, org_id, "==", version),
             "pii": rows_under.count_pii(conn, org_id, "==", version),
             "audit_details": rows_under.count_audit_details(conn, org_id, "==", version),
             "webhook_secrets": rows_under.count_webhook_secrets(conn, org_id, "==", version),

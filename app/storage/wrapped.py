@@ -2,7 +2,8 @@
 rotation moves (`app.services.keys`) and what must be gone before a version is destroyed.
 
 Under an org's KEK (key-manager org id = the org id):
-* ``frames.wrapped_dek`` (with ``frames.kek_version``);
+* ``frames.wrapped_dek`` (with ``frames.kek_version``), and the same columns of
+  ``source_documents``;
 * sealed PII from before subject keys (``subjects.<field>_sealed`` in the org envelope,
   sealed-blob format 1; PII sealed under a subject key, format 2, is not under the org KEK);
 * audit details (``audit_log.details_sealed``, chain = the org id; the system chain under the
@@ -40,6 +41,7 @@ from app.storage.schema import (
     audit_log,
     enrollments,
     frames,
+    source_documents,
     subject_keys,
     subjects,
     utcnow,
@@ -74,44 +76,84 @@ def _compare(expr: Any, op: str, version: int) -> Any:
 # --- frames -----------------------------------------------------------------------------------
 
 
-def _frames_where(org_id: str, op: str, version: int) -> Any:
-    column = frames.c.kek_version
+def _deks_where(table: sa.Table, org_id: str, op: str, version: int) -> Any:
+    column = table.c.kek_version
     return sa.and_(
-        frames.c.org_id == org_id,
-        frames.c.wrapped_dek.is_not(None),
+        table.c.org_id == org_id,
+        table.c.wrapped_dek.is_not(None),
         column < version if op == "<" else column == version,
     )
+
+
+def _count_deks(conn: Connection, table: sa.Table, org_id: str, op: str, version: int) -> int:
+    stmt = sa.select(sa.func.count()).select_from(table)
+    return int(conn.execute(stmt.where(_deks_where(table, org_id, op, version))).scalar_one())
+
+
+def _deks_below(
+    conn: Connection, table: sa.Table, org_id: str, version: int, after: str, limit: int
+) -> list[Any]:
+    return list(
+        conn.execute(
+            sa.select(table.c.id, table.c.wrapped_dek)
+            .where(_deks_where(table, org_id, "<", version), table.c.id > after)
+            .order_by(table.c.id)
+            .limit(limit)
+        )
+    )
+
+
+def _set_dek(
+    conn: Connection, table: sa.Table, row_id: str, old: bytes, wrapped_dek: bytes, version: int
+) -> bool:
+    # Only if it is still `old`: a row shredded or deleted meanwhile stays so.
+    result = conn.execute(
+        sa.update(table)
+        .where(table.c.id == row_id, table.c.wrapped_dek == old)
+        .values(wrapped_dek=wrapped_dek, kek_version=version)
+    )
+    return bool(result.rowcount)
 
 
 def count_frames(conn: Connection, org_id: str, op: str, version: int) -> int:
     """Unshredded frames of the org whose DEK is wrapped under a version ``op`` ("<", "==")
     ``version``."""
-    stmt = sa.select(sa.func.count()).select_from(frames).where(_frames_where(org_id, op, version))
-    return int(conn.execute(stmt).scalar_one())
+    return _count_deks(conn, frames, org_id, op, version)
 
 
 def frames_below(conn: Connection, org_id: str, version: int, after: str, limit: int) -> list[Any]:
     """``id, wrapped_dek`` of frames under a version below ``version``, id > ``after``."""
-    return list(
-        conn.execute(
-            sa.select(frames.c.id, frames.c.wrapped_dek)
-            .where(_frames_where(org_id, "<", version), frames.c.id > after)
-            .order_by(frames.c.id)
-            .limit(limit)
-        )
-    )
+    return _deks_below(conn, frames, org_id, version, after, limit)
 
 
 def set_frame_dek(
     conn: Connection, frame_id: str, old: bytes, wrapped_dek: bytes, kek_version: int
 ) -> bool:
     """Replace a frame's wrapped DEK if it is still ``old`` (not shredded meanwhile)."""
-    result = conn.execute(
-        sa.update(frames)
-        .where(frames.c.id == frame_id, frames.c.wrapped_dek == old)
-        .values(wrapped_dek=wrapped_dek, kek_version=kek_version)
-    )
-    return bool(result.rowcount)
+    return _set_dek(conn, frames, frame_id, old, wrapped_dek, kek_version)
+
+
+# --- source documents (sealed as frames are; app.services.onboarding) --------------------------
+
+
+def count_documents(conn: Connection, org_id: str, op: str, version: int) -> int:
+    """The org's source documents whose DEK is wrapped under a version ``op`` ("<", "==")
+    ``version``."""
+    return _count_deks(conn, source_documents, org_id, op, version)
+
+
+def documents_below(
+    conn: Connection, org_id: str, version: int, after: str, limit: int
+) -> list[Any]:
+    """``id, wrapped_dek`` of documents under a version below ``version``, id > ``after``."""
+    return _deks_below(conn, source_documents, org_id, version, after, limit)
+
+
+def set_document_dek(
+    conn: Connection, document_id: str, old: bytes, wrapped_dek: bytes, kek_version: int
+) -> bool:
+    """Replace a document's wrapped DEK if it is still ``old`` (not deleted meanwhile)."""
+    return _set_dek(conn, source_documents, document_id, old, wrapped_dek, kek_version)
 
 
 # --- PII sealed in the org envelope (before subject keys) -------------------------------------
