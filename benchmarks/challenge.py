@@ -24,14 +24,17 @@ round timing every one in turns (`time_alternating`):
 from __future__ import annotations
 
 import argparse
-import base64
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import print_table, summarise, time_alternating, write_results
+from benchmarks.common import (
+    print_table,
+    summarise,
+    throwaway_runtime,
+    time_alternating,
+    write_results,
+)
 
-ROOT_KEY = base64.b64encode(bytes(range(32))).decode()
 STEPS = ["turn_left", "turn_right", "turn_left"]
 
 
@@ -61,19 +64,9 @@ def main() -> None:
     warmup = 3 if args.quick else 10
 
     from app.services import challenges
-    from app.services.lifecycle import start_runtime, stop_runtime
     from app.services.orgs import create_org
-    from app.settings import Settings
 
-    work = Path(tempfile.mkdtemp(prefix="wajah-bench-challenge-"))
-    settings = Settings(
-        home=work / "home",
-        database_url=f"sqlite:///{work / 'wajah.db'}",
-        root_key=ROOT_KEY,  # type: ignore[arg-type]
-        rate_limit_per_second=0,
-    )
-    runtime = start_runtime(settings)
-    try:
+    with throwaway_runtime("challenge") as runtime:
         pipeline = runtime.pipeline
         org_id = create_org(runtime, "Benchmark Bank")[0]
         frames = _frames(pipeline)
@@ -112,8 +105,6 @@ def main() -> None:
             rounds,
             warmup,
         )
-    finally:
-        stop_runtime(runtime)
     results = {name: summarise(t, warmup) for name, t in timings.items()}
     base = results["capture_bundle"]["p50_ms"]
     print_table(

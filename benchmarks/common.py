@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import platform
 import socket
 import statistics
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -140,3 +143,24 @@ def emit(payload: dict[str, Any]) -> None:
     target = os.environ.get(OUT_ENV)
     if target:
         Path(target).write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+
+
+@contextmanager
+def throwaway_runtime(name: str) -> Iterator[Any]:
+    """A started runtime on a fresh SQLite file and home (fixed test root key, no rate
+    limit), stopped on exit: what a suite timing the services in-process needs."""
+    from app.services.lifecycle import start_runtime, stop_runtime
+    from app.settings import Settings
+
+    work = Path(tempfile.mkdtemp(prefix=f"wajah-bench-{name}-"))
+    settings = Settings(
+        home=work / "home",
+        database_url=f"sqlite:///{work / 'wajah.db'}",
+        root_key=base64.b64encode(bytes(range(32))).decode(),  # type: ignore[arg-type]
+        rate_limit_per_second=0,
+    )
+    runtime = start_runtime(settings)
+    try:
+        yield runtime
+    finally:
+        stop_runtime(runtime)

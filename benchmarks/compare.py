@@ -18,15 +18,19 @@ from __future__ import annotations
 
 import argparse
 import base64
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
 
-from benchmarks.common import print_table, summarise, time_alternating, write_results
+from benchmarks.common import (
+    print_table,
+    summarise,
+    throwaway_runtime,
+    time_alternating,
+    write_results,
+)
 
-ROOT_KEY = base64.b64encode(bytes(range(32))).decode()
 PERSON = 3  # t1.jpg's fourth face from the left: near-frontal
 
 
@@ -63,23 +67,13 @@ def main() -> None:
     warmup = 3 if args.quick else 10
 
     from app.main import create_app
-    from app.services.lifecycle import start_runtime, stop_runtime
     from app.services.orgs import create_org
-    from app.settings import Settings
 
-    work = Path(tempfile.mkdtemp(prefix="wajah-bench-compare-"))
-    settings = Settings(
-        home=work / "home",
-        database_url=f"sqlite:///{work / 'wajah.db'}",
-        root_key=ROOT_KEY,  # type: ignore[arg-type]
-        rate_limit_per_second=0,
-    )
-    runtime = start_runtime(settings)
-    try:
+    with throwaway_runtime("compare") as runtime:
         images = _images(runtime.pipeline)
         _, key = create_org(runtime, "Benchmark Bank")
         headers = {"Authorization": f"Bearer {key.plaintext}"}
-        with TestClient(create_app(settings, runtime)) as client:
+        with TestClient(create_app(runtime.settings, runtime)) as client:
             enrolled = client.post(
                 "/v1/subjects/id-photo/enrollments",
                 headers=headers,
@@ -112,8 +106,6 @@ def main() -> None:
                 rounds,
                 warmup,
             )
-    finally:
-        stop_runtime(runtime)
     results = {name: summarise(t, warmup) for name, t in timings.items()}
     base = results["two_verifies"]["p50_ms"]
     rows = [
