@@ -16,18 +16,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
+from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
+from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 
 from app.api.schemas import CompareForm, CompareJson, EnrollForm, EnrollJson, ErrorBody
+from app.errors import InvalidRequestError, TooManyFramesError
 from app.services.idempotency import MAX_KEY_LENGTH
 from app.services.pages import CURSOR_PATTERN
+
+BodyModel = TypeVar("BodyModel", bound=BaseModel)
 
 # --- errors ---------------------------------------------------------------------------------
 
@@ -201,6 +206,28 @@ def has_body(request: Request) -> bool:
 
 def unsupported_media_type(accepted: str) -> HTTPException:
     return HTTPException(415, f"send the body as {accepted}")
+
+
+async def read_form(request: Request, max_frames: int, max_files: int, max_fields: int) -> FormData:
+    """A multipart body, bounded while it is parsed: a part beyond `max_files` stops the
+    parser (the frames it would hold are more than `max_frames`), garbage is a 422."""
+    try:
+        return await request.form(max_files=max_files, max_fields=max_fields)
+    except Exception as exc:  # starlette raises a bare MultiPartException on garbage
+        if "Too many files" in str(exc):
+            raise TooManyFramesError(f"more than {max_frames} frames") from None
+        raise InvalidRequestError(f"malformed multipart body: {exc}") from None
+
+
+async def read_json_body(request: Request, model: type[BodyModel], what: str) -> BodyModel:
+    """A JSON body validated as `model`; what is wrong with it is listed in a 422."""
+    try:
+        return model.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise InvalidRequestError(
+            f"the JSON body is not a valid {what}",
+            errors=[{"loc": [str(p) for p in e["loc"]], "msg": e["msg"]} for e in exc.errors()],
+        ) from None
 
 
 class JsonBodyRoute(APIRoute):

@@ -7,7 +7,6 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -18,12 +17,14 @@ from app.api.contract import (
     JsonBodyRoute,
     errors,
     is_json,
+    read_form,
+    read_json_body,
     unsupported_media_type,
 )
 from app.api.deps import MatcherDep
 from app.api.idempotency import idempotent
 from app.api.schemas import CompareJson, CompareResponse
-from app.errors import InvalidRequestError, TooManyFramesError
+from app.errors import InvalidRequestError
 from app.services import onboarding as service
 
 router = APIRouter(tags=["onboarding"], route_class=JsonBodyRoute)
@@ -57,12 +58,7 @@ async def _read_compare(request: Request, max_frames: int) -> service.CompareReq
     liveness challenge (the service checks their count; the parser stops one above it)."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        try:
-            form = await request.form(max_files=2 + max_frames, max_fields=8)
-        except Exception as exc:  # starlette raises a bare MultiPartException on garbage
-            if "Too many files" in str(exc):
-                raise TooManyFramesError(f"more than {max_frames} frames") from None
-            raise InvalidRequestError(f"malformed multipart body: {exc}") from None
+        form = await read_form(request, max_frames, max_files=2 + max_frames, max_fields=8)
         files = {}
         for name in ("probe", "reference"):
             parts = form.getlist(name)
@@ -84,13 +80,7 @@ async def _read_compare(request: Request, max_frames: int) -> service.CompareReq
             liveness_frames=tuple([await f.read() for f in frames]),
         )
     if is_json(content_type):
-        try:
-            body = CompareJson.model_validate_json(await request.body())
-        except ValidationError as exc:
-            raise InvalidRequestError(
-                "the JSON body is not a valid compare",
-                errors=[{"loc": [str(p) for p in e["loc"]], "msg": e["msg"]} for e in exc.errors()],
-            ) from None
+        body = await read_json_body(request, CompareJson, "compare")
         return service.CompareRequest(
             probe=body.probe.image,
             reference=body.reference.image,

@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -21,6 +20,8 @@ from app.api.contract import (
     Limit,
     errors,
     is_json,
+    read_form,
+    read_json_body,
     unsupported_media_type,
 )
 from app.api.deps import EnrollerDep
@@ -37,7 +38,7 @@ from app.api.schemas import (
     SubjectPage,
     SubjectResponse,
 )
-from app.errors import InvalidRequestError, TooManyFramesError
+from app.errors import InvalidRequestError
 from app.services import rights
 from app.services import subjects as service
 
@@ -79,12 +80,8 @@ async def _read_bundle(request: Request, max_frames: int) -> service.CaptureBund
     the multipart parser is bounded one above it, so an oversized form stops while parsing."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        try:
-            form = await request.form(max_files=max_frames + 1, max_fields=16)
-        except Exception as exc:  # starlette raises a bare MultiPartException on garbage
-            if "Too many files" in str(exc):  # more than max_frames + 1 parts
-                raise TooManyFramesError(f"more than {max_frames} frames") from None
-            raise InvalidRequestError(f"malformed multipart body: {exc}") from None
+        # Bounded one above the frame limit: an oversized form stops while parsing.
+        form = await read_form(request, max_frames, max_files=max_frames + 1, max_fields=16)
         uploads = [f for f in form.getlist("frames") if isinstance(f, UploadFile)]
         frames = [await f.read() for f in uploads]
         policy = form.get("duplicate_check")
@@ -97,13 +94,7 @@ async def _read_bundle(request: Request, max_frames: int) -> service.CaptureBund
             frames, str(policy) if policy else None, pii, screen, str(nonce) if nonce else None
         )
     if is_json(content_type):
-        try:
-            body = EnrollJson.model_validate_json(await request.body())
-        except ValidationError as exc:
-            raise InvalidRequestError(
-                "the JSON body is not a valid enrollment",
-                errors=[{"loc": [str(p) for p in e["loc"]], "msg": e["msg"]} for e in exc.errors()],
-            ) from None
+        body = await read_json_body(request, EnrollJson, "enrollment")
         pii = body.pii.model_dump(exclude_none=True) if body.pii else {}
         return service.CaptureBundle(
             body.frames, body.duplicate_check, pii, body.screen_watchlists, body.liveness_challenge
