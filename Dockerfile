@@ -17,6 +17,10 @@
 
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# gcc builds the exact search's scan kernel (index/_scan.c); the image ships only its result.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 RUN python -m venv /opt/wajah
 COPY requirements-prod.lock ./

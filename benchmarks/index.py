@@ -60,7 +60,7 @@ from benchmarks.common import (
     percentile,
     print_table,
 )
-from index import IndexRegistry, VectorIndex
+from index import IndexRegistry, VectorIndex, _scan
 
 MODEL = "bench-model"
 THRESHOLD = 0.4
@@ -494,7 +494,7 @@ def main() -> None:
         "one_core_gb_s": round(read_bandwidth(1), 2),
         "all_cores_gb_s": round(read_bandwidth(threads), 2),
     }
-    print(f"read bandwidth: {bandwidth}")
+    print(f"read bandwidth: {bandwidth}; scan kernel: {_scan.kernel()}")
     results = []
     with (
         tempfile.TemporaryDirectory(dir=RESULTS_DIR.parent) as tmp,
@@ -555,6 +555,7 @@ def main() -> None:
         "machine": machine_info(),
         "mode": "quick" if args.quick else "full",
         "threads": threads,
+        "scan_kernel": _scan.kernel(),
         "read_bandwidth": bandwidth,
         "threshold": THRESHOLD,
         "k": K,

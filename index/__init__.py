@@ -1,7 +1,7 @@
 """Per-namespace vector indexes: a library that knows nothing of HTTP, orgs or crypto.
 
 The service depends on two protocols (``index.backend``): an :class:`IndexBackend` hands out
-one :class:`NamespaceIndex` per namespace. The embedded exact index over FAISS,
+one :class:`NamespaceIndex` per namespace. The embedded exact index (a C scan, FAISS heaps),
 :class:`IndexRegistry` of :class:`VectorIndex`, implements them; a second backend (Milvus) is
 to keep the same contract and pass the same tests (``tests/index/backends.py``).
 

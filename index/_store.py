@@ -1,22 +1,23 @@
-"""Segmented vector storage that FAISS scans in place.
+"""Segmented vector storage that the exact scan reads in place.
 
 Vectors live in fixed-capacity segments: numpy arrays allocated once at full capacity, rows
-written straight into them, and FAISS's kernels run over the filled rows in place (the flat
-inner-product scan for float32, the QT_fp16 scalar quantizer's scan for float16). So adding
+written straight into them, and the scan (``index._kernels``) reads the filled rows in place,
+float32 or IEEE half floats. So adding
 never reallocates or copies existing vectors (an ``IndexIDMap2`` doubling its storage stalled
 8.8 s and peaked at 3x after 1M vectors), and peak memory stays within one segment of the raw
 vector bytes.
 
-The arrays are numpy's, not a FAISS index's own code buffer, for their pages: numpy asks the
-kernel for transparent huge pages (``madvise``) on every allocation of 4 MiB and more before
-first touch, while a FAISS buffer is zero-filled in 4 KiB pages. The same FAISS kernel over
-the same rows read 12.3 GB/s from a FAISS buffer and 14.0 GB/s from a numpy array on one core
-here (1M x 512), 11.1 and 13.8 at 128-d: a scan streams far more pages than the TLB holds.
+The arrays are numpy's, not a FAISS index's own code buffer (as they once were), for their
+pages: numpy asks the kernel for transparent huge pages (``madvise``) on every allocation of
+4 MiB and more before first touch, while a FAISS buffer is zero-filled in 4 KiB pages. The
+same FAISS kernel over the same rows read 12.3 GB/s from a FAISS buffer and 14.0 GB/s from a
+numpy array on one core here (1M x 512), 11.1 and 13.8 at 128-d: a scan streams far more
+pages than the TLB holds.
 
 Ids are kept beside the vectors (``-1`` marks a free or removed row) and in a dict from id to
 row. Removing an id is O(1): the row's id becomes ``-1`` and its vector is zeroed. A zero
 vector scores exactly 0 against any query, so a tombstone can only surface when a search asks
-for scores <= 0; then the search asks FAISS for ``k + tombstones`` rows and drops them.
+for scores <= 0; then the search asks for ``k + tombstones`` rows and drops them.
 Compaction rewrites live rows into fresh segments.
 """
 
@@ -25,11 +26,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Literal
 
-import faiss
 import numpy as np
 from numpy.typing import NDArray
 
-from ._gemm import sgemv_top_k
+from ._kernels import scan_top_k
 
 Storage = Literal["float32", "float16"]
 
@@ -40,7 +40,7 @@ _ROW_MASK = (1 << ROW_BITS) - 1
 # cap that keeps one zero-filled allocation short and makes a segment the piece of work that
 # the search threads take in turn (see SearchPool.share): 16 MiB is about 1.2 ms of scanning
 # on one core here, so a thread slowed by a busy core holds the search up by at most that,
-# while the per-piece overhead (a FAISS call, a top-k fold) stays near 2 %.
+# while the per-piece overhead (a scan call, a top-k fold) stays near 2 %.
 FIRST_SEGMENT_ROWS = 1024
 MAX_SEGMENT_BYTES = 16 << 20
 
@@ -53,7 +53,7 @@ class Segment:
     """Pre-allocated rows plus their ids, or a full view of float32 rows held elsewhere.
 
     A segment either owns its memory (allocated at full capacity) or, loaded from a snapshot,
-    is a full view of float32 rows that FAISS scans in place (no copy); see
+    is a full view of float32 rows that the scan reads in place (no copy); see
     :func:`Segment.view`.
     """
 
@@ -83,55 +83,14 @@ class Segment:
         return seg
 
     def search(self, queries: NDArray[np.float32], k: int) -> tuple[NDArray[Any], NDArray[Any]]:
-        """FAISS's top-``k`` (scores, rows) of the filled rows, best first, ``k`` <= ``size``."""
-        rows = self.vectors[: self.size]
-        if rows.dtype != np.float32:
-            return _fp16_knn(queries, rows, k)
-        if len(queries) == 1 and (top := sgemv_top_k(queries[0], rows, k)) is not None:
-            return top
-        return faiss.knn(  # type: ignore[no-any-return]
-            queries, rows, k, metric=faiss.METRIC_INNER_PRODUCT
-        )
+        """Top-``k`` (scores, rows) of the filled rows, best first, ``k`` <= ``size``."""
+        return scan_top_k(queries, self.vectors[: self.size], k)
 
     def set_size(self, size: int) -> None:
         self.size = size
 
     def memory_bytes(self) -> int:
         return int(self.vectors.nbytes + self.ids.nbytes)
-
-
-_fp16_quantizers: dict[int, Any] = {}
-
-
-def _fp16_knn(
-    queries: NDArray[np.float32], rows: NDArray[np.float16], k: int
-) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-    """Top-``k`` inner products over IEEE half-float rows, best first.
-
-    This is the scan that ``IndexScalarQuantizer`` (QT_fp16) runs, taken from its scanner so
-    that it reads rows FAISS does not own: each half float is widened to float32 in registers
-    and multiplied with the float32 query, so a scan reads half the bytes of a float32 one.
-    """
-    dimension = rows.shape[1]
-    sq: Any = _fp16_quantizers.get(dimension)
-    if sq is None:  # a race here only builds an identical quantizer twice
-        sq = _fp16_quantizers[dimension] = faiss.ScalarQuantizer(
-            dimension, faiss.ScalarQuantizer.QT_fp16
-        )
-    scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-    labels = np.full((len(queries), k), -1, dtype=np.int64)
-    codes = faiss.swig_ptr(rows.view(np.uint8))
-    for i in range(len(queries)):
-        # store_pairs: labels are (list << 32 | row), list 0 here, so plain row numbers.
-        scanner = sq.select_InvertedListScanner(faiss.METRIC_INNER_PRODUCT, None, True, None, False)
-        scanner.set_query(faiss.swig_ptr(queries[i]))
-        scanner.set_list(0, 0.0)
-        # A min-heap of the k best seen so far, seeded with -inf.
-        scanner.scan_codes(
-            len(rows), codes, None, faiss.swig_ptr(scores[i]), faiss.swig_ptr(labels[i]), k
-        )
-    order = np.argsort(-scores, axis=1, kind="stable")
-    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(labels, order, axis=1)
 
 
 class Store:
@@ -212,7 +171,7 @@ class Store:
     def live_chunks(self, which: Literal["ids", "vectors"]) -> Iterator[NDArray[Any]]:
         """Yield the ids or the vectors of live rows, segment by segment.
 
-        Segments without tombstones yield views of the FAISS buffers; the others a copy of
+        Segments without tombstones yield views of their arrays; the others a copy of
         their live rows, so at most one segment is copied at a time.
         """
         for seg in self.segments:

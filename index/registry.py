@@ -37,11 +37,8 @@ class IndexRegistry:
     namespace so that any string is a safe name; the registry holds an exclusive ``flock`` on
     it so that two processes never write the same snapshots.
 
-    FAISS settings are process-wide, so the registry sets them once, explicitly:
-    ``threads`` search threads (default: all cores) each running FAISS with one OpenMP
-    thread. ``blas_threshold`` overrides FAISS's ``distance_compute_blas_threshold``; leave it
-    at FAISS's default, which keeps single queries on the fast scalar scan (float32 batches
-    are scored by sgemm in the index itself, see ``index._gemm``).
+    ``threads`` search threads (default: all cores) share each scan (see
+    ``index._kernels``); FAISS's top-k heaps run on them with one OpenMP thread each.
     """
 
     def __init__(
@@ -49,13 +46,10 @@ class IndexRegistry:
         snapshot_dir: Path | None = None,
         *,
         threads: int | None = None,
-        blas_threshold: int | None = None,
         micro_batch: bool = True,
     ) -> None:
         self.threads = threads or os.cpu_count() or 1
         faiss.omp_set_num_threads(self.threads)
-        if blas_threshold is not None:
-            faiss.cvar.distance_compute_blas_threshold = blas_threshold
         self._pool = SearchPool(self.threads)
         self._micro_batch = micro_batch
         self._lock = threading.Lock()

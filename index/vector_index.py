@@ -1,18 +1,17 @@
 """One namespace's vector index: exact inner-product search over L2-normalised vectors.
 
 Inner product equals cosine similarity on L2-normalised vectors, which every vector added
-here must be. The vectors are scanned exactly, as float32 or, opt-in, as float16 at half the
-memory and half the bytes per scan (FAISS's QT_fp16 scan); the benchmark measures its mate
-recall. No approximate layout (HNSW, IVF) is offered: on face-like 512-d data HNSW missed far
-too many mates at a useful efSearch.
+here must be. The vectors are scanned exactly, as float32 or, opt-in, as IEEE half floats at
+half the memory and half the bytes per scan; the benchmark measures its mate recall. No
+approximate layout (HNSW, IVF) is offered: on face-like 512-d data HNSW missed far too many
+mates at a useful efSearch.
 
 Search path: the search-pool threads take a namespace's segments (16 MiB each at most) one
 at a time from a shared queue until none is left, so a thread on a busy core simply takes
-fewer; each segment is scanned for the whole batch of queries: a single float32 query by
-OpenBLAS's sgemv, two by FAISS's flat scan, bigger float32 batches by one sgemm per segment
-(see ``index._gemm``), float16 by FAISS's QT_fp16 scan per query (see ``index._store``);
-each thread folds its hits into one top k as it goes, and those are merged by score, ties
-by id.
+fewer; each segment is scanned for the whole batch of queries, by the C scan
+(``index/_scan.c``, each row read once for every query of the batch) or, for float32 batches
+of a few queries or more, by one sgemm (see ``index._kernels``); each thread folds its hits
+into one top k as it goes, and those are merged by score, ties by id.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from ._concurrency import MicroBatcher, RWLock, SearchPool
-from ._gemm import scorer_for, use_gemm
+from ._kernels import scorer_for, use_gemm
 from ._store import Segment, Storage, Store
 from .backend import (
     BEGINNING,
@@ -186,7 +185,7 @@ class VectorIndex:
                 np.full((len(q), k), -np.inf, dtype=np.float32),
             )
         # A tombstone is a zero vector scoring exactly 0, so it can only take the place of a
-        # live hit when scores <= 0 are wanted; only then ask FAISS for extra rows.
+        # live hit when scores <= 0 are wanted; only then ask for extra rows.
         include_dead = floor is None or floor <= 0
         gemm = (
             scorer_for(self.dimension)

@@ -11,7 +11,7 @@ import pytest
 
 from index import IndexRegistry
 from index._concurrency import MicroBatcher
-from index._gemm import GemmScorer
+from index._kernels import GemmScorer
 
 from .conftest import MODEL, unit_vectors
 

@@ -233,7 +233,7 @@ def test_storage_layouts_and_compaction_match_brute_force(
 
 def test_only_512d_batches_take_the_sgemm_path() -> None:
     """test_single_and_batched_queries_agree compares FAISS's scan with sgemm at 512-d."""
-    from index._gemm import use_gemm
+    from index._kernels import use_gemm
 
     for d in (16, 512):
         assert use_gemm(12, d) == (d == 512) and not use_gemm(1, d)

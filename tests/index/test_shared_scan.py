@@ -15,9 +15,9 @@ import faiss
 import numpy as np
 import pytest
 
-from index import IndexRegistry
+from index import IndexRegistry, _scan
 from index._concurrency import SearchPool
-from index._gemm import sgemv_top_k
+from index._kernels import heap_top_k, scan_top_k
 from index.vector_index import _top_k
 
 from .conftest import MODEL, BruteForce, assert_same, unit_vectors
@@ -97,16 +97,116 @@ def test_top_k_settles_ties_at_the_cut_off_by_id() -> None:
     assert top_scores[1].tolist() == [-0.25] * 3
 
 
-def test_sgemv_scan_equals_faiss_scan() -> None:
+def test_c_scan_top_k_equals_faiss_flat_search() -> None:
     rng = np.random.default_rng(5)
     rows = unit_vectors(rng, 5000, 512)
-    query = unit_vectors(rng, 1, 512)
-    got = sgemv_top_k(query[0], rows, 25)
-    if got is None:
-        pytest.skip("this FAISS bundles no OpenMP OpenBLAS")
-    want_scores, want_rows = faiss.knn(query, rows, 25, metric=faiss.METRIC_INNER_PRODUCT)
-    assert got[1].tolist() == want_rows.tolist()
-    np.testing.assert_allclose(got[0], want_scores, atol=1e-5)
-    everything = sgemv_top_k(query[0], rows[:7], 7)
-    assert everything is not None
+    queries = unit_vectors(rng, 3, 512)
+    want_scores, want_rows = faiss.knn(queries, rows, 25, metric=faiss.METRIC_INNER_PRODUCT)
+    for batch in (queries[:1], queries):
+        got_scores, got_rows = scan_top_k(batch, rows, 25)
+        assert got_rows.tolist() == want_rows[: len(batch)].tolist()
+        np.testing.assert_allclose(got_scores, want_scores[: len(batch)], atol=1e-5)
+    everything = scan_top_k(queries[:1], rows[:7], 7)
     assert sorted(everything[1][0].tolist()) == list(range(7))
+
+
+@pytest.fixture(params=["avx512", "avx2", "portable"])
+def kernel(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each code path of the C scan that this CPU can run; the fastest is put back after."""
+    chosen = _scan.kernel()
+    try:
+        _scan.set_kernel(request.param)
+    except ValueError:
+        pytest.skip(f"this CPU cannot run the {request.param} kernel")
+    try:
+        yield request.param
+    finally:
+        _scan.set_kernel(chosen)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_every_kernel_matches_float64_numpy_for_any_shape(kernel: str, dtype: type) -> None:
+    # Dimensions around each path's vector widths (8, 16 lanes; 32, 64 unrolled) and tails.
+    rng = np.random.default_rng(11)
+    for d in (1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 63, 64, 65, 128, 130, 512):
+        for n, nq in ((1, 1), (5, 1), (130, 1), (3, 2), (70, 3), (200, 5)):
+            rows = rng.standard_normal((n, d)).astype(dtype)
+            queries = rng.standard_normal((nq, d)).astype(np.float32)
+            out = np.full((nq, n), np.nan, dtype=np.float32)
+            _scan.inner_products(rows, queries, out)
+            want = queries.astype(np.float64) @ rows.astype(np.float64).T
+            np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4 * np.sqrt(d))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_every_kernel_selects_faiss_top_k_ties_to_the_earlier_row(kernel: str, dtype: type) -> None:
+    rng = np.random.default_rng(13)
+    rows = unit_vectors(rng, 9000, 48).astype(dtype)  # 9000 rows: three chunks of the scan
+    rows[6000:6100] = rows[:100]  # exact ties across chunks: the earlier row must win
+    rows[8990:] = rows[10]
+    queries = np.vstack([rows[:2].astype(np.float32), unit_vectors(rng, 3, 48)])
+    for k in (1, 10, 150):
+        got_scores, got_rows = scan_top_k(queries, rows, k)
+        want_scores = np.empty_like(got_scores)
+        want_rows = np.empty_like(got_rows)
+        for j, query in enumerate(queries):  # FAISS's heap over the same scores
+            exact = np.empty((1, len(rows)), dtype=np.float32)
+            _scan.inner_products(rows, query[None], exact)
+            want_scores[j], want_rows[j] = (a[0] for a in heap_top_k(exact, k))
+        # The same rows kept; FAISS orders equal scores its own way, the scan by row.
+        assert [set(r) for r in got_rows.tolist()] == [set(r) for r in want_rows.tolist()]
+        np.testing.assert_array_equal(got_scores, want_scores)
+        order = np.lexsort((got_rows, -got_scores), axis=1)
+        assert (order == np.arange(k)).all()
+    _, ties = scan_top_k(queries[:1], rows, 2)
+    assert ties[0].tolist() == [0, 6000]  # row 0 and its copy: the copy comes second
+    short_scores, short_rows = scan_top_k(queries[:1], rows[:3], 5)  # k > rows: padded
+    assert short_rows[0, 3:].tolist() == [-1, -1]
+    assert short_scores[0, 3:].tolist() == [-np.inf, -np.inf]
+
+
+def test_half_floats_widen_exactly(kernel: str) -> None:
+    # Every finite half float, one per column (subnormals, the extremes, both zeros), times 1.
+    every = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    finite = every[np.isfinite(every)]
+    rows = finite.reshape(-1, 1)
+    out = np.empty((1, len(rows)), dtype=np.float32)
+    _scan.inner_products(rows, np.ones((1, 1), dtype=np.float32), out)
+    assert out[0].tolist() == finite.astype(np.float32).tolist()
+
+
+def test_scan_refuses_what_it_cannot_read() -> None:
+    rows = np.zeros((4, 8), dtype=np.float32)
+    query = np.zeros((1, 8), dtype=np.float32)
+    out = np.zeros((1, 4), dtype=np.float32)
+    cases = [
+        (rows.astype(np.float64), query, out, "rows must be float32 or float16"),
+        (rows, query.astype(np.float16), out, "queries and out must be float32"),
+        (rows, np.zeros((1, 9), dtype=np.float32), out, "differ in dimension"),
+        (rows, query, np.zeros((1, 5), dtype=np.float32), "out must have shape"),
+        (rows[0], query, out, "must be 2-dimensional"),
+    ]
+    for r, q, o, message in cases:
+        with pytest.raises(ValueError, match=message):
+            _scan.inner_products(r, q, o)
+    with pytest.raises(ValueError, match="not C-contiguous"):
+        _scan.inner_products(rows[:, ::2], query[:, :4], out)
+    frozen = out.copy()
+    frozen.setflags(write=False)
+    with pytest.raises(ValueError, match="read-only"):
+        _scan.inner_products(rows, query, frozen)
+    with pytest.raises(ValueError, match="cannot run"):
+        _scan.set_kernel("sse1")
+    top = (np.zeros((1, 3), dtype=np.float32), np.zeros((1, 3), dtype=np.int64))
+    top_cases = [
+        ((rows.astype(np.float64), query, *top), "rows must be float32 or float16"),
+        ((rows, query, top[0], top[1].astype(np.int32)), "top_rows must be int64"),
+        ((rows, query, top[0], np.zeros((1, 4), dtype=np.int64)), "must both have shape"),
+        ((rows, np.zeros((2, 8), dtype=np.float32), *top), "must both have shape"),
+        ((rows, np.zeros((1, 7), dtype=np.float32), *top), "differ in dimension"),
+    ]
+    for arguments, message in top_cases:
+        with pytest.raises(ValueError, match=message):
+            _scan.top_k(*arguments)
+    empty = np.zeros((0, 8), dtype=np.float32)
+    _scan.inner_products(empty, query, np.zeros((1, 0), dtype=np.float32))  # nothing to do
