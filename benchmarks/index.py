@@ -8,7 +8,7 @@ namespace; --quick uses 2k and 20k vectors (under a minute). Prints a table and 
 benchmarks/results/index-<date>.json.
 
 Single-query latency is measured against numpy fairly: wajah float32, wajah float16 and numpy
-take turns sample by sample (order reversed every other round), so that all three see the same
+take turns sample by sample (the order rotated every round), so that all three see the same
 machine, in two phases: idle, and while a capture loop runs beside them (``--load capture``,
 the default): a separate process running ``FacePipeline.capture`` on one 640x480 JPEG of the
 default pack in a loop with one onnxruntime thread, i.e. a real inference loop that keeps one
@@ -275,7 +275,13 @@ def interleaved_search(
     warmup: int = 3,
 ) -> dict[str, dict[str, float]]:
     """Single-query latency of wajah float32, float16 and numpy, taking turns each round
-    (in reverse order every other round), each call ``gap_s`` after the previous one."""
+    (the order rotated by one each round), each call ``gap_s`` after the previous one.
+
+    Rotated, not reversed: reversed every other round (a b c, c b a, a b c, ...), the first
+    and last engine ran twice in a row every other round, and their second call found its
+    array still partly in the last-level cache (480 MiB here, a 1M x 128 float16 gallery is
+    256 MB), while the middle one never did. Rotated, no engine ever follows itself: each
+    call finds the others' data in the cache, not its own."""
     turns = {name: iter(range(1 << 30)) for name in ("float32", "float16", "numpy")}
 
     def probe(name: str) -> np.ndarray:
@@ -294,7 +300,8 @@ def interleaved_search(
     order = list(calls)
     timings: dict[str, list[float]] = {name: [] for name in order}
     for round_ in range(warmup + samples):
-        for name in order if round_ % 2 == 0 else order[::-1]:
+        shift = round_ % len(order)
+        for name in order[shift:] + order[:shift]:
             time.sleep(gap_s)
             started = time.perf_counter()
             calls[name]()

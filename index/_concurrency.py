@@ -59,14 +59,12 @@ class RWLock:
 
 
 class SearchPool:
-    """A fixed pool of threads that run FAISS scans, each with one OpenMP thread.
+    """A fixed pool of threads that help scan big indexes (the scan itself is C without the
+    GIL, ``index/_scan.c``; the threads still start with one OpenMP thread each, so that
+    nothing of FAISS's run on them could start more).
 
-    OpenMP's thread count is a per-thread setting: a Python thread that never set it gets the
-    process default (all cores), so two concurrent scans from request threads would start
-    2 x ncores OpenMP threads that busy-wait against each other. Here every scan runs on a
-    pool thread pinned to one OpenMP thread.
-
-    A big index is shared between the pool threads by work stealing (:meth:`share`): every
+    A big index is shared between the caller and the pool threads by work stealing
+    (:meth:`share`): every
     thread takes the next small piece until none is left, so the pieces go to whichever
     threads the kernel actually runs. A static split into one equal group per thread waits
     for its slowest group: with one of 2 cores busy (a capture loop), the group whose thread
@@ -92,7 +90,8 @@ class SearchPool:
         return [f.result() for f in futures]
 
     def share(self, work: Callable[[Iterator[T]], R], items: Sequence[T], threads: int) -> list[R]:
-        """Run ``work`` on up to ``threads`` pool threads over one shared queue of ``items``.
+        """Run ``work`` on up to ``threads`` threads, the caller's and pool threads, over one
+        shared queue of ``items`` (one thread: a pool thread alone).
 
         Each call of ``work`` gets the same iterator and consumes items from it until it is
         exhausted; it returns one result (e.g. its running top-k). A thread that starts late,
@@ -103,8 +102,12 @@ class SearchPool:
         helpers = max(1, min(threads, self.threads, len(items)))
         if helpers == 1:
             return [self._executor.submit(work, queue).result()]
-        futures: list[Future[R]] = [self._executor.submit(work, queue) for _ in range(helpers)]
-        return [f.result() for f in futures]
+        futures: list[Future[R]] = [self._executor.submit(work, queue) for _ in range(helpers - 1)]
+        # The caller scans too (it is running now; a pool thread may first have to be woken):
+        # back to back, 1M x 128 float16 on 2 cores took 10.1 ms at the median this way and
+        # 12.3 with both scanning threads taken from the pool.
+        mine = work(queue)
+        return [mine, *(f.result() for f in futures)]
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True)

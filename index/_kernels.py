@@ -11,8 +11,8 @@
   queries 8.1 against 11.4; at 128-d the two are level. So those batches go through a
   one-node ONNX graph (rows @ queries^T, transposed) run by onnxruntime on the calling thread.
 
-Either way the top k of each query keeps, of equal scores, the earlier row: the selection
-FAISS's search makes (the C scan selects as it goes; sgemm's scores go through FAISS's heap).
+Either way the top k of each query keeps, of equal scores, the earlier row, as FAISS's
+search does, and selects in C without the GIL (the scan as it goes, sgemm's scores after).
 Scores may differ from a scalar scan's in the last bits of a float.
 """
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-import faiss
 import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
@@ -73,16 +72,11 @@ def scan_top_k(
 def heap_top_k(
     scores: NDArray[np.float32], k: int
 ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-    """The ``k`` best (scores, column numbers) of each row of ``scores``, best first."""
-    n_queries, n = scores.shape
-    top_scores = np.empty((n_queries, k), dtype=np.float32)
-    top_rows = np.empty((n_queries, k), dtype=np.int64)
-    heaps = faiss.float_minheap_array_t()
-    heaps.nh, heaps.k = n_queries, k
-    heaps.val, heaps.ids = faiss.swig_ptr(top_scores), faiss.swig_ptr(top_rows)
-    heaps.heapify()
-    heaps.addn(n, faiss.swig_ptr(scores))  # column numbers 0.., every heap
-    heaps.reorder()
+    """The ``k`` best (scores, column numbers) of each row of ``scores``, best first, ties to
+    the earlier column: the C scan's selection over scores computed elsewhere."""
+    top_scores = np.empty((len(scores), k), dtype=np.float32)
+    top_rows = np.empty((len(scores), k), dtype=np.int64)
+    _scan.top_k_of_scores(scores, top_scores, top_rows)
     return top_scores, top_rows
 
 

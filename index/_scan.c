@@ -367,13 +367,29 @@ static void heap_to_sorted(float *score, int64_t *row, Py_ssize_t k) {
     }
 }
 
-static int select_top_k(const char *rows, int half, Py_ssize_t n, Py_ssize_t d,
-                        const float *queries, Py_ssize_t nq, Py_ssize_t k, float *top_score,
-                        int64_t *top_row) {
-    for (Py_ssize_t t = 0; t < nq * k; t++) {
+/* Offer m scores, of rows first_row.., to one query's heap of k. */
+static void offer(float *score, int64_t *row, Py_ssize_t k, const float *scored, Py_ssize_t m,
+                  Py_ssize_t first_row) {
+    for (Py_ssize_t t = 0; t < m; t++) {
+        if (scored[t] > score[0]) {
+            score[0] = scored[t];
+            row[0] = first_row + t;
+            sift_down(score, row, k, 0);
+        }
+    }
+}
+
+static void empty_heaps(float *top_score, int64_t *top_row, Py_ssize_t count) {
+    for (Py_ssize_t t = 0; t < count; t++) {
         top_score[t] = -INFINITY;
         top_row[t] = -1;
     }
+}
+
+static int select_top_k(const char *rows, int half, Py_ssize_t n, Py_ssize_t d,
+                        const float *queries, Py_ssize_t nq, Py_ssize_t k, float *top_score,
+                        int64_t *top_row) {
+    empty_heaps(top_score, top_row, nq * k);
     float *chunk = malloc((size_t)(CHUNK_ROWS * nq) * sizeof(float));
     if (chunk == NULL) return -1;
     Py_ssize_t row_bytes = d * (half ? 2 : 4);
@@ -383,18 +399,8 @@ static int select_top_k(const char *rows, int half, Py_ssize_t n, Py_ssize_t d,
             free(chunk);
             return -1;
         }
-        for (Py_ssize_t j = 0; j < nq; j++) {
-            float *score = top_score + j * k;
-            int64_t *row = top_row + j * k;
-            const float *scored = chunk + j * CHUNK_ROWS;
-            for (Py_ssize_t t = 0; t < m; t++) {
-                if (scored[t] > score[0]) {
-                    score[0] = scored[t];
-                    row[0] = start + t;
-                    sift_down(score, row, k, 0);
-                }
-            }
-        }
+        for (Py_ssize_t j = 0; j < nq; j++)
+            offer(top_score + j * k, top_row + j * k, k, chunk + j * CHUNK_ROWS, m, start);
     }
     free(chunk);
     for (Py_ssize_t j = 0; j < nq; j++) heap_to_sorted(top_score + j * k, top_row + j * k, k);
@@ -508,6 +514,47 @@ static PyObject *top_k(PyObject *Py_UNUSED(self), PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *top_k_of_scores(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *objects[3];
+    if (!PyArg_ParseTuple(args, "OOO:top_k_of_scores", &objects[0], &objects[1], &objects[2]))
+        return NULL;
+    static const char *names[3] = {"scores", "top_scores", "top_rows"};
+    Py_buffer views[3];
+    for (int v = 0; v < 3; v++) {
+        if (get_matrix(objects[v], &views[v], names[v], v >= 1) < 0) {
+            for (int u = 0; u < v; u++) PyBuffer_Release(&views[u]);
+            return NULL;
+        }
+    }
+    Py_buffer *all = &views[0], *scores = &views[1], *found = &views[2];
+    Py_ssize_t nq = all->shape[0], n = all->shape[1], k = scores->shape[1];
+    const char *problem = NULL;
+    if (!format_is(all, 'f', 4) || !format_is(scores, 'f', 4))
+        problem = "scores and top_scores must be float32";
+    else if (!format_is(found, 'l', 8) && !format_is(found, 'q', 8))
+        problem = "top_rows must be int64";
+    else if (scores->shape[0] != nq || found->shape[0] != nq || found->shape[1] != k)
+        problem = "top_scores and top_rows must both have shape (len(scores), k)";
+    if (problem == NULL && nq > 0 && k > 0) {
+        float *top_score = scores->buf;
+        int64_t *top_row = found->buf;
+        const float *scored = all->buf;
+        Py_BEGIN_ALLOW_THREADS
+        empty_heaps(top_score, top_row, nq * k);
+        for (Py_ssize_t j = 0; j < nq; j++) {
+            offer(top_score + j * k, top_row + j * k, k, scored + j * n, n, 0);
+            heap_to_sorted(top_score + j * k, top_row + j * k, k);
+        }
+        Py_END_ALLOW_THREADS
+    }
+    for (int v = 0; v < 3; v++) PyBuffer_Release(&views[v]);
+    if (problem != NULL) {
+        PyErr_SetString(PyExc_ValueError, problem);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *kernel(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(unused)) {
     return PyUnicode_FromString(kernel_name);
 }
@@ -529,6 +576,9 @@ static PyMethodDef methods[] = {
     {"top_k", top_k, METH_VARARGS,
      "top_k(rows, queries, top_scores, top_rows): the k = top_scores.shape[1] best rows of "
      "each query, best first, ties to the earlier row; -inf and -1 where rows run out."},
+    {"top_k_of_scores", top_k_of_scores, METH_VARARGS,
+     "top_k_of_scores(scores, top_scores, top_rows): the same selection over given (q, n) "
+     "scores."},
     {"kernel", kernel, METH_NOARGS, "The code path in use: 'avx512', 'avx2' or 'portable'."},
     {"set_kernel", set_kernel, METH_VARARGS,
      "set_kernel(name): use that code path (tests); ValueError if this CPU cannot run it."},

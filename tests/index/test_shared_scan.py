@@ -139,25 +139,32 @@ def test_every_kernel_matches_float64_numpy_for_any_shape(kernel: str, dtype: ty
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
-def test_every_kernel_selects_faiss_top_k_ties_to_the_earlier_row(kernel: str, dtype: type) -> None:
+def test_every_kernel_selects_the_top_k_ties_to_the_earlier_row(kernel: str, dtype: type) -> None:
     rng = np.random.default_rng(13)
     rows = unit_vectors(rng, 9000, 48).astype(dtype)  # 9000 rows: three chunks of the scan
     rows[6000:6100] = rows[:100]  # exact ties across chunks: the earlier row must win
     rows[8990:] = rows[10]
     queries = np.vstack([rows[:2].astype(np.float32), unit_vectors(rng, 3, 48)])
+    exact = np.empty((len(queries), len(rows)), dtype=np.float32)
+    _scan.inner_products(rows, queries, exact)
     for k in (1, 10, 150):
         got_scores, got_rows = scan_top_k(queries, rows, k)
-        want_scores = np.empty_like(got_scores)
-        want_rows = np.empty_like(got_rows)
-        for j, query in enumerate(queries):  # FAISS's heap over the same scores
-            exact = np.empty((1, len(rows)), dtype=np.float32)
-            _scan.inner_products(rows, query[None], exact)
-            want_scores[j], want_rows[j] = (a[0] for a in heap_top_k(exact, k))
-        # The same rows kept; FAISS orders equal scores its own way, the scan by row.
-        assert [set(r) for r in got_rows.tolist()] == [set(r) for r in want_rows.tolist()]
-        np.testing.assert_array_equal(got_scores, want_scores)
-        order = np.lexsort((got_rows, -got_scores), axis=1)
-        assert (order == np.arange(k)).all()
+        from_scores = heap_top_k(exact, k)  # the same selection over scores given
+        for j in range(len(queries)):
+            want = np.lexsort((np.arange(len(rows)), -exact[j]))[:k]  # by score, then row
+            assert got_rows[j].tolist() == want.tolist() == from_scores[1][j].tolist()
+            np.testing.assert_array_equal(got_scores[j], exact[j, want])
+            np.testing.assert_array_equal(from_scores[0][j], exact[j, want])
+        # FAISS's heap keeps the same rows (it orders equal scores its own way).
+        heaps = faiss.float_minheap_array_t()
+        faiss_scores = np.empty((len(queries), k), dtype=np.float32)
+        faiss_rows = np.empty((len(queries), k), dtype=np.int64)
+        heaps.nh, heaps.k = len(queries), k
+        heaps.val, heaps.ids = faiss.swig_ptr(faiss_scores), faiss.swig_ptr(faiss_rows)
+        heaps.heapify()
+        heaps.addn(len(rows), faiss.swig_ptr(exact))
+        heaps.reorder()
+        assert [set(r) for r in faiss_rows.tolist()] == [set(r) for r in got_rows.tolist()]
     _, ties = scan_top_k(queries[:1], rows, 2)
     assert ties[0].tolist() == [0, 6000]  # row 0 and its copy: the copy comes second
     short_scores, short_rows = scan_top_k(queries[:1], rows[:3], 5)  # k > rows: padded
@@ -208,5 +215,10 @@ def test_scan_refuses_what_it_cannot_read() -> None:
     for arguments, message in top_cases:
         with pytest.raises(ValueError, match=message):
             _scan.top_k(*arguments)
+    scores = np.zeros((1, 4), dtype=np.float32)
+    with pytest.raises(ValueError, match="must be float32"):
+        _scan.top_k_of_scores(scores.astype(np.float64), *top)
+    with pytest.raises(ValueError, match="must both have shape"):
+        _scan.top_k_of_scores(np.zeros((2, 4), dtype=np.float32), *top)
     empty = np.zeros((0, 8), dtype=np.float32)
     _scan.inner_products(empty, query, np.zeros((1, 0), dtype=np.float32))  # nothing to do
