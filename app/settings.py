@@ -156,6 +156,8 @@ class Settings(BaseSettings):
     multiple_faces: Literal["reject", "largest"] = "reject"
 
     # --- index ------------------------------------------------------------------------------
+    # Threads that scan one big namespace together (the name predates the C scan that
+    # replaced FAISS's). One by default: the cores are the inference pool's.
     faiss_threads: int = Field(default=1, ge=1)
     index_url: str = Field(
         default="",
