@@ -126,34 +126,28 @@ AVX2 static inline float sum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-AVX2 static inline float dot_f32_avx2(const float *r, const float *q, Py_ssize_t d) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    Py_ssize_t c = 0;
-    for (; c + 32 <= d; c += 32) {
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r + c), _mm256_loadu_ps(q + c), a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(r + c + 8), _mm256_loadu_ps(q + c + 8), a1);
-        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(r + c + 16), _mm256_loadu_ps(q + c + 16), a2);
-        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(r + c + 24), _mm256_loadu_ps(q + c + 24), a3);
-    }
-    for (; c + 8 <= d; c += 8)
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r + c), _mm256_loadu_ps(q + c), a0);
-    float s = sum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    for (; c < d; c++) s += r[c] * q[c];
-    return s;
+/* The row's lanes at column c: float32 as they are, or half floats widened. Inlined where
+ * `half` is a constant, so each caller gets a loop of its own without the test. */
+#define INLINE_AVX2 __attribute__((target("avx2,fma,f16c"), always_inline)) static inline
+
+INLINE_AVX2 __m256 lanes8(const void *row, Py_ssize_t c, int half) {
+    return half ? H8((const uint16_t *)row + c) : _mm256_loadu_ps((const float *)row + c);
 }
 
-AVX2 static inline float dot_f16_avx2(const uint16_t *r, const float *q, Py_ssize_t d) {
+INLINE_AVX2 float dot_avx2(const void *r, const float *q, Py_ssize_t d, int half) {
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     Py_ssize_t c = 0;
     for (; c + 32 <= d; c += 32) {
-        a0 = _mm256_fmadd_ps(H8(r + c), _mm256_loadu_ps(q + c), a0);
-        a1 = _mm256_fmadd_ps(H8(r + c + 8), _mm256_loadu_ps(q + c + 8), a1);
-        a2 = _mm256_fmadd_ps(H8(r + c + 16), _mm256_loadu_ps(q + c + 16), a2);
-        a3 = _mm256_fmadd_ps(H8(r + c + 24), _mm256_loadu_ps(q + c + 24), a3);
+        a0 = _mm256_fmadd_ps(lanes8(r, c, half), _mm256_loadu_ps(q + c), a0);
+        a1 = _mm256_fmadd_ps(lanes8(r, c + 8, half), _mm256_loadu_ps(q + c + 8), a1);
+        a2 = _mm256_fmadd_ps(lanes8(r, c + 16, half), _mm256_loadu_ps(q + c + 16), a2);
+        a3 = _mm256_fmadd_ps(lanes8(r, c + 24, half), _mm256_loadu_ps(q + c + 24), a3);
     }
-    for (; c + 8 <= d; c += 8) a0 = _mm256_fmadd_ps(H8(r + c), _mm256_loadu_ps(q + c), a0);
+    for (; c + 8 <= d; c += 8)
+        a0 = _mm256_fmadd_ps(lanes8(r, c, half), _mm256_loadu_ps(q + c), a0);
     float s = sum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    for (; c < d; c++) s += _cvtsh_ss(r[c]) * q[c];
+    for (; c < d; c++)
+        s += (half ? _cvtsh_ss(((const uint16_t *)r)[c]) : ((const float *)r)[c]) * q[c];
     return s;
 }
 
@@ -162,7 +156,7 @@ AVX2 static void f32_avx2(const float *rows, Py_ssize_t n, Py_ssize_t d, const f
     for (Py_ssize_t i = 0; i < n; i++) {
         prefetch_ahead(rows + i * d, d * 4);
         for (Py_ssize_t j = 0; j < nq; j++)
-            out[j * ldo + i] = dot_f32_avx2(rows + i * d, queries + j * d, d);
+            out[j * ldo + i] = dot_avx2(rows + i * d, queries + j * d, d, 0);
     }
 }
 
@@ -170,7 +164,7 @@ AVX2 static void f16_avx2(const uint16_t *rows, Py_ssize_t n, Py_ssize_t d, cons
                           float *out) {
     for (Py_ssize_t i = 0; i < n; i++) {
         prefetch_ahead(rows + i * d, d * 2);
-        out[i] = dot_f16_avx2(rows + i * d, q, d);
+        out[i] = dot_avx2(rows + i * d, q, d, 1);
     }
 }
 
@@ -189,39 +183,33 @@ AVX512 static inline __mmask16 tail_mask(Py_ssize_t count) {
     return (__mmask16)((1u << count) - 1u); /* count < 16 */
 }
 
-AVX512 static inline float dot_f32_avx512(const float *r, const float *q, Py_ssize_t d) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    Py_ssize_t c = 0;
-    for (; c + 64 <= d; c += 64) {
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(r + c), _mm512_loadu_ps(q + c), a0);
-        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(r + c + 16), _mm512_loadu_ps(q + c + 16), a1);
-        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(r + c + 32), _mm512_loadu_ps(q + c + 32), a2);
-        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(r + c + 48), _mm512_loadu_ps(q + c + 48), a3);
-    }
-    for (; c + 16 <= d; c += 16)
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(r + c), _mm512_loadu_ps(q + c), a0);
-    if (c < d) {
-        __mmask16 m = tail_mask(d - c);
-        a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, r + c), _mm512_maskz_loadu_ps(m, q + c), a1);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+#define INLINE_AVX512                                                                     \
+    __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c"), always_inline))      \
+    static inline
+
+INLINE_AVX512 __m512 lanes16(const void *row, Py_ssize_t c, int half) {
+    return half ? H16((const uint16_t *)row + c) : _mm512_loadu_ps((const float *)row + c);
 }
 
-AVX512 static inline float dot_f16_avx512(const uint16_t *r, const float *q, Py_ssize_t d) {
+/* The first `count` (< 16) lanes at column c, zeros after. */
+INLINE_AVX512 __m512 tail16(const void *row, Py_ssize_t c, Py_ssize_t count, int half) {
+    __mmask16 m = tail_mask(count);
+    return half ? _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)row + c))
+                : _mm512_maskz_loadu_ps(m, (const float *)row + c);
+}
+
+INLINE_AVX512 float dot_avx512(const void *r, const float *q, Py_ssize_t d, int half) {
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     Py_ssize_t c = 0;
     for (; c + 64 <= d; c += 64) {
-        a0 = _mm512_fmadd_ps(H16(r + c), _mm512_loadu_ps(q + c), a0);
-        a1 = _mm512_fmadd_ps(H16(r + c + 16), _mm512_loadu_ps(q + c + 16), a1);
-        a2 = _mm512_fmadd_ps(H16(r + c + 32), _mm512_loadu_ps(q + c + 32), a2);
-        a3 = _mm512_fmadd_ps(H16(r + c + 48), _mm512_loadu_ps(q + c + 48), a3);
+        a0 = _mm512_fmadd_ps(lanes16(r, c, half), _mm512_loadu_ps(q + c), a0);
+        a1 = _mm512_fmadd_ps(lanes16(r, c + 16, half), _mm512_loadu_ps(q + c + 16), a1);
+        a2 = _mm512_fmadd_ps(lanes16(r, c + 32, half), _mm512_loadu_ps(q + c + 32), a2);
+        a3 = _mm512_fmadd_ps(lanes16(r, c + 48, half), _mm512_loadu_ps(q + c + 48), a3);
     }
-    for (; c + 16 <= d; c += 16) a0 = _mm512_fmadd_ps(H16(r + c), _mm512_loadu_ps(q + c), a0);
-    if (c < d) {
-        __mmask16 m = tail_mask(d - c);
-        __m512 half = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, r + c));
-        a1 = _mm512_fmadd_ps(half, _mm512_maskz_loadu_ps(m, q + c), a1);
-    }
+    for (; c + 16 <= d; c += 16)
+        a0 = _mm512_fmadd_ps(lanes16(r, c, half), _mm512_loadu_ps(q + c), a0);
+    if (c < d) a1 = _mm512_fmadd_ps(tail16(r, c, d - c, half), tail16(q, c, d - c, 0), a1);
     return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
 }
 
@@ -230,7 +218,7 @@ AVX512 static void f32_avx512(const float *rows, Py_ssize_t n, Py_ssize_t d,
     for (Py_ssize_t i = 0; i < n; i++) {
         prefetch_ahead(rows + i * d, d * 4);
         for (Py_ssize_t j = 0; j < nq; j++)
-            out[j * ldo + i] = dot_f32_avx512(rows + i * d, queries + j * d, d);
+            out[j * ldo + i] = dot_avx512(rows + i * d, queries + j * d, d, 0);
     }
 }
 
@@ -238,17 +226,15 @@ AVX512 static void f16_avx512(const uint16_t *rows, Py_ssize_t n, Py_ssize_t d, 
                               float *out) {
     for (Py_ssize_t i = 0; i < n; i++) {
         prefetch_ahead(rows + i * d, d * 2);
-        out[i] = dot_f16_avx512(rows + i * d, q, d);
+        out[i] = dot_avx512(rows + i * d, q, d, 1);
     }
 }
 
 AVX512 static void widen_avx512(const uint16_t *src, float *dst, Py_ssize_t count) {
     Py_ssize_t i = 0;
     for (; i + 16 <= count; i += 16) _mm512_storeu_ps(dst + i, H16(src + i));
-    if (i < count) {
-        __mmask16 m = tail_mask(count - i);
-        _mm512_mask_storeu_ps(dst + i, m, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, src + i)));
-    }
+    if (i < count)
+        _mm512_mask_storeu_ps(dst + i, tail_mask(count - i), tail16(src, i, count - i, 1));
 }
 
 #endif /* SCAN_X86 */
