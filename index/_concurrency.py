@@ -64,12 +64,11 @@ class SearchPool:
     nothing of FAISS's run on them could start more).
 
     A big index is shared between the caller and the pool threads by work stealing
-    (:meth:`share`): every
-    thread takes the next small piece until none is left, so the pieces go to whichever
-    threads the kernel actually runs. A static split into one equal group per thread waits
-    for its slowest group: with one of 2 cores busy (a capture loop), the group whose thread
-    shares that core ran at half speed and the search took 1.8x numpy's (whose sgemv holds up
-    better); measured on 2 cores, 1M x 512, see benchmarks/index.py --load.
+    (:meth:`share`): every thread takes the next small piece until none is left, so the
+    pieces go to whichever threads the kernel actually runs. A static split into one equal
+    group per thread waits for its slowest group: with one of 2 cores busy (a capture loop),
+    the group whose thread shares that core ran at half speed and the search took 1.8x numpy's
+    (whose sgemv holds up better); measured on 2 cores, 1M x 512, see benchmarks/index.py.
     """
 
     def __init__(self, threads: int) -> None:

@@ -2,10 +2,9 @@
 
 Vectors live in fixed-capacity segments: numpy arrays allocated once at full capacity, rows
 written straight into them, and the scan (``index._kernels``) reads the filled rows in place,
-float32 or IEEE half floats. So adding
-never reallocates or copies existing vectors (an ``IndexIDMap2`` doubling its storage stalled
-8.8 s and peaked at 3x after 1M vectors), and peak memory stays within one segment of the raw
-vector bytes.
+float32 or IEEE half floats. So adding never reallocates or copies existing vectors (an
+``IndexIDMap2`` doubling its storage stalled 8.8 s and peaked at 3x after 1M vectors), and
+peak memory stays within one segment of the raw vector bytes.
 
 The arrays are numpy's, not a FAISS index's own code buffer (as they once were), for their
 pages: numpy asks the kernel for transparent huge pages (``madvise``) on every allocation of
