@@ -9,6 +9,7 @@ and large k, against the numpy reference.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import faiss
@@ -45,7 +46,12 @@ def test_share_hands_every_item_to_exactly_one_thread() -> None:
         counts = pool.share(work, list(range(500)), threads=3)
         assert len(counts) == 3 and sum(counts) == 500
         assert sorted(item for _, item in seen) == list(range(500))
-        assert all(name.startswith("wajah-index-search") for name, _ in seen)
+        # Pool threads and the caller, nobody else.
+        caller = threading.current_thread().name
+        assert {name for name, _ in seen} <= {
+            caller,
+            *(f"wajah-index-search_{i}" for i in range(3)),
+        }
         # Never more threads than items; one item runs on one thread.
         assert pool.share(work, [7], threads=3) == [1]
         # Two items, two threads; one may take both before the other starts.
@@ -80,6 +86,25 @@ def test_many_segments_shared_by_two_threads_match_brute_force(
         for batch in (q, q[:1], q[3:4]):
             got = hits(index.search(batch, model_id=MODEL, k=k, min_score=min_score))
             assert_same(got, ref.search(batch, k, min_score))
+
+
+def test_share_waits_for_its_helpers_when_the_callers_part_fails() -> None:
+    pool = SearchPool(2)
+    try:
+        helper_done = threading.Event()
+
+        def work(items: Iterator[int]) -> int:
+            if threading.current_thread().name.startswith("wajah-index-search"):
+                time.sleep(0.2)  # still reading when the caller fails
+                helper_done.set()
+                return sum(1 for _ in items)
+            raise RuntimeError("the caller's part failed")
+
+        with pytest.raises(RuntimeError, match="caller's part"):
+            pool.share(work, [1, 2, 3], threads=2)
+        assert helper_done.is_set()
+    finally:
+        pool.shutdown()
 
 
 def test_top_k_settles_ties_at_the_cut_off_by_id() -> None:
