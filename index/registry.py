@@ -37,8 +37,8 @@ class IndexRegistry:
     namespace so that any string is a safe name; the registry holds an exclusive ``flock`` on
     it so that two processes never write the same snapshots.
 
-    ``threads`` search threads (default: all cores) share each scan (see
-    ``index._kernels``); FAISS's top-k heaps run on them with one OpenMP thread each.
+    ``threads`` search threads (default: all cores) share each scan of a big namespace (see
+    ``index._kernels`` and ``SearchPool.share``).
     """
 
     def __init__(
