@@ -321,6 +321,15 @@ static inline int ranks_below(float score_a, int64_t row_a, float score_b, int64
     return score_a < score_b || (score_a == score_b && row_a > row_b);
 }
 
+static inline void swap_entries(float *score, int64_t *row, Py_ssize_t a, Py_ssize_t b) {
+    float s = score[a];
+    int64_t r = row[a];
+    score[a] = score[b];
+    row[a] = row[b];
+    score[b] = s;
+    row[b] = r;
+}
+
 static void sift_down(float *score, int64_t *row, Py_ssize_t size, Py_ssize_t i) {
     for (;;) {
         Py_ssize_t left = 2 * i + 1, worst = i;
@@ -330,12 +339,7 @@ static void sift_down(float *score, int64_t *row, Py_ssize_t size, Py_ssize_t i)
             ranks_below(score[left + 1], row[left + 1], score[worst], row[worst]))
             worst = left + 1;
         if (worst == i) return;
-        float s = score[i];
-        int64_t r = row[i];
-        score[i] = score[worst];
-        row[i] = row[worst];
-        score[worst] = s;
-        row[worst] = r;
+        swap_entries(score, row, i, worst);
         i = worst;
     }
 }
@@ -343,12 +347,7 @@ static void sift_down(float *score, int64_t *row, Py_ssize_t size, Py_ssize_t i)
 /* Best first: repeatedly move the root (the worst left) to the end of the shrinking heap. */
 static void heap_to_sorted(float *score, int64_t *row, Py_ssize_t k) {
     for (Py_ssize_t size = k - 1; size > 0; size--) {
-        float s = score[0];
-        int64_t r = row[0];
-        score[0] = score[size];
-        row[0] = row[size];
-        score[size] = s;
-        row[size] = r;
+        swap_entries(score, row, 0, size);
         sift_down(score, row, size, 0);
     }
 }
@@ -407,47 +406,25 @@ static int get_matrix(PyObject *obj, Py_buffer *view, const char *name, int writ
     return 0;
 }
 
-static int format_is(const Py_buffer *view, char code, Py_ssize_t itemsize) {
-    const char *f = view->format;
-    if (f != NULL && (f[0] == '<' || f[0] == '=' || f[0] == '@')) f++;
-    return f != NULL && f[0] == code && f[1] == '\0' && view->itemsize == itemsize;
+/* Buffers of `count` matrices, writable from `first_writable` on; on failure none is held. */
+static int get_matrices(PyObject *const *objects, const char *const *names, int count,
+                        int first_writable, Py_buffer *views) {
+    for (int v = 0; v < count; v++) {
+        if (get_matrix(objects[v], &views[v], names[v], v >= first_writable) < 0) {
+            for (int u = 0; u < v; u++) PyBuffer_Release(&views[u]);
+            return -1;
+        }
+    }
+    return 0;
 }
 
-static PyObject *inner_products(PyObject *Py_UNUSED(self), PyObject *args) {
-    PyObject *rows_obj, *queries_obj, *out_obj;
-    if (!PyArg_ParseTuple(args, "OOO:inner_products", &rows_obj, &queries_obj, &out_obj))
-        return NULL;
-    Py_buffer rows, queries, out;
-    if (get_matrix(rows_obj, &rows, "rows", 0) < 0) return NULL;
-    if (get_matrix(queries_obj, &queries, "queries", 0) < 0) {
-        PyBuffer_Release(&rows);
-        return NULL;
-    }
-    if (get_matrix(out_obj, &out, "out", 1) < 0) {
-        PyBuffer_Release(&rows);
-        PyBuffer_Release(&queries);
-        return NULL;
-    }
-    Py_ssize_t n = rows.shape[0], d = rows.shape[1], nq = queries.shape[0];
-    int half = format_is(&rows, 'e', 2);
-    const char *problem = NULL;
-    if (!half && !format_is(&rows, 'f', 4))
-        problem = "rows must be float32 or float16";
-    else if (!format_is(&queries, 'f', 4) || !format_is(&out, 'f', 4))
-        problem = "queries and out must be float32";
-    else if (queries.shape[1] != d)
-        problem = "queries and rows differ in dimension";
-    else if (out.shape[0] != nq || out.shape[1] != n)
-        problem = "out must have shape (len(queries), len(rows))";
-    int failed = 0;
-    if (problem == NULL && n > 0 && nq > 0) {
-        Py_BEGIN_ALLOW_THREADS
-        failed = score_rows(rows.buf, half, n, d, queries.buf, nq, out.buf, n);
-        Py_END_ALLOW_THREADS
-    }
-    PyBuffer_Release(&rows);
-    PyBuffer_Release(&queries);
-    PyBuffer_Release(&out);
+static void release_matrices(Py_buffer *views, int count) {
+    for (int v = 0; v < count; v++) PyBuffer_Release(&views[v]);
+}
+
+/* Release the buffers and answer: ValueError(problem), MemoryError, or None. */
+static PyObject *finish(Py_buffer *views, int count, const char *problem, int failed) {
+    release_matrices(views, count);
     if (problem != NULL) {
         PyErr_SetString(PyExc_ValueError, problem);
         return NULL;
@@ -456,19 +433,48 @@ static PyObject *inner_products(PyObject *Py_UNUSED(self), PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static int format_is(const Py_buffer *view, char code, Py_ssize_t itemsize) {
+    const char *f = view->format;
+    if (f != NULL && (f[0] == '<' || f[0] == '=' || f[0] == '@')) f++;
+    return f != NULL && f[0] == code && f[1] == '\0' && view->itemsize == itemsize;
+}
+
+static PyObject *inner_products(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *objects[3];
+    if (!PyArg_ParseTuple(args, "OOO:inner_products", &objects[0], &objects[1], &objects[2]))
+        return NULL;
+    static const char *const names[3] = {"rows", "queries", "out"};
+    Py_buffer views[3];
+    if (get_matrices(objects, names, 3, 2, views) < 0) return NULL;
+    Py_buffer *rows = &views[0], *queries = &views[1], *out = &views[2];
+    Py_ssize_t n = rows->shape[0], d = rows->shape[1], nq = queries->shape[0];
+    int half = format_is(rows, 'e', 2);
+    const char *problem = NULL;
+    if (!half && !format_is(rows, 'f', 4))
+        problem = "rows must be float32 or float16";
+    else if (!format_is(queries, 'f', 4) || !format_is(out, 'f', 4))
+        problem = "queries and out must be float32";
+    else if (queries->shape[1] != d)
+        problem = "queries and rows differ in dimension";
+    else if (out->shape[0] != nq || out->shape[1] != n)
+        problem = "out must have shape (len(queries), len(rows))";
+    int failed = 0;
+    if (problem == NULL && n > 0 && nq > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        failed = score_rows(rows->buf, half, n, d, queries->buf, nq, out->buf, n);
+        Py_END_ALLOW_THREADS
+    }
+    return finish(views, 3, problem, failed);
+}
+
 static PyObject *top_k(PyObject *Py_UNUSED(self), PyObject *args) {
     PyObject *objects[4];
     if (!PyArg_ParseTuple(args, "OOOO:top_k", &objects[0], &objects[1], &objects[2],
                           &objects[3]))
         return NULL;
-    static const char *names[4] = {"rows", "queries", "top_scores", "top_rows"};
+    static const char *const names[4] = {"rows", "queries", "top_scores", "top_rows"};
     Py_buffer views[4];
-    for (int v = 0; v < 4; v++) {
-        if (get_matrix(objects[v], &views[v], names[v], v >= 2) < 0) {
-            for (int u = 0; u < v; u++) PyBuffer_Release(&views[u]);
-            return NULL;
-        }
-    }
+    if (get_matrices(objects, names, 4, 2, views) < 0) return NULL;
     Py_buffer *rows = &views[0], *queries = &views[1], *scores = &views[2], *found = &views[3];
     Py_ssize_t n = rows->shape[0], d = rows->shape[1], nq = queries->shape[0];
     Py_ssize_t k = scores->shape[1];
@@ -491,27 +497,16 @@ static PyObject *top_k(PyObject *Py_UNUSED(self), PyObject *args) {
                               found->buf);
         Py_END_ALLOW_THREADS
     }
-    for (int v = 0; v < 4; v++) PyBuffer_Release(&views[v]);
-    if (problem != NULL) {
-        PyErr_SetString(PyExc_ValueError, problem);
-        return NULL;
-    }
-    if (failed) return PyErr_NoMemory();
-    Py_RETURN_NONE;
+    return finish(views, 4, problem, failed);
 }
 
 static PyObject *top_k_of_scores(PyObject *Py_UNUSED(self), PyObject *args) {
     PyObject *objects[3];
     if (!PyArg_ParseTuple(args, "OOO:top_k_of_scores", &objects[0], &objects[1], &objects[2]))
         return NULL;
-    static const char *names[3] = {"scores", "top_scores", "top_rows"};
+    static const char *const names[3] = {"scores", "top_scores", "top_rows"};
     Py_buffer views[3];
-    for (int v = 0; v < 3; v++) {
-        if (get_matrix(objects[v], &views[v], names[v], v >= 1) < 0) {
-            for (int u = 0; u < v; u++) PyBuffer_Release(&views[u]);
-            return NULL;
-        }
-    }
+    if (get_matrices(objects, names, 3, 1, views) < 0) return NULL;
     Py_buffer *all = &views[0], *scores = &views[1], *found = &views[2];
     Py_ssize_t nq = all->shape[0], n = all->shape[1], k = scores->shape[1];
     const char *problem = NULL;
@@ -533,12 +528,7 @@ static PyObject *top_k_of_scores(PyObject *Py_UNUSED(self), PyObject *args) {
         }
         Py_END_ALLOW_THREADS
     }
-    for (int v = 0; v < 3; v++) PyBuffer_Release(&views[v]);
-    if (problem != NULL) {
-        PyErr_SetString(PyExc_ValueError, problem);
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    return finish(views, 3, problem, 0);
 }
 
 static PyObject *kernel(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(unused)) {

